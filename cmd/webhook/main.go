@@ -1,0 +1,107 @@
+// Command webhook is kvinject's mutating admission webhook. It serves
+// /mutate-v1-pod over TLS (certificates from --cert-dir, reloaded when they change),
+// reads Namespaces and ServiceAccounts through a cache, and exposes health,
+// readiness and Prometheus metrics endpoints.
+package main
+
+import (
+	"crypto/tls"
+	"flag"
+	"fmt"
+	"os"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	"sigs.k8s.io/controller-runtime/pkg/metrics"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+	"sigs.k8s.io/controller-runtime/pkg/webhook"
+
+	"github.com/kvinject/kvinject/internal/injector"
+	"github.com/kvinject/kvinject/internal/version"
+)
+
+func main() {
+	if err := run(os.Args[1:]); err != nil {
+		fmt.Fprintln(os.Stderr, "kvinject-webhook:", err)
+		os.Exit(1)
+	}
+}
+
+func run(args []string) error {
+	fs := flag.NewFlagSet("kvinject-webhook", flag.ContinueOnError)
+	var (
+		opts        injector.Options
+		certDir     string
+		host        string
+		port        int
+		metricsAddr string
+		probeAddr   string
+		showVersion bool
+	)
+	opts.BindFlags(fs)
+	fs.StringVar(&certDir, "cert-dir", "/tmp/k8s-webhook-server/serving-certs", "directory holding tls.crt and tls.key; reloaded when they change")
+	fs.StringVar(&host, "host", "", "address the webhook server listens on (empty: all)")
+	fs.IntVar(&port, "port", 9443, "port of the webhook server")
+	fs.StringVar(&metricsAddr, "metrics-bind-address", ":8080", "address of the Prometheus metrics endpoint (0 disables it)")
+	fs.StringVar(&probeAddr, "health-probe-bind-address", ":8081", "address of /healthz and /readyz")
+	fs.BoolVar(&showVersion, "version", false, "print the version and exit")
+	zapOpts := zap.Options{}
+	zapOpts.BindFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if showVersion {
+		fmt.Println(version.Version)
+		return nil
+	}
+	if err := opts.Complete(); err != nil {
+		return err
+	}
+	log := zap.New(zap.UseFlagOptions(&zapOpts))
+	ctrl.SetLogger(log)
+
+	cfg, err := ctrl.GetConfig()
+	if err != nil {
+		return fmt.Errorf("loading the Kubernetes client configuration: %w", err)
+	}
+	scheme := runtime.NewScheme()
+	if err := corev1.AddToScheme(scheme); err != nil {
+		return err
+	}
+	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
+		Scheme:                 scheme,
+		Metrics:                metricsserver.Options{BindAddress: metricsAddr},
+		HealthProbeBindAddress: probeAddr,
+		Cache:                  cache.Options{DefaultTransform: cache.TransformStripManagedFields()},
+		WebhookServer: webhook.NewServer(webhook.Options{
+			Host:    host,
+			Port:    port,
+			CertDir: certDir,
+			TLSOpts: []func(*tls.Config){func(c *tls.Config) { c.MinVersion = tls.VersionTLS12 }},
+		}),
+	})
+	if err != nil {
+		return fmt.Errorf("creating the manager: %w", err)
+	}
+
+	h := opts.NewHandler()
+	h.Reader = mgr.GetClient()
+	h.APIReader = mgr.GetAPIReader()
+	h.Log = log.WithName("injector")
+	h.Metrics = injector.NewMetrics(metrics.Registry)
+	recoverPanic := true
+	mgr.GetWebhookServer().Register(injector.Path, &webhook.Admission{Handler: h, RecoverPanic: &recoverPanic})
+
+	if err := mgr.AddHealthzCheck("ping", healthz.Ping); err != nil {
+		return err
+	}
+	if err := mgr.AddReadyzCheck("webhook", mgr.GetWebhookServer().StartedChecker()); err != nil {
+		return err
+	}
+	log.Info("starting kvinject webhook", "version", version.Version, "agentImage", opts.Mutate.AgentImage, "nativeSidecars", opts.Mutate.NativeSidecars)
+	return mgr.Start(ctrl.SetupSignalHandler())
+}

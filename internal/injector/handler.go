@@ -1,0 +1,178 @@
+// Package injector is the webhook's admission handler: it decodes a pod, looks up its
+// Namespace and ServiceAccount, and hands them to the pure packages mapping (what
+// to inject) and mutate (how), returning their patch, warnings or denial.
+package injector
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/go-logr/logr"
+	"github.com/prometheus/client_golang/prometheus"
+	admissionv1 "k8s.io/api/admission/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
+
+	"github.com/kvinject/kvinject/pkg/mapping"
+	"github.com/kvinject/kvinject/pkg/mutate"
+)
+
+// Path is where the webhook serves pod admission.
+const Path = "/mutate-v1-pod"
+
+// Handler mutates opted-in pods.
+type Handler struct {
+	// Reader reads Namespaces and ServiceAccounts, normally from a cache.
+	Reader client.Reader
+	// APIReader, if set, is asked when Reader does not find a ServiceAccount (a
+	// ServiceAccount created just before its pod may not be cached yet).
+	APIReader client.Reader
+	Defaults  mapping.Defaults
+	Mutate    mutate.Config
+	// LookupTimeout bounds the Namespace and ServiceAccount lookups.
+	LookupTimeout time.Duration
+	Log           logr.Logger
+	// Metrics counts decisions; nil disables counting.
+	Metrics *Metrics
+}
+
+// Decision results, as counted in metrics and logged.
+const (
+	ResultInjected  = "injected"
+	ResultUnchanged = "unchanged"
+	ResultSkipped   = "skipped"
+	ResultDenied    = "denied"
+	ResultError     = "error"
+)
+
+// Metrics are the handler's Prometheus metrics.
+type Metrics struct {
+	Decisions *prometheus.CounterVec
+}
+
+// NewMetrics creates the metrics and registers them with reg.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{Decisions: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "kvinject_admission_decisions_total",
+		Help: "Pod admission decisions by result: injected, unchanged, skipped, denied, error.",
+	}, []string{"result"})}
+	reg.MustRegister(m.Decisions)
+	return m
+}
+
+// Handle implements admission.Handler.
+func (h *Handler) Handle(ctx context.Context, req admission.Request) admission.Response {
+	resp, result, pod := h.handle(ctx, req)
+	if h.Metrics != nil {
+		h.Metrics.Decisions.WithLabelValues(result).Inc()
+	}
+	log := h.Log.WithValues("uid", req.UID, "namespace", req.Namespace, "result", result)
+	if pod != nil {
+		log = log.WithValues("pod", podName(pod))
+	}
+	switch result {
+	case ResultDenied, ResultError:
+		log.Info("pod not admitted", "reason", resp.Result.Message)
+	case ResultInjected:
+		log.Info("pod injected", "operations", len(resp.Patches), "warnings", len(resp.Warnings))
+	default:
+		log.V(1).Info("pod admitted unchanged")
+	}
+	return resp
+}
+
+func (h *Handler) handle(ctx context.Context, req admission.Request) (admission.Response, string, *corev1.Pod) {
+	gvk := req.Kind
+	if gvk.Group != "" || gvk.Kind != "Pod" || req.Resource.Resource != "pods" {
+		return admission.Errored(http.StatusBadRequest, fmt.Errorf("kvinject mutates pods only, got kind %q in group %q (resource %q): check the MutatingWebhookConfiguration's rules", gvk.Kind, gvk.Group, req.Resource.Resource)), ResultError, nil
+	}
+	if req.Operation != admissionv1.Create || req.SubResource != "" {
+		return admission.Allowed("kvinject mutates pods on create only"), ResultSkipped, nil
+	}
+	if len(req.Object.Raw) == 0 {
+		return admission.Errored(http.StatusBadRequest, errors.New("the AdmissionReview request has no object")), ResultError, nil
+	}
+	pod := &corev1.Pod{}
+	if err := json.Unmarshal(req.Object.Raw, pod); err != nil {
+		return admission.Errored(http.StatusBadRequest, fmt.Errorf("decoding the pod: %w", err)), ResultError, nil
+	}
+	if pod.Labels[mapping.LabelInject] != mapping.LabelInjectValue {
+		return admission.Allowed("pod does not carry " + mapping.LabelInject + "=" + mapping.LabelInjectValue), ResultSkipped, pod
+	}
+	namespace := req.Namespace
+	if namespace == "" {
+		namespace = pod.Namespace
+	}
+	ns, sa, err := h.lookup(ctx, namespace, serviceAccountName(pod))
+	if err != nil {
+		return admission.Errored(http.StatusInternalServerError, err), ResultError, pod
+	}
+	spec, warnings, err := mapping.Resolve(pod, ns, sa, h.Defaults)
+	if err != nil {
+		return withWarnings(admission.Denied(err.Error()), warnings), ResultDenied, pod
+	}
+	ops, err := mutate.Patch(pod, spec, h.Mutate)
+	if err != nil {
+		return withWarnings(admission.Denied(err.Error()), warnings), ResultDenied, pod
+	}
+	if len(ops) == 0 {
+		return withWarnings(admission.Allowed("already injected"), warnings), ResultUnchanged, pod
+	}
+	return withWarnings(admission.Patched("injected", ops...), warnings), ResultInjected, pod
+}
+
+// lookup reads the pod's Namespace and ServiceAccount; either is nil when it does not exist.
+func (h *Handler) lookup(ctx context.Context, namespace, saName string) (*corev1.Namespace, *corev1.ServiceAccount, error) {
+	if h.LookupTimeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, h.LookupTimeout)
+		defer cancel()
+	}
+	ns := &corev1.Namespace{}
+	if err := h.Reader.Get(ctx, client.ObjectKey{Name: namespace}, ns); err != nil {
+		if !apierrors.IsNotFound(err) {
+			return nil, nil, fmt.Errorf("reading namespace %q: %w", namespace, err)
+		}
+		ns = nil
+	}
+	sa := &corev1.ServiceAccount{}
+	key := client.ObjectKey{Namespace: namespace, Name: saName}
+	err := h.Reader.Get(ctx, key, sa)
+	if apierrors.IsNotFound(err) && h.APIReader != nil {
+		err = h.APIReader.Get(ctx, key, sa)
+	}
+	switch {
+	case apierrors.IsNotFound(err):
+		sa = nil
+	case err != nil:
+		return nil, nil, fmt.Errorf("reading ServiceAccount %s/%s: %w", namespace, saName, err)
+	}
+	return ns, sa, nil
+}
+
+func serviceAccountName(pod *corev1.Pod) string {
+	if pod.Spec.ServiceAccountName != "" {
+		return pod.Spec.ServiceAccountName
+	}
+	return "default"
+}
+
+func podName(pod *corev1.Pod) string {
+	if pod.Name != "" {
+		return pod.Name
+	}
+	return pod.GenerateName + "<generated>"
+}
+
+func withWarnings(r admission.Response, warnings []string) admission.Response {
+	if len(warnings) > 0 {
+		r.Warnings = append(r.Warnings, warnings...)
+	}
+	return r
+}

@@ -1,0 +1,107 @@
+package injector
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+
+	"github.com/kvinject/kvinject/pkg/mapping"
+	"github.com/kvinject/kvinject/pkg/mutate"
+)
+
+// Options are the webhook's settings of what it injects, bound to command-line flags.
+type Options struct {
+	Defaults      mapping.Defaults
+	Mutate        mutate.Config
+	LookupTimeout time.Duration
+
+	rotation, pullPolicy, volumeSize                 string
+	cpuRequest, memoryRequest, cpuLimit, memoryLimit string
+}
+
+// BindFlags defines the flags on fs.
+func (o *Options) BindFlags(fs *flag.FlagSet) {
+	d := &o.Defaults
+	fs.StringVar(&d.Vault, "default-vault", "", "vault for pods and namespaces that name none (name or https URL)")
+	fs.StringVar(&d.Identity, "default-identity", "", "identity for pods that choose none and whose ServiceAccount has no workload identity: managed:<client-id>, managed or system")
+	fs.StringVar(&d.ManagedIdentityClientID, "managed-identity-client-id", "", "client ID used for identity \"managed\" without one, e.g. the AKS Key Vault add-on's identity")
+	fs.StringVar(&d.TenantID, "default-tenant-id", "", "Azure AD tenant for identities that name none")
+	fs.StringVar(&d.Cloud, "default-cloud", mapping.AzurePublicCloud.Name, "Azure cloud: AzurePublicCloud, AzureUSGovernmentCloud or AzureChinaCloud")
+	fs.StringVar(&d.MountPath, "default-mount-path", mapping.DefaultMountPath, "where app containers see the secret files")
+	fs.StringVar(&o.rotation, "default-rotation", mapping.DefaultRotation.String(), "polling interval for pods that set none, or \"off\"")
+
+	m := &o.Mutate
+	fs.StringVar(&m.AgentImage, "agent-image", "", "image of the fetcher agent (required)")
+	fs.StringVar(&o.pullPolicy, "agent-image-pull-policy", string(corev1.PullIfNotPresent), "agent pull policy: Always, IfNotPresent or Never")
+	fs.BoolVar(&m.NativeSidecars, "native-sidecars", true, "run the rotating agent as a native sidecar (Kubernetes 1.29+); otherwise an init container plus a regular sidecar")
+	fs.StringVar(&o.volumeSize, "volume-size-limit", "16Mi", "size limit of the in-memory secrets volume")
+	fs.Int64Var(&m.TokenExpirationSeconds, "token-expiration-seconds", 3600, "lifetime of the projected workload-identity token (3600-86400)")
+	fs.StringVar(&o.cpuRequest, "agent-cpu-request", "10m", "agent CPU request (empty for none)")
+	fs.StringVar(&o.memoryRequest, "agent-memory-request", "24Mi", "agent memory request (empty for none)")
+	fs.StringVar(&o.cpuLimit, "agent-cpu-limit", "", "agent CPU limit (empty for none)")
+	fs.StringVar(&o.memoryLimit, "agent-memory-limit", "64Mi", "agent memory limit (empty for none)")
+	fs.DurationVar(&o.LookupTimeout, "lookup-timeout", 3*time.Second, "bound on reading a pod's Namespace and ServiceAccount")
+}
+
+// Complete parses the flag values that need it and validates everything, naming
+// the flag at fault.
+func (o *Options) Complete() error {
+	var errs []error
+	var err error
+	if o.Defaults.Rotation, err = mapping.ParseRotation(o.rotation); err != nil {
+		errs = append(errs, fmt.Errorf("--default-rotation: %w", err))
+	}
+	if err := o.Defaults.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if o.Mutate.AgentImage == "" {
+		errs = append(errs, errors.New("--agent-image is required"))
+	}
+	switch p := corev1.PullPolicy(o.pullPolicy); p {
+	case corev1.PullAlways, corev1.PullIfNotPresent, corev1.PullNever:
+		o.Mutate.AgentImagePullPolicy = p
+	default:
+		errs = append(errs, fmt.Errorf("--agent-image-pull-policy %q: use Always, IfNotPresent or Never", o.pullPolicy))
+	}
+	if o.Mutate.TokenExpirationSeconds < 3600 || o.Mutate.TokenExpirationSeconds > 86400 {
+		errs = append(errs, fmt.Errorf("--token-expiration-seconds %d: must be between 3600 and 86400", o.Mutate.TokenExpirationSeconds))
+	}
+	quantity := func(flag, raw string, dst *resource.Quantity) bool {
+		if raw == "" {
+			return false
+		}
+		q, err := resource.ParseQuantity(raw)
+		if err != nil || q.Sign() <= 0 {
+			errs = append(errs, fmt.Errorf("--%s %q: not a positive quantity", flag, raw))
+			return false
+		}
+		*dst = q
+		return true
+	}
+	quantity("volume-size-limit", o.volumeSize, &o.Mutate.VolumeSizeLimit)
+	res := corev1.ResourceRequirements{}
+	put := func(flag, raw string, list *corev1.ResourceList, name corev1.ResourceName) {
+		var q resource.Quantity
+		if quantity(flag, raw, &q) {
+			if *list == nil {
+				*list = corev1.ResourceList{}
+			}
+			(*list)[name] = q
+		}
+	}
+	put("agent-cpu-request", o.cpuRequest, &res.Requests, corev1.ResourceCPU)
+	put("agent-memory-request", o.memoryRequest, &res.Requests, corev1.ResourceMemory)
+	put("agent-cpu-limit", o.cpuLimit, &res.Limits, corev1.ResourceCPU)
+	put("agent-memory-limit", o.memoryLimit, &res.Limits, corev1.ResourceMemory)
+	o.Defaults.Resources = res
+	return errors.Join(errs...)
+}
+
+// NewHandler returns a handler configured by o.
+func (o *Options) NewHandler() *Handler {
+	return &Handler{Defaults: o.Defaults, Mutate: o.Mutate, LookupTimeout: o.LookupTimeout}
+}

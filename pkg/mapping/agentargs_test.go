@@ -1,0 +1,66 @@
+package mapping
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+func TestAgentArgsRoundTrip(t *testing.T) {
+	entries := []Entry{{File: "connectionstring.txt", Name: "DATABASE-CONNECTION-STRING"}, {File: "db/api", Name: "API-KEY", Version: "4387e9f3d6e14c459867679a90fd0f79"}}
+	for _, c := range []AgentConfig{
+		{Mode: AgentModeInit, VaultURL: "https://myvault.vault.azure.net/", Entries: entries, Dir: "/var/run/kvinject/secrets", FileMode: 0o440, Identity: IdentityWorkload},
+		{Mode: AgentModeSidecar, VaultURL: "https://v.vault.azure.cn/", Entries: entries[:1], Dir: "/s", FileMode: 0o444, Rotation: 90 * time.Second, Identity: IdentitySystem},
+		{Mode: AgentModeProbe, Dir: "/s"},
+	} {
+		got, err := ParseAgentArgs(c.Args())
+		if err != nil {
+			t.Fatalf("ParseAgentArgs(%q): %v", c.Args(), err)
+		}
+		if c.Mode == AgentModeProbe {
+			c.FileMode = ModeWorldReadable
+		}
+		if d := cmp.Diff(c, got); d != "" {
+			t.Errorf("round trip of %q (-want +got):\n%s", c.Args(), d)
+		}
+	}
+}
+
+func TestParseAgentArgsErrors(t *testing.T) {
+	ok := []string{"--dir=/d", "--vault=https://v.vault.azure.net/", "--identity=workload", "--secret=a=B"}
+	tests := []struct {
+		args []string
+		want string
+	}{
+		{nil, "missing mode"},
+		{append([]string{"run"}, ok...), `mode "run"`},
+		{[]string{"init", "--dir=d"}, `--dir "d" must be a clean absolute path`},
+		{[]string{"init", "--dir=/d/"}, "clean absolute path"},
+		{[]string{"init", "--dir=/d", "--identity=workload", "--secret=a=B"}, "--vault"},
+		{[]string{"init", "--dir=/d", "--vault=http://v/", "--identity=workload", "--secret=a=B"}, "must be an https URL"},
+		{[]string{"init", "--dir=/d", "--vault=https://v/", "--secret=a=B"}, "--identity is required"},
+		{[]string{"init", "--dir=/d", "--vault=https://v/", "--identity=pod"}, `"pod": use workload`},
+		{[]string{"init", "--dir=/d", "--vault=https://v/", "--identity=system"}, "no --secret given"},
+		{append([]string{"init", "--secret=a=C"}, ok...), `file "a" is given twice`},
+		{append([]string{"init", "--secret=../x=C"}, ok...), "must not start with '..'"},
+		{append([]string{"init", "--file-mode=999"}, ok...), "not an octal mode"},
+		{append([]string{"sidecar", "--rotation=fast"}, ok...), "not a positive duration"},
+		{append([]string{"init", "--bogus"}, ok...), "flag provided but not defined: -bogus"},
+		{append(append([]string{"init"}, ok...), "extra"), `unexpected argument "extra"`},
+	}
+	for _, tt := range tests {
+		_, err := ParseAgentArgs(tt.args)
+		if err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("ParseAgentArgs(%q) = %v, want an error containing %q", tt.args, err, tt.want)
+		}
+	}
+}
+
+func TestSidecarDefaultRotation(t *testing.T) {
+	c, err := ParseAgentArgs([]string{"sidecar", "--dir=/d", "--vault=https://v.vault.azure.net/", "--identity=system", "--secret=a=B"})
+	if err != nil || c.Rotation != DefaultRotation {
+		t.Errorf("rotation = %v, %v; want %v", c.Rotation, err, DefaultRotation)
+	}
+}

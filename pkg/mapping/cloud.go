@@ -1,0 +1,99 @@
+package mapping
+
+import (
+	"fmt"
+	"net/url"
+	"regexp"
+	"strings"
+)
+
+// Cloud is an Azure cloud: where its vaults live and where its identities sign in.
+type Cloud struct {
+	// Name is the canonical name users write, e.g. AzurePublicCloud.
+	Name string
+	// VaultSuffix is the DNS suffix of its vaults, e.g. vault.azure.net.
+	VaultSuffix string
+	// AuthorityHost is the Azure AD endpoint, e.g. https://login.microsoftonline.com/.
+	AuthorityHost string
+}
+
+// The supported clouds.
+var (
+	AzurePublicCloud       = Cloud{"AzurePublicCloud", "vault.azure.net", "https://login.microsoftonline.com/"}
+	AzureUSGovernmentCloud = Cloud{"AzureUSGovernmentCloud", "vault.usgovcloudapi.net", "https://login.microsoftonline.us/"}
+	AzureChinaCloud        = Cloud{"AzureChinaCloud", "vault.azure.cn", "https://login.chinacloudapi.cn/"}
+)
+
+var clouds = []Cloud{AzurePublicCloud, AzureUSGovernmentCloud, AzureChinaCloud}
+
+// ParseCloud returns the cloud with the given name (case-insensitive); empty means public.
+func ParseCloud(name string) (Cloud, error) {
+	if name == "" {
+		return AzurePublicCloud, nil
+	}
+	for _, c := range clouds {
+		if strings.EqualFold(c.Name, name) {
+			return c, nil
+		}
+	}
+	return Cloud{}, fmt.Errorf("unknown cloud %q: use AzurePublicCloud, AzureUSGovernmentCloud or AzureChinaCloud", name)
+}
+
+// cloudOfHost returns the cloud whose vault suffix the host ends with.
+func cloudOfHost(host string) (Cloud, bool) {
+	for _, c := range clouds {
+		if strings.HasSuffix(host, "."+c.VaultSuffix) {
+			return c, true
+		}
+	}
+	return Cloud{}, false
+}
+
+// vaultNameRE is Key Vault's naming rule: 3-24 characters, letters, digits and
+// single hyphens, starting with a letter and ending with a letter or digit.
+var vaultNameRE = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9-]{1,22}[A-Za-z0-9]$`)
+
+// validVaultName reports whether s is a valid vault name.
+func validVaultName(s string) bool {
+	return vaultNameRE.MatchString(s) && !strings.Contains(s, "--")
+}
+
+// VaultURL resolves a vault name or URL in the given cloud to the canonical
+// "https://<name>.<suffix>/" form. A URL must be https, on the cloud's vault
+// domain, without user info, port (other than 443), path, query or fragment.
+func VaultURL(v string, cloud Cloud) (string, error) {
+	if !strings.Contains(v, "/") && !strings.Contains(v, ":") {
+		if !validVaultName(v) {
+			return "", fmt.Errorf("%q is not a valid vault name: 3-24 letters, digits and single hyphens, starting with a letter and ending with a letter or digit", v)
+		}
+		return "https://" + strings.ToLower(v) + "." + cloud.VaultSuffix + "/", nil
+	}
+	u, err := url.Parse(v)
+	if err != nil {
+		return "", fmt.Errorf("%q is neither a vault name nor a valid URL: %v", v, err)
+	}
+	switch {
+	case u.Scheme != "https":
+		return "", fmt.Errorf("vault URL %q must use https", v)
+	case u.User != nil:
+		return "", fmt.Errorf("vault URL %q must not contain user info", v)
+	case u.RawQuery != "" || u.ForceQuery || u.Fragment != "":
+		return "", fmt.Errorf("vault URL %q must not have a query or fragment", v)
+	case u.Path != "" && u.Path != "/":
+		return "", fmt.Errorf("vault URL %q must not have a path: use https://<vault-name>.%s/", v, cloud.VaultSuffix)
+	case u.Port() != "" && u.Port() != "443":
+		return "", fmt.Errorf("vault URL %q must not name a port", v)
+	}
+	host := strings.ToLower(u.Hostname())
+	name, suffix, _ := strings.Cut(host, ".")
+	if suffix != cloud.VaultSuffix {
+		if other, ok := cloudOfHost(host); ok && suffix == other.VaultSuffix {
+			return "", fmt.Errorf("vault URL %q is in %s but the cloud is %s: set %s=%s", v, other.Name, cloud.Name, AnnotationCloud, other.Name)
+		}
+		return "", fmt.Errorf("vault URL %q is not a Key Vault of %s: the host must be <vault-name>.%s", v, cloud.Name, cloud.VaultSuffix)
+	}
+	if !validVaultName(name) {
+		return "", fmt.Errorf("vault URL %q: %q is not a valid vault name", v, name)
+	}
+	return "https://" + host + "/", nil
+}

@@ -1,0 +1,149 @@
+package mapping
+
+import (
+	"fmt"
+	"regexp"
+	"strings"
+)
+
+// Entry is one file the agent writes: the latest (or a pinned) version of a
+// Key Vault secret, at a path relative to the mount.
+//
+// The written grammar is "<file>=<secret-name>[@<version>]"; a bare
+// "<secret-name>[@<version>]" writes a file named after the secret. Key Vault
+// names cannot contain ':' or ';', which keeps "<file>=<kind>:<name>;<option>=..."
+// free for typed entries (certificates, keys, encodings).
+type Entry struct {
+	// File is the path relative to the mount, e.g. "connectionstring.txt" or "db/password".
+	File string
+	// Name is the Key Vault secret name (1-127 of [0-9A-Za-z-]).
+	Name string
+	// Version is a pinned 32-hex-character version; empty means the latest.
+	Version string
+}
+
+// String returns the entry in its canonical written form.
+func (e Entry) String() string {
+	s := e.File + "=" + e.Name
+	if e.Version != "" {
+		s += "@" + e.Version
+	}
+	return s
+}
+
+var (
+	secretNameRE  = regexp.MustCompile(`^[0-9A-Za-z-]{1,127}$`)
+	versionRE     = regexp.MustCompile(`^[0-9A-Fa-f]{32}$`)
+	fileSegmentRE = regexp.MustCompile(`^[A-Za-z0-9._-]+$`)
+)
+
+// maxEntries bounds one pod's mapping; Key Vault and the agent handle more, but a
+// pod asking for more than this is almost certainly a mistake.
+const maxEntries = 256
+
+// maxFileLen bounds a file path (bytes), well below PATH_MAX once the mount path is added.
+const maxFileLen = 253
+
+// ParseEntries parses a mapping: entries separated by commas or newlines, blank
+// entries ignored. It reports every bad entry, not just the first.
+func ParseEntries(s string) ([]Entry, error) {
+	var (
+		entries []Entry
+		probs   []string
+		files   = map[string]string{}
+	)
+	for _, raw := range strings.FieldsFunc(s, func(r rune) bool { return r == ',' || r == '\n' || r == '\r' }) {
+		raw = strings.TrimSpace(raw)
+		if raw == "" {
+			continue
+		}
+		e, err := ParseEntry(raw)
+		if err != nil {
+			probs = append(probs, err.Error())
+			continue
+		}
+		if prev, dup := files[e.File]; dup {
+			probs = append(probs, fmt.Sprintf("entry %q: file %q is already used by entry %q", raw, e.File, prev))
+			continue
+		}
+		files[e.File] = raw
+		entries = append(entries, e)
+	}
+	probs = append(probs, nestedFileProblems(entries)...)
+	if len(probs) == 0 && len(entries) == 0 {
+		probs = append(probs, "no entries: write <file>=<secret-name>[@<version>], separated by commas or newlines")
+	}
+	if len(entries) > maxEntries {
+		probs = append(probs, fmt.Sprintf("%d entries, more than the limit of %d", len(entries), maxEntries))
+	}
+	if len(probs) > 0 {
+		return nil, fmt.Errorf("%s", strings.Join(probs, "; "))
+	}
+	return entries, nil
+}
+
+// nestedFileProblems reports files that would be both a file and a directory,
+// such as "db" and "db/password".
+func nestedFileProblems(entries []Entry) []string {
+	var probs []string
+	for _, a := range entries {
+		for _, b := range entries {
+			if strings.HasPrefix(b.File, a.File+"/") {
+				probs = append(probs, fmt.Sprintf("file %q cannot also be the directory of %q", a.File, b.File))
+			}
+		}
+	}
+	return probs
+}
+
+// ParseEntry parses one "<file>=<secret-name>[@<version>]" entry.
+func ParseEntry(raw string) (Entry, error) {
+	file, ref, hasFile := strings.Cut(raw, "=")
+	if !hasFile {
+		ref = raw
+	}
+	file, ref = strings.TrimSpace(file), strings.TrimSpace(ref)
+	name, version, hasVersion := strings.Cut(ref, "@")
+	if !hasFile {
+		file = name
+	}
+	e := Entry{File: file, Name: name, Version: strings.ToLower(version)}
+	switch {
+	case strings.ContainsAny(name, ":;"):
+		return Entry{}, fmt.Errorf("entry %q: typed entries (%q) are not supported; write <file>=<secret-name>[@<version>]", raw, name)
+	case !secretNameRE.MatchString(name):
+		return Entry{}, fmt.Errorf("entry %q: secret name %q must be 1-127 letters, digits or hyphens; write <file>=<secret-name>[@<version>]", raw, name)
+	case hasVersion && !versionRE.MatchString(version):
+		return Entry{}, fmt.Errorf("entry %q: version %q must be 32 hexadecimal characters (omit @<version> for the latest)", raw, version)
+	}
+	if err := validateFile(file); err != nil {
+		return Entry{}, fmt.Errorf("entry %q: %v", raw, err)
+	}
+	return e, nil
+}
+
+// validateFile checks that a file path stays inside the mount and cannot collide
+// with the agent's own "..data" and timestamped directories.
+func validateFile(f string) error {
+	switch {
+	case f == "":
+		return fmt.Errorf("file name is empty")
+	case strings.HasPrefix(f, "/"):
+		return fmt.Errorf("file %q must be relative to the mount path, without a leading '/'", f)
+	case len(f) > maxFileLen:
+		return fmt.Errorf("file %q is longer than %d characters", f, maxFileLen)
+	case strings.HasPrefix(f, ".."):
+		return fmt.Errorf("file %q must not start with '..' (reserved for the atomic writer and for leaving the mount)", f)
+	}
+	for _, seg := range strings.Split(f, "/") {
+		switch {
+		case seg == "":
+			return fmt.Errorf("file %q has an empty path segment", f)
+		case seg == "." || seg == "..":
+			return fmt.Errorf("file %q must not contain '.' or '..' segments", f)
+		case !fileSegmentRE.MatchString(seg):
+			return fmt.Errorf("file %q may only use letters, digits, '.', '_', '-' and '/' between directories", f)
+		}
+	}
+	return nil
+}

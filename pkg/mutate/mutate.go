@@ -1,0 +1,372 @@
+// Package mutate computes the change kvinject makes to a pod: the in-memory secrets
+// volume, the fetcher agent container, the identity wiring and the read-only mounts,
+// as JSON patch operations against the pod as the API server sent it.
+//
+// It is a pure function of its inputs. The patch is built operation by operation,
+// never by diffing a re-encoded pod, so it only ever adds what kvinject owns: it has
+// no "remove" or "replace" operations and cannot drop fields that this binary's
+// k8s.io/api does not know. It is idempotent: a pod that already carries exactly
+// what would be injected gets an empty patch.
+package mutate
+
+import (
+	"fmt"
+	"path"
+	"strconv"
+	"strings"
+
+	"gomodules.xyz/jsonpatch/v2"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	"k8s.io/apimachinery/pkg/api/resource"
+
+	"github.com/kvinject/kvinject/pkg/mapping"
+)
+
+// Names and paths that kvinject owns inside an injected pod.
+const (
+	// VolumeName is the in-memory volume that holds the secret files.
+	VolumeName = "kvinject-secrets"
+	// TokenVolumeName is the projected workload-identity token, mounted only into the agent.
+	TokenVolumeName = "kvinject-azure-token"
+	// AgentContainerName is the agent: a native sidecar, an init container, or a regular sidecar.
+	AgentContainerName = mapping.AgentContainerName
+	// AgentInitContainerName is the init-mode agent used with a regular (non-native) sidecar.
+	AgentInitContainerName = mapping.AgentInitContainerName
+	// AgentBinary is the agent's path inside its image.
+	AgentBinary = "/kvinject-agent"
+	// AgentDir is where the agent sees the secrets volume.
+	AgentDir = "/var/run/kvinject/secrets"
+	// TokenDir is where the agent sees the projected token.
+	TokenDir = "/var/run/secrets/kvinject/azure-token"
+	// TokenFile is the token's file name inside TokenDir.
+	TokenFile = "azure-identity-token"
+	// TokenAudience is the audience Azure AD expects of a federated ServiceAccount token.
+	TokenAudience = "api://AzureADTokenExchange"
+	// TerminationLog is where the agent explains a failure for kubectl describe.
+	TerminationLog = "/dev/termination-log"
+)
+
+// Config is the webhook's configuration of what it injects.
+type Config struct {
+	// AgentImage is the agent's image reference.
+	AgentImage string
+	// AgentImagePullPolicy is the agent's pull policy (default IfNotPresent).
+	AgentImagePullPolicy corev1.PullPolicy
+	// NativeSidecars makes the rotating agent a native sidecar (Kubernetes 1.29+);
+	// otherwise it is an init container plus a regular sidecar.
+	NativeSidecars bool
+	// VolumeSizeLimit caps the in-memory volume.
+	VolumeSizeLimit resource.Quantity
+	// TokenExpirationSeconds is the projected token's lifetime (3600-86400).
+	TokenExpirationSeconds int64
+}
+
+// Patch returns the JSON patch that injects spec into pod. An empty patch means the
+// pod already carries the injection. Errors name the conflicting part of the pod.
+func Patch(pod *corev1.Pod, spec *mapping.Spec, cfg Config) ([]jsonpatch.Operation, error) {
+	if pod.Spec.OS != nil && pod.Spec.OS.Name != corev1.Linux {
+		return nil, fmt.Errorf("spec.os.name is %q: kvinject's agent runs on Linux nodes only", pod.Spec.OS.Name)
+	}
+	selected := map[string]bool{}
+	for _, n := range spec.Containers {
+		selected[n] = true
+	}
+	want := Desired(pod, spec, cfg)
+	p := &patcher{}
+
+	for _, v := range want.Volumes {
+		if err := p.ensureVolume(pod.Spec.Volumes, v); err != nil {
+			return nil, err
+		}
+	}
+	// Mounts first: their paths use the pod's original container indexes, which the
+	// insertion of the agent below shifts.
+	mount := corev1.VolumeMount{Name: VolumeName, MountPath: spec.MountPath, ReadOnly: true}
+	for i := range pod.Spec.InitContainers {
+		if c := &pod.Spec.InitContainers[i]; selected[c.Name] {
+			if err := p.ensureMount(c, "/spec/initContainers/"+strconv.Itoa(i), mount); err != nil {
+				return nil, err
+			}
+		}
+	}
+	for i := range pod.Spec.Containers {
+		if c := &pod.Spec.Containers[i]; selected[c.Name] {
+			if err := p.ensureMount(c, "/spec/containers/"+strconv.Itoa(i), mount); err != nil {
+				return nil, err
+			}
+		}
+	}
+	if err := p.ensureContainer(pod.Spec.InitContainers, "/spec/initContainers", want.InitAgent, agentIndex(pod.Spec.InitContainers, selected)); err != nil {
+		return nil, err
+	}
+	if want.Sidecar != nil {
+		if err := p.ensureContainer(pod.Spec.Containers, "/spec/containers", *want.Sidecar, len(pod.Spec.Containers)); err != nil {
+			return nil, err
+		}
+	}
+	p.ensureAnnotation(pod.Annotations, mapping.AnnotationStatus, mapping.StatusInjected)
+	return p.ops, nil
+}
+
+// Injection is what a pod should carry for a spec.
+type Injection struct {
+	Volumes []corev1.Volume
+	// InitAgent goes into initContainers: the native sidecar, or the init-mode agent.
+	InitAgent corev1.Container
+	// Sidecar is the regular sidecar used when native sidecars are off and rotation is on.
+	Sidecar *corev1.Container
+}
+
+// Desired returns the volumes and agent containers that inject spec into pod.
+func Desired(pod *corev1.Pod, spec *mapping.Spec, cfg Config) Injection {
+	uid, gid := spec.AgentUser, spec.AgentGroup
+	inj := Injection{Volumes: []corev1.Volume{{
+		Name: VolumeName,
+		VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{
+			Medium:    corev1.StorageMediumMemory,
+			SizeLimit: sizeLimit(cfg.VolumeSizeLimit),
+		}},
+	}}}
+	if spec.Identity.Kind == mapping.IdentityWorkload {
+		inj.Volumes = append(inj.Volumes, tokenVolume(cfg.TokenExpirationSeconds))
+	}
+	base := mapping.AgentConfig{
+		VaultURL: spec.VaultURL,
+		Entries:  spec.Entries,
+		Dir:      AgentDir,
+		FileMode: spec.FileMode,
+		Rotation: spec.Rotation,
+		Identity: spec.Identity.Kind,
+	}
+	switch {
+	case spec.Rotation == 0:
+		inj.InitAgent = agentContainer(AgentContainerName, mapping.AgentModeInit, base, spec, cfg, uid, gid)
+	case cfg.NativeSidecars:
+		inj.InitAgent = agentContainer(AgentContainerName, mapping.AgentModeSidecar, base, spec, cfg, uid, gid)
+		always := corev1.ContainerRestartPolicyAlways
+		inj.InitAgent.RestartPolicy = &always
+		inj.InitAgent.StartupProbe = startupProbe()
+	default:
+		inj.InitAgent = agentContainer(AgentInitContainerName, mapping.AgentModeInit, base, spec, cfg, uid, gid)
+		sidecar := agentContainer(AgentContainerName, mapping.AgentModeSidecar, base, spec, cfg, uid, gid)
+		inj.Sidecar = &sidecar
+	}
+	return inj
+}
+
+// agentContainer builds one agent container in the given mode. Every field the API
+// server would default is set explicitly, so a re-invoked webhook sees its own
+// container unchanged.
+func agentContainer(name, mode string, base mapping.AgentConfig, spec *mapping.Spec, cfg Config, uid, gid int64) corev1.Container {
+	base.Mode = mode
+	if mode == mapping.AgentModeInit {
+		base.Rotation = 0
+	}
+	mounts := []corev1.VolumeMount{{Name: VolumeName, MountPath: AgentDir}}
+	if spec.Identity.Kind == mapping.IdentityWorkload {
+		mounts = append(mounts, corev1.VolumeMount{Name: TokenVolumeName, MountPath: TokenDir, ReadOnly: true})
+	}
+	pull := cfg.AgentImagePullPolicy
+	if pull == "" {
+		pull = corev1.PullIfNotPresent
+	}
+	return corev1.Container{
+		Name:                     name,
+		Image:                    cfg.AgentImage,
+		ImagePullPolicy:          pull,
+		Command:                  []string{AgentBinary},
+		Args:                     base.Args(),
+		Env:                      agentEnv(spec),
+		Resources:                spec.Resources,
+		VolumeMounts:             mounts,
+		TerminationMessagePath:   TerminationLog,
+		TerminationMessagePolicy: corev1.TerminationMessageReadFile,
+		SecurityContext:          restricted(uid, gid),
+	}
+}
+
+// agentEnv is the identity wiring (the azidentity environment contract) plus the
+// pod's identity for audit logs and error messages.
+func agentEnv(spec *mapping.Spec) []corev1.EnvVar {
+	var env []corev1.EnvVar
+	if spec.Identity.ClientID != "" {
+		env = append(env, corev1.EnvVar{Name: "AZURE_CLIENT_ID", Value: spec.Identity.ClientID})
+	}
+	if spec.Identity.TenantID != "" {
+		env = append(env, corev1.EnvVar{Name: "AZURE_TENANT_ID", Value: spec.Identity.TenantID})
+	}
+	env = append(env, corev1.EnvVar{Name: "AZURE_AUTHORITY_HOST", Value: spec.Cloud.AuthorityHost})
+	if spec.Identity.Kind == mapping.IdentityWorkload {
+		env = append(env, corev1.EnvVar{Name: "AZURE_FEDERATED_TOKEN_FILE", Value: path.Join(TokenDir, TokenFile)})
+	}
+	field := func(name, fieldPath string) corev1.EnvVar {
+		return corev1.EnvVar{Name: name, ValueFrom: &corev1.EnvVarSource{
+			FieldRef: &corev1.ObjectFieldSelector{APIVersion: "v1", FieldPath: fieldPath},
+		}}
+	}
+	return append(env,
+		field("POD_NAME", "metadata.name"),
+		field("POD_NAMESPACE", "metadata.namespace"),
+		field("KVINJECT_SERVICE_ACCOUNT", "spec.serviceAccountName"),
+	)
+}
+
+// restricted is a security context that passes Pod Security "restricted".
+func restricted(uid, gid int64) *corev1.SecurityContext {
+	f, t := false, true
+	return &corev1.SecurityContext{
+		RunAsNonRoot:             &t,
+		RunAsUser:                &uid,
+		RunAsGroup:               &gid,
+		AllowPrivilegeEscalation: &f,
+		ReadOnlyRootFilesystem:   &t,
+		Capabilities:             &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
+		SeccompProfile:           &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
+	}
+}
+
+// startupProbe passes once the agent has written the first complete set, which
+// holds back every container after the native sidecar until then.
+func startupProbe() *corev1.Probe {
+	return &corev1.Probe{
+		ProbeHandler: corev1.ProbeHandler{Exec: &corev1.ExecAction{
+			Command: append([]string{AgentBinary}, mapping.AgentConfig{Mode: mapping.AgentModeProbe, Dir: AgentDir}.Args()...),
+		}},
+		TimeoutSeconds:   2,
+		PeriodSeconds:    1,
+		SuccessThreshold: 1,
+		// Five minutes: the agent itself exits with an explanation on a permanent error.
+		FailureThreshold: 300,
+	}
+}
+
+// tokenVolume is the projected ServiceAccount token that Azure AD exchanges.
+func tokenVolume(expiration int64) corev1.Volume {
+	if expiration == 0 {
+		expiration = 3600
+	}
+	mode := int32(0o644)
+	return corev1.Volume{
+		Name: TokenVolumeName,
+		VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{
+			Sources: []corev1.VolumeProjection{{ServiceAccountToken: &corev1.ServiceAccountTokenProjection{
+				Audience:          TokenAudience,
+				ExpirationSeconds: &expiration,
+				Path:              TokenFile,
+			}}},
+			DefaultMode: &mode,
+		}},
+	}
+}
+
+func sizeLimit(q resource.Quantity) *resource.Quantity {
+	if q.IsZero() {
+		return nil
+	}
+	return &q
+}
+
+// agentIndex is where the agent goes in initContainers: first, except after the
+// native sidecars the pod already has at the front (a service-mesh proxy the
+// agent's own traffic may need), unless one of those reads the secrets.
+func agentIndex(inits []corev1.Container, selected map[string]bool) int {
+	i := 0
+	for i < len(inits) {
+		c := inits[i]
+		if c.RestartPolicy == nil || *c.RestartPolicy != corev1.ContainerRestartPolicyAlways || selected[c.Name] {
+			break
+		}
+		i++
+	}
+	return i
+}
+
+// patcher accumulates add operations.
+type patcher struct {
+	ops []jsonpatch.Operation
+	// created records arrays and maps that an earlier operation of this patch created.
+	created map[string]bool
+}
+
+func (p *patcher) add(path string, value any) {
+	p.ops = append(p.ops, jsonpatch.Operation{Operation: "add", Path: path, Value: value})
+}
+
+// appendTo adds value at the end of the array at path, creating the array if the
+// pod has none (exists is false) and no earlier operation created it.
+func (p *patcher) appendTo(path string, exists bool, value any) {
+	if p.created == nil {
+		p.created = map[string]bool{}
+	}
+	if !exists && !p.created[path] {
+		p.created[path] = true
+		p.add(path, []any{value})
+		return
+	}
+	p.add(path+"/-", value)
+}
+
+func (p *patcher) ensureVolume(have []corev1.Volume, v corev1.Volume) error {
+	for _, h := range have {
+		if h.Name != v.Name {
+			continue
+		}
+		if equality.Semantic.DeepEqual(h, v) {
+			return nil
+		}
+		return fmt.Errorf("spec.volumes: the name %q is reserved for kvinject; rename the pod's volume", v.Name)
+	}
+	p.appendTo("/spec/volumes", have != nil, v)
+	return nil
+}
+
+func (p *patcher) ensureMount(c *corev1.Container, base string, m corev1.VolumeMount) error {
+	for _, h := range c.VolumeMounts {
+		switch {
+		case h.Name == m.Name && h.MountPath == m.MountPath && h.ReadOnly && h.SubPath == "" && h.SubPathExpr == "":
+			return nil
+		case h.Name == m.Name:
+			return fmt.Errorf("container %q: the volume name %q is reserved for kvinject", c.Name, m.Name)
+		case path.Clean(h.MountPath) == m.MountPath:
+			return fmt.Errorf("container %q already mounts volume %q at %s: set %s to another directory", c.Name, h.Name, m.MountPath, mapping.AnnotationMountPath)
+		}
+	}
+	p.appendTo(base+"/volumeMounts", c.VolumeMounts != nil, m)
+	return nil
+}
+
+// ensureContainer inserts c at index i of the array at base, unless the pod already
+// has it. A container of the same name that differs is a conflict: the name is
+// reserved, so a pod cannot bring its own "agent".
+func (p *patcher) ensureContainer(have []corev1.Container, base string, c corev1.Container, i int) error {
+	for _, h := range have {
+		if h.Name != c.Name {
+			continue
+		}
+		if equality.Semantic.DeepEqual(h, c) {
+			return nil
+		}
+		return fmt.Errorf("%s: the container name %q is reserved for kvinject; rename the pod's container", strings.TrimPrefix(strings.ReplaceAll(base, "/", "."), "."), c.Name)
+	}
+	if have == nil {
+		p.add(base, []corev1.Container{c})
+		return nil
+	}
+	p.add(base+"/"+strconv.Itoa(i), c)
+	return nil
+}
+
+func (p *patcher) ensureAnnotation(have map[string]string, key, value string) {
+	switch {
+	case have == nil:
+		p.add("/metadata/annotations", map[string]string{key: value})
+	case have[key] != value:
+		p.add("/metadata/annotations/"+escape(key), value)
+	}
+}
+
+// escape encodes a JSON pointer segment (RFC 6901).
+func escape(s string) string {
+	return strings.ReplaceAll(strings.ReplaceAll(s, "~", "~0"), "/", "~1")
+}

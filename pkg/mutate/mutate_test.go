@@ -1,0 +1,220 @@
+package mutate
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	jsonpatch "github.com/evanphx/json-patch/v5"
+	"github.com/google/go-cmp/cmp"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/kvinject/kvinject/pkg/mapping"
+)
+
+var cfg = Config{AgentImage: "agent:v1", NativeSidecars: true, VolumeSizeLimit: resource.MustParse("16Mi")}
+
+func testSpec(rotation time.Duration, kind mapping.IdentityKind) *mapping.Spec {
+	return &mapping.Spec{
+		VaultURL:   "https://myvault.vault.azure.net/",
+		Cloud:      mapping.AzurePublicCloud,
+		Entries:    []mapping.Entry{{File: "a.txt", Name: "A"}, {File: "b/c", Name: "C", Version: "4387e9f3d6e14c459867679a90fd0f79"}},
+		MountPath:  "/app/secrets",
+		Containers: []string{"app"},
+		FileMode:   0o444,
+		Rotation:   rotation,
+		Identity:   mapping.Identity{Kind: kind, ClientID: "3f2a1b0c-9d8e-4f7a-b6c5-d4e3f2a1b0c9", TenantID: "t"},
+		AgentUser:  mapping.DefaultAgentUser, AgentGroup: mapping.DefaultAgentUser,
+	}
+}
+
+func testPod(inits ...corev1.Container) *corev1.Pod {
+	return &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "p", Namespace: "ns"},
+		Spec:       corev1.PodSpec{InitContainers: inits, Containers: []corev1.Container{{Name: "app", Image: "app"}}},
+	}
+}
+
+// apply patches pod the way the API server does and decodes the result.
+func apply(t *testing.T, pod *corev1.Pod, spec *mapping.Spec, c Config) *corev1.Pod {
+	t.Helper()
+	ops, err := Patch(pod, spec, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, op := range ops {
+		if op.Operation != "add" {
+			t.Fatalf("operation %q at %s", op.Operation, op.Path)
+		}
+	}
+	raw, _ := json.Marshal(pod)
+	patch, _ := json.Marshal(ops)
+	p, err := jsonpatch.DecodePatch(patch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := p.Apply(raw)
+	if err != nil {
+		t.Fatalf("apply: %v\n%s", err, patch)
+	}
+	var got corev1.Pod
+	if err := json.Unmarshal(out, &got); err != nil {
+		t.Fatal(err)
+	}
+	return &got
+}
+
+func names(cs []corev1.Container) []string {
+	var n []string
+	for _, c := range cs {
+		n = append(n, c.Name)
+	}
+	return n
+}
+
+func TestPlacement(t *testing.T) {
+	always := corev1.ContainerRestartPolicyAlways
+	mesh := corev1.Container{Name: "istio-proxy", RestartPolicy: &always}
+	logs := corev1.Container{Name: "logs", RestartPolicy: &always}
+	migrate := corev1.Container{Name: "migrate"}
+	tests := []struct {
+		name       string
+		inits      []corev1.Container
+		containers []string
+		rotation   time.Duration
+		native     bool
+		wantInits  []string
+		wantMain   []string
+	}{
+		{name: "no init containers", rotation: time.Minute, native: true, wantInits: []string{"kvinject-agent"}, wantMain: []string{"app"}},
+		{name: "first", inits: []corev1.Container{migrate}, rotation: time.Minute, native: true, wantInits: []string{"kvinject-agent", "migrate"}, wantMain: []string{"app"}},
+		{name: "after mesh sidecar", inits: []corev1.Container{mesh, migrate}, rotation: time.Minute, native: true, wantInits: []string{"istio-proxy", "kvinject-agent", "migrate"}, wantMain: []string{"app"}},
+		{name: "before a sidecar that reads", inits: []corev1.Container{mesh, logs}, containers: []string{"app", "logs"}, rotation: time.Minute, native: true, wantInits: []string{"istio-proxy", "kvinject-agent", "logs"}, wantMain: []string{"app"}},
+		{name: "init mode", inits: []corev1.Container{migrate}, native: true, wantInits: []string{"kvinject-agent", "migrate"}, wantMain: []string{"app"}},
+		{name: "regular sidecar", inits: []corev1.Container{migrate}, rotation: time.Minute, wantInits: []string{"kvinject-agent-init", "migrate"}, wantMain: []string{"app", "kvinject-agent"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			spec := testSpec(tt.rotation, mapping.IdentitySystem)
+			if tt.containers != nil {
+				spec.Containers = tt.containers
+			}
+			c := cfg
+			c.NativeSidecars = tt.native
+			got := apply(t, testPod(tt.inits...), spec, c)
+			if d := cmp.Diff(tt.wantInits, names(got.Spec.InitContainers)); d != "" {
+				t.Errorf("initContainers (-want +got):\n%s", d)
+			}
+			if d := cmp.Diff(tt.wantMain, names(got.Spec.Containers)); d != "" {
+				t.Errorf("containers (-want +got):\n%s", d)
+			}
+			if err := CheckInvariants(got); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+}
+
+// TestReinvocation: another webhook puts its native sidecar first after kvinject ran;
+// kvinject, re-invoked, changes nothing.
+func TestReinvocation(t *testing.T) {
+	spec := testSpec(time.Minute, mapping.IdentityWorkload)
+	pod := apply(t, testPod(), spec, cfg)
+	always := corev1.ContainerRestartPolicyAlways
+	pod.Spec.InitContainers = append([]corev1.Container{{Name: "istio-proxy", RestartPolicy: &always}}, pod.Spec.InitContainers...)
+	pod.Spec.Volumes = append(pod.Spec.Volumes, corev1.Volume{Name: "istio-envoy"})
+	ops, err := Patch(pod, spec, cfg)
+	if err != nil || len(ops) != 0 {
+		t.Errorf("re-invocation: ops=%v err=%v, want none", ops, err)
+	}
+}
+
+// TestAgentArgsAgree proves that what mutate writes is what the agent parses.
+func TestAgentArgsAgree(t *testing.T) {
+	for _, rotation := range []time.Duration{0, 90 * time.Second} {
+		spec := testSpec(rotation, mapping.IdentityWorkload)
+		for _, native := range []bool{true, false} {
+			c := cfg
+			c.NativeSidecars = native
+			inj := Desired(testPod(), spec, c)
+			agents := []corev1.Container{inj.InitAgent}
+			if inj.Sidecar != nil {
+				agents = append(agents, *inj.Sidecar)
+			}
+			for _, a := range agents {
+				got, err := mapping.ParseAgentArgs(a.Args)
+				if err != nil {
+					t.Fatalf("%s: %v", a.Name, err)
+				}
+				want := mapping.AgentConfig{Mode: got.Mode, VaultURL: spec.VaultURL, Entries: spec.Entries, Dir: AgentDir, FileMode: spec.FileMode, Identity: spec.Identity.Kind}
+				if got.Mode == mapping.AgentModeSidecar {
+					want.Rotation = rotation
+				}
+				if d := cmp.Diff(want, got); d != "" {
+					t.Errorf("%s (-want +got):\n%s", a.Name, d)
+				}
+				if a.StartupProbe != nil {
+					probe, err := mapping.ParseAgentArgs(a.StartupProbe.Exec.Command[1:])
+					if err != nil || probe.Mode != mapping.AgentModeProbe || probe.Dir != AgentDir {
+						t.Errorf("startup probe %q: %+v %v", a.StartupProbe.Exec.Command, probe, err)
+					}
+				}
+			}
+		}
+	}
+}
+
+func TestTokenOnlyInAgent(t *testing.T) {
+	pod := testPod(corev1.Container{Name: "migrate"})
+	spec := testSpec(time.Minute, mapping.IdentityWorkload)
+	spec.Containers = []string{"app", "migrate"}
+	got := apply(t, pod, spec, cfg)
+	for _, c := range append(got.Spec.InitContainers, got.Spec.Containers...) {
+		for _, m := range c.VolumeMounts {
+			if m.Name == TokenVolumeName && c.Name != AgentContainerName {
+				t.Errorf("%s mounts the token", c.Name)
+			}
+		}
+		for _, e := range c.Env {
+			if strings.HasPrefix(e.Name, "AZURE_") && c.Name != AgentContainerName {
+				t.Errorf("%s has %s", c.Name, e.Name)
+			}
+		}
+	}
+}
+
+func TestEscape(t *testing.T) {
+	if got := escape("kvinject.dev/status~x"); got != "kvinject.dev~1status~0x" {
+		t.Errorf("escape = %q", got)
+	}
+}
+
+func TestInvariantsCatchViolations(t *testing.T) {
+	good := apply(t, testPod(), testSpec(time.Minute, mapping.IdentityWorkload), cfg)
+	if err := CheckInvariants(good); err != nil {
+		t.Fatal(err)
+	}
+	tests := map[string]func(p *corev1.Pod){
+		"disk volume":      func(p *corev1.Pod) { p.Spec.Volumes[0].EmptyDir.Medium = "" },
+		"privileged agent": func(p *corev1.Pod) { t := true; p.Spec.InitContainers[0].SecurityContext.Privileged = &t },
+		"writable root":    func(p *corev1.Pod) { f := false; p.Spec.InitContainers[0].SecurityContext.ReadOnlyRootFilesystem = &f },
+		"token in app": func(p *corev1.Pod) {
+			p.Spec.Containers[0].VolumeMounts = append(p.Spec.Containers[0].VolumeMounts, corev1.VolumeMount{Name: TokenVolumeName})
+		},
+		"read-write mount": func(p *corev1.Pod) { p.Spec.Containers[0].VolumeMounts[0].ReadOnly = false },
+		"reader before agent": func(p *corev1.Pod) {
+			p.Spec.InitContainers = append([]corev1.Container{{Name: "x", VolumeMounts: []corev1.VolumeMount{{Name: VolumeName, ReadOnly: true}}}}, p.Spec.InitContainers...)
+		},
+		"no status": func(p *corev1.Pod) { delete(p.Annotations, mapping.AnnotationStatus) },
+	}
+	for name, breakIt := range tests {
+		p := good.DeepCopy()
+		breakIt(p)
+		if err := CheckInvariants(p); err == nil {
+			t.Errorf("%s: not caught", name)
+		}
+	}
+}
