@@ -344,7 +344,7 @@ func (p *patcher) ensureContainer(have []corev1.Container, base string, c corev1
 		if h.Name != c.Name {
 			continue
 		}
-		if equality.Semantic.DeepEqual(h, c) {
+		if isOwnAgent(h, c) {
 			return nil
 		}
 		return fmt.Errorf("%s: the container name %q is reserved for kvinject; rename the pod's container", strings.TrimPrefix(strings.ReplaceAll(base, "/", "."), "."), c.Name)
@@ -355,6 +355,48 @@ func (p *patcher) ensureContainer(have []corev1.Container, base string, c corev1
 	}
 	p.add(base+"/"+strconv.Itoa(i), c)
 	return nil
+}
+
+// isOwnAgent reports whether have is the agent container want, as the API server
+// stores it: every field kvinject sets is equal, and the only additions are env
+// variables and volume mounts that other admission plugins append to every
+// container (the ServiceAccount plugin's API token mount, another injector's env),
+// provided they neither repeat kvinject's names nor mount over its paths.
+func isOwnAgent(have, want corev1.Container) bool {
+	ownEnv, ownMounts := map[string]bool{}, map[string]bool{}
+	for _, e := range want.Env {
+		ownEnv[e.Name] = true
+	}
+	var ownPaths []string
+	for _, m := range want.VolumeMounts {
+		ownMounts[m.Name] = true
+		ownPaths = append(ownPaths, m.MountPath)
+	}
+	h := have.DeepCopy()
+	h.Env = h.Env[:0]
+	for _, e := range have.Env {
+		if ownEnv[e.Name] {
+			h.Env = append(h.Env, e)
+		}
+	}
+	h.VolumeMounts = h.VolumeMounts[:0]
+	for _, m := range have.VolumeMounts {
+		if ownMounts[m.Name] || overlaps(m.MountPath, ownPaths) {
+			h.VolumeMounts = append(h.VolumeMounts, m)
+		}
+	}
+	return equality.Semantic.DeepEqual(*h, want)
+}
+
+// overlaps reports whether p is one of paths, or inside or above one of them.
+func overlaps(p string, paths []string) bool {
+	p = path.Clean(p)
+	for _, q := range paths {
+		if p == q || strings.HasPrefix(p, q+"/") || strings.HasPrefix(q, p+"/") {
+			return true
+		}
+	}
+	return false
 }
 
 func (p *patcher) ensureAnnotation(have map[string]string, key, value string) {

@@ -218,3 +218,38 @@ func TestInvariantsCatchViolations(t *testing.T) {
 		}
 	}
 }
+
+// TestAgentAsStored: the API server's ServiceAccount plugin and other injectors append
+// to every container; kvinject still recognises its agent, but not a tampered one.
+func TestAgentAsStored(t *testing.T) {
+	spec := testSpec(time.Minute, mapping.IdentityWorkload)
+	want := Desired(testPod(), spec, cfg).InitAgent
+	tests := []struct {
+		name   string
+		change func(c *corev1.Container)
+		own    bool
+	}{
+		{"unchanged", func(c *corev1.Container) {}, true},
+		{"api token mount", func(c *corev1.Container) {
+			c.VolumeMounts = append(c.VolumeMounts, corev1.VolumeMount{Name: "kube-api-access-x", MountPath: "/var/run/secrets/kubernetes.io/serviceaccount", ReadOnly: true})
+		}, true},
+		{"another injector's env", func(c *corev1.Container) { c.Env = append(c.Env, corev1.EnvVar{Name: "HTTP_PROXY", Value: "x"}) }, true},
+		{"repeated own env", func(c *corev1.Container) {
+			c.Env = append(c.Env, corev1.EnvVar{Name: "AZURE_CLIENT_ID", Value: "other"})
+		}, false},
+		{"mount over own path", func(c *corev1.Container) {
+			c.VolumeMounts = append(c.VolumeMounts, corev1.VolumeMount{Name: "x", MountPath: AgentDir + "/sub"})
+		}, false},
+		{"other image", func(c *corev1.Container) { c.Image = "evil:latest" }, false},
+		{"extra argument", func(c *corev1.Container) { c.Args = append(c.Args, "--vault=https://other.vault.azure.net/") }, false},
+		{"privileged", func(c *corev1.Container) { t := true; c.SecurityContext.Privileged = &t }, false},
+		{"extra port", func(c *corev1.Container) { c.Ports = []corev1.ContainerPort{{ContainerPort: 1}} }, false},
+	}
+	for _, tt := range tests {
+		have := *want.DeepCopy()
+		tt.change(&have)
+		if got := isOwnAgent(have, want); got != tt.own {
+			t.Errorf("%s: isOwnAgent = %v, want %v", tt.name, got, tt.own)
+		}
+	}
+}
