@@ -1,0 +1,41 @@
+// Package emulator is a local, in-memory emulator of Azure Key Vault (secrets) and the
+// parts of Azure AD (Microsoft Entra ID) that a Key Vault client needs: OpenID discovery,
+// the client-credentials token endpoint with federated (workload identity) assertions, and
+// an App Service style managed-identity endpoint.
+//
+// It speaks the real REST protocols over HTTPS, so the unmodified Azure SDK for Go
+// (azidentity and azsecrets) works against it with production settings: challenge
+// resource verification on and instance discovery on.
+//
+// # How clients reach it
+//
+// The emulator serves one TLS listener on 127.0.0.1 and routes every request by its Host
+// header. Its serving certificate is signed by a CA generated in memory at start-up and
+// names 127.0.0.1, localhost, *.vault.azure.net, *.vault.usgovcloudapi.net,
+// *.vault.azure.cn and the Azure AD hosts of the three clouds. A client keeps the real URLs
+// (https://myvault.vault.azure.net/, https://login.microsoftonline.com/) and only
+// overrides dialing, so that connections for those names go to the emulator:
+// [Emulator.DialContext] does that, and [Emulator.Transport] returns a ready
+// *http.Transport that also trusts only the emulator's CA and negotiates HTTP/2.
+//
+//	e, _ := emulator.Start(emulator.Options{})
+//	defer e.Close()
+//	e.AddWorkloadIdentity(emulator.WorkloadIdentity{ClientID: id, TenantID: e.TenantID(),
+//		Issuer: "https://oidc.example", Subject: "system:serviceaccount:ns:sa"})
+//	e.SetSecret("myvault", "db-password", "s3cret")
+//	e.Grant("myvault", id, emulator.PermGet)
+//	opts := azcore.ClientOptions{Transport: &http.Client{Transport: e.Transport()}}
+//
+// Requests whose Host is the listener's own address (127.0.0.1:PORT) are served as Azure AD
+// too, for clients that use AZURE_AUTHORITY_HOST=https://127.0.0.1:PORT/ with
+// DisableInstanceDiscovery, and as the managed-identity endpoint (/msi/token). Paths
+// under /_emulator/ on any host are the admin API (see [AdminTokenHeader]).
+//
+// # Fidelity
+//
+// Responses, error bodies, status codes and headers follow what Key Vault and Azure AD
+// send: the 401 challenge, SecretNotFound, disabled secrets, access-policy, RBAC and
+// firewall denials, per-vault throttling with Retry-After, AADSTS70021 for a federated
+// credential mismatch and so on. Faults (status codes, connection resets, throttling) and
+// latency can be injected. Secret values, access tokens and assertions are never logged.
+package emulator
