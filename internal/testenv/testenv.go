@@ -92,7 +92,7 @@ func Start(ctx context.Context, opts Options) (_ *Env, err error) {
 	}()
 
 	e.logf("building the webhook and agent binaries")
-	build := exec.CommandContext(ctx, "go", "build", "-trimpath", "-o", e.BinDir+"/", "./cmd/webhook")
+	build := exec.CommandContext(ctx, "go", "build", "-trimpath", "-o", e.BinDir+"/", "./cmd/webhook", "./cmd/agent")
 	build.Dir, build.Env = root, append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := build.CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("go build: %v\n%s", err, out)

@@ -141,6 +141,8 @@ func validateFile(f string) error {
 			return fmt.Errorf("file %q has an empty path segment", f)
 		case seg == "." || seg == "..":
 			return fmt.Errorf("file %q must not contain '.' or '..' segments", f)
+		case strings.HasPrefix(seg, ".."):
+			return fmt.Errorf("file %q: no path segment may start with '..' (reserved for the atomic writer)", f)
 		case !fileSegmentRE.MatchString(seg):
 			return fmt.Errorf("file %q may only use letters, digits, '.', '_', '-' and '/' between directories", f)
 		}

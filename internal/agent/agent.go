@@ -1,0 +1,586 @@
+// Package agent is kvinject's fetcher agent: the container the webhook injects
+// into opted-in pods. It gets an Azure AD token for the pod's identity
+// (workload identity, a user-assigned or the system-assigned managed identity),
+// reads the mapped Key Vault secrets with the unmodified Azure SDK, writes them
+// atomically into the pod's in-memory volume (package atomicdir) and, as a
+// sidecar, keeps them current.
+//
+// Modes (the first argument):
+//
+//   - init: fetch every secret, write the set, exit 0; exit 1 with an
+//     explanation in the termination log on failure.
+//   - sidecar: the same, then poll every --rotation (with jitter) and swap in
+//     a new set when a version or value changed. It never exits because a poll
+//     failed; it exits 0 on SIGTERM or SIGINT.
+//   - probe: exit 0 once a complete set is written (the startup probe).
+//
+// Transient failures (429, 5xx, connection errors, an unavailable token
+// endpoint) before the first set are retried with exponential backoff for up
+// to --init-timeout; permanent ones (401, 403, 404, a disabled secret, Azure AD
+// refusing the identity) fail at once. Every failure is explained by Explain.
+//
+// Secret values go only into the files: never into logs, errors or the
+// termination log.
+package agent
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
+
+	"github.com/kvinject/kvinject/internal/atomicdir"
+	"github.com/kvinject/kvinject/internal/version"
+	"github.com/kvinject/kvinject/pkg/mapping"
+)
+
+// Defaults of the agent's options.
+const (
+	// DefaultInitTimeout bounds the retries of transient failures before the first set.
+	DefaultInitTimeout = 2 * time.Minute
+	// DefaultConcurrency is the number of secrets read at the same time.
+	DefaultConcurrency = 32
+	// DefaultMinBackoff is the first delay after a failed attempt; it doubles
+	// with each further failure.
+	DefaultMinBackoff = time.Second
+	// DefaultMaxBackoff bounds the delay between attempts before the first set.
+	DefaultMaxBackoff = 30 * time.Second
+	// DefaultRoundTimeout bounds one round of reads (all secrets).
+	DefaultRoundTimeout = time.Minute
+	// DefaultTerminationLog is where Kubernetes reads a container's termination message.
+	DefaultTerminationLog = "/dev/termination-log"
+)
+
+// Options are the agent's settings that the webhook does not write.
+type Options struct {
+	// Getenv reads the environment; nil means os.Getenv. (The Azure SDK reads
+	// a few variables itself, such as IDENTITY_ENDPOINT for managed identity.)
+	Getenv func(string) string
+	// Logger receives the agent's structured logs; nil means JSON to Stderr.
+	Logger *slog.Logger
+	// Stderr is where Main writes logs and usage errors; nil means os.Stderr.
+	Stderr io.Writer
+	// TerminationLog is the file that receives the explanation of a failure;
+	// empty means none. Main sets it from --termination-log.
+	TerminationLog string
+	// InitTimeout bounds retries of transient failures before the first set
+	// (default DefaultInitTimeout).
+	InitTimeout time.Duration
+	// Concurrency is the number of secrets read at the same time (default
+	// DefaultConcurrency); 1 reads them one after another.
+	Concurrency int
+	// MinBackoff and MaxBackoff bound the delays between failed attempts
+	// (defaults DefaultMinBackoff and DefaultMaxBackoff; in sidecar mode the
+	// polling interval bounds them too).
+	MinBackoff, MaxBackoff time.Duration
+	// RoundTimeout bounds one round of reads (default DefaultRoundTimeout).
+	RoundTimeout time.Duration
+	// SDKRetry configures the Azure SDK's own retries of each request; the zero
+	// value keeps the SDK's defaults (3 retries).
+	SDKRetry policy.RetryOptions
+}
+
+func (o *Options) defaults() {
+	if o.Getenv == nil {
+		o.Getenv = os.Getenv
+	}
+	if o.Stderr == nil {
+		o.Stderr = os.Stderr
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.NewJSONHandler(o.Stderr, nil))
+	}
+	if o.InitTimeout <= 0 {
+		o.InitTimeout = DefaultInitTimeout
+	}
+	if o.Concurrency <= 0 {
+		o.Concurrency = DefaultConcurrency
+	}
+	if o.MinBackoff <= 0 {
+		o.MinBackoff = DefaultMinBackoff
+	}
+	if o.MaxBackoff <= 0 {
+		o.MaxBackoff = DefaultMaxBackoff
+	}
+	if o.RoundTimeout <= 0 {
+		o.RoundTimeout = DefaultRoundTimeout
+	}
+}
+
+// ErrStopped is wrapped by the error of a run stopped (SIGTERM, SIGINT)
+// before the first set was written.
+var ErrStopped = errors.New("stopped before the first set was written")
+
+// Failure is the error Run returns: Error is the explanation written to the
+// termination log, Unwrap the underlying error.
+type Failure struct {
+	Message string
+	Err     error
+}
+
+// Error returns the explanation.
+func (f *Failure) Error() string { return f.Message }
+
+// Unwrap returns the underlying error.
+func (f *Failure) Unwrap() error { return f.Err }
+
+// localFlags are the agent's own flags, which the webhook does not write.
+type localFlags struct {
+	terminationLog string
+	logLevel       slog.Level
+	initTimeout    time.Duration
+}
+
+// parseArgs parses a command line: the mode, the webhook's flags (see
+// mapping.AgentConfig) and the agent's own flags, all on one flag set.
+func parseArgs(args []string) (mapping.AgentConfig, localFlags, error) {
+	var cfg mapping.AgentConfig
+	local := localFlags{terminationLog: DefaultTerminationLog, initTimeout: DefaultInitTimeout}
+	if len(args) == 0 {
+		return cfg, local, cfg.Validate()
+	}
+	cfg.Mode = args[0]
+	fs := flag.NewFlagSet("kvinject-agent "+cfg.Mode, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	cfg.RegisterFlags(fs)
+	fs.StringVar(&local.terminationLog, "termination-log", DefaultTerminationLog, "file that receives the explanation of a failure (empty: none)")
+	fs.TextVar(&local.logLevel, "log-level", slog.LevelInfo, "log level: debug, info, warn or error")
+	fs.DurationVar(&local.initTimeout, "init-timeout", DefaultInitTimeout, "how long to retry transient failures before the first set is written")
+	if err := fs.Parse(args[1:]); err != nil {
+		// Parsing stops at the bad flag: still honour a later --termination-log.
+		if v, ok := lastFlagValue(args[1:], "termination-log"); ok {
+			local.terminationLog = v
+		}
+		return cfg, local, err
+	}
+	if fs.NArg() > 0 {
+		return cfg, local, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	if local.initTimeout <= 0 {
+		return cfg, local, fmt.Errorf("--init-timeout must be positive")
+	}
+	return cfg, local, cfg.Validate()
+}
+
+// lastFlagValue returns the value of the last -name=v, --name=v, -name v or
+// --name v in args.
+func lastFlagValue(args []string, name string) (string, bool) {
+	var v string
+	found := false
+	for i := 0; i < len(args); i++ {
+		a := strings.TrimPrefix(strings.TrimPrefix(args[i], "-"), "-")
+		if a == args[i] {
+			continue
+		}
+		if val, ok := strings.CutPrefix(a, name+"="); ok {
+			v, found = val, true
+		} else if a == name && i+1 < len(args) {
+			v, found = args[i+1], true
+			i++
+		}
+	}
+	return v, found
+}
+
+// Main runs the agent with a command line (mode first, then flags) and
+// returns the process's exit code: 0 on success, 1 on failure, 2 on bad
+// arguments. Besides the webhook's flags (mapping.AgentConfig) it accepts
+// --termination-log (default /dev/termination-log), --log-level (default
+// info) and --init-timeout (default 2m). Options set by these flags are
+// overridden.
+func Main(ctx context.Context, args []string, opts Options) int {
+	if opts.Stderr == nil {
+		opts.Stderr = os.Stderr
+	}
+	cfg, local, err := parseArgs(args)
+	if err != nil {
+		msg := fmt.Sprintf("kvinject-agent: bad arguments %q: %v. Fix: the webhook writes these arguments; make sure the webhook and the agent image are the same kvinject version (agent %s)",
+			strings.Join(args, " "), err, version.Version)
+		fmt.Fprintln(opts.Stderr, msg)
+		if cfg.Mode != mapping.AgentModeProbe {
+			writeTerminationLog(local.terminationLog, msg)
+		}
+		return 2
+	}
+	opts.TerminationLog = local.terminationLog
+	opts.InitTimeout = local.initTimeout
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.NewJSONHandler(opts.Stderr, &slog.HandlerOptions{Level: local.logLevel}))
+	}
+	if err := Run(ctx, cfg, opts); err != nil {
+		if cfg.Mode == mapping.AgentModeProbe {
+			fmt.Fprintln(opts.Stderr, "kvinject-agent probe:", err)
+		}
+		return 1
+	}
+	return 0
+}
+
+// Run runs the agent in cfg.Mode until it is done (init, probe) or ctx is
+// cancelled (sidecar, which then returns nil). On failure it writes the
+// explanation to opts.TerminationLog and returns a *Failure (probe mode
+// returns atomicdir.Check's error and writes nothing).
+func Run(ctx context.Context, cfg mapping.AgentConfig, opts Options) error {
+	if cfg.Mode == mapping.AgentModeProbe {
+		return atomicdir.Check(cfg.Dir)
+	}
+	opts.defaults()
+	env := ReadEnv(opts.Getenv)
+	a := &agent{cfg: cfg, opts: opts, env: env, log: opts.Logger.With("vault", cfg.VaultURL)}
+	if p := env.Pod(); p != "" {
+		a.log = a.log.With("pod", p)
+	}
+	err := a.run(ctx)
+	if a.transport != nil {
+		a.transport.CloseIdleConnections()
+	}
+	if err == nil {
+		return nil
+	}
+	msg := Explain(err, FactsFrom(cfg, env))
+	a.log.Error("failed", append(errAttrs(err), "message", msg)...)
+	writeTerminationLog(opts.TerminationLog, msg)
+	return &Failure{Message: msg, Err: err}
+}
+
+// writeTerminationLog writes msg (at most MaxMessage bytes) to path.
+func writeTerminationLog(path, msg string) {
+	if path == "" {
+		return
+	}
+	_ = os.WriteFile(path, []byte(truncate(msg, MaxMessage)), 0o644)
+}
+
+// agent is one run of the agent.
+type agent struct {
+	cfg  mapping.AgentConfig
+	opts Options
+	env  Env
+	log  *slog.Logger
+
+	refs    []secretRef // distinct secrets, in mapping order
+	entries map[secretRef]mapping.Entry
+	f       *fetcher
+	writer  *atomicdir.Writer
+	// transport is shared by the credential and the client, and survives
+	// their renewal.
+	transport *http.Transport
+	// last is the set written last.
+	last map[secretRef]secretValue
+}
+
+func (a *agent) run(ctx context.Context) error {
+	start := time.Now()
+	a.entries = map[secretRef]mapping.Entry{}
+	for _, e := range a.cfg.Entries {
+		r := refOf(e)
+		if _, dup := a.entries[r]; !dup {
+			a.entries[r] = e
+			a.refs = append(a.refs, r)
+		}
+	}
+	a.writer = atomicdir.New(a.cfg.Dir, os.FileMode(a.cfg.FileMode))
+	a.log.Info("starting", "version", version.Version, "mode", a.cfg.Mode, "identity", string(a.cfg.Identity),
+		"clientID", a.env.ClientID, "dir", a.cfg.Dir, "files", len(a.cfg.Entries), "secrets", len(a.refs),
+		"rotation", a.cfg.Rotation.String())
+	if err := a.connect(); err != nil {
+		return err
+	}
+	if err := a.first(ctx); err != nil {
+		if ctx.Err() != nil && a.cfg.Mode == mapping.AgentModeSidecar {
+			a.log.Info("stopped before the first set was written")
+			return nil
+		}
+		return err
+	}
+	a.log.Info("wrote secrets", "files", len(a.cfg.Entries), "versions", a.versions(a.last), "elapsed", time.Since(start).String())
+	if a.cfg.Mode == mapping.AgentModeInit {
+		writeTerminationLog(a.opts.TerminationLog, fmt.Sprintf("kvinject-agent: wrote %d file(s) from vault %s", len(a.cfg.Entries), a.cfg.VaultURL))
+		return nil
+	}
+	a.rotate(ctx)
+	a.log.Info("stopped")
+	return nil
+}
+
+// connect builds the transport, the credential and the Key Vault client.
+func (a *agent) connect() error {
+	if a.transport == nil {
+		t, err := newTransport(a.env, a.log)
+		if err != nil {
+			return err
+		}
+		a.transport = t
+	}
+	retry := a.opts.SDKRetry
+	if retry.TryTimeout == 0 {
+		retry.TryTimeout = 30 * time.Second
+	}
+	co := clientOptions(&http.Client{Transport: a.transport}, a.env, retry)
+	cred, err := newCredential(a.cfg.Identity, a.env, co)
+	if err != nil {
+		var ce *ConfigError
+		if errors.As(err, &ce) {
+			return err
+		}
+		return &ConfigError{Msg: fmt.Sprintf("cannot set up the %s identity: %v", a.cfg.Identity, err)}
+	}
+	scred := &serialCredential{cred: cred}
+	client, err := newSecretsClient(a.cfg.VaultURL, scred, co)
+	if err != nil {
+		return &ConfigError{Msg: fmt.Sprintf("cannot set up the Key Vault client for %s: %v", a.cfg.VaultURL, err)}
+	}
+	a.f = &fetcher{client: client, cred: scred, scope: vaultScope(a.cfg.VaultURL), vault: a.cfg.VaultURL, concurrency: a.opts.Concurrency}
+	return nil
+}
+
+// round reads refs once, bounded by RoundTimeout.
+func (a *agent) round(ctx context.Context, refs []secretRef) fetchResult {
+	ctx, cancel := context.WithTimeout(ctx, a.opts.RoundTimeout)
+	defer cancel()
+	return a.f.fetch(ctx, refs, a.entries)
+}
+
+// firstErr returns the error of the first failed ref in mapping order.
+func (a *agent) firstErr(errs map[secretRef]error) error {
+	for _, r := range a.refs {
+		if err, ok := errs[r]; ok {
+			return err
+		}
+	}
+	return nil
+}
+
+// first fetches and writes the first complete set, retrying transient
+// failures for up to InitTimeout.
+func (a *agent) first(ctx context.Context) error {
+	start := time.Now()
+	deadline := start.Add(a.opts.InitTimeout)
+	b := backoff{min: a.opts.MinBackoff, max: a.opts.MaxBackoff}
+	for attempt := 1; ; attempt++ {
+		err := a.firstAttempt(ctx)
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return fmt.Errorf("%w (%v)", ErrStopped, errText(err))
+		}
+		if !transient(err) {
+			return err
+		}
+		left := time.Until(deadline)
+		if left <= 0 {
+			return &GiveUpError{After: time.Since(start), Attempts: attempt, Err: err}
+		}
+		d := min(b.next(err), left)
+		a.log.Warn("attempt failed, retrying", append(errAttrs(err), "attempt", attempt, "retryIn", d.String())...)
+		if !sleep(ctx, d) {
+			return fmt.Errorf("%w (%v)", ErrStopped, errText(err))
+		}
+	}
+}
+
+// firstAttempt reads every secret and writes the set.
+func (a *agent) firstAttempt(ctx context.Context) error {
+	res := a.round(ctx, a.refs)
+	if err := a.firstErr(res.errs); err != nil {
+		if n := len(res.errs); n > 1 {
+			a.log.Debug("several secrets failed", "failed", n)
+		}
+		a.resetOnUnauthorized(err)
+		return err
+	}
+	if err := a.write(res.values); err != nil {
+		return err
+	}
+	a.last = res.values
+	return nil
+}
+
+// write writes a complete set: the value of each entry's secret.
+func (a *agent) write(values map[secretRef]secretValue) error {
+	files := make([]atomicdir.File, 0, len(a.cfg.Entries))
+	for _, e := range a.cfg.Entries {
+		v, ok := values[refOf(e)]
+		if !ok {
+			return fmt.Errorf("internal error: no value for %s", e.File)
+		}
+		files = append(files, atomicdir.File{Path: e.File, Data: v.value})
+	}
+	if err := a.writer.Write(files); err != nil {
+		if errors.Is(err, atomicdir.ErrVolumeFull) {
+			return &ConfigError{Msg: fmt.Sprintf("the secrets volume is full: %v. Fix: raise the webhook's volume size limit, or map fewer or smaller secrets", err)}
+		}
+		return &ConfigError{Msg: fmt.Sprintf("cannot write the secrets: %v", err)}
+	}
+	return nil
+}
+
+// rotate polls until ctx is done, swapping in changed sets.
+func (a *agent) rotate(ctx context.Context) {
+	// Pinned versions never change; only the latest ones are polled.
+	var polled []secretRef
+	for _, r := range a.refs {
+		if r.version == "" {
+			polled = append(polled, r)
+		}
+	}
+	if len(polled) == 0 {
+		a.log.Info("every secret is pinned to a version; nothing to poll")
+		<-ctx.Done()
+		return
+	}
+	interval := a.cfg.Rotation
+	b := backoff{min: min(a.opts.MinBackoff, interval), max: interval}
+	delay := jittered(interval)
+	for {
+		if !sleep(ctx, delay) {
+			return
+		}
+		err := a.poll(ctx, polled)
+		if ctx.Err() != nil {
+			return
+		}
+		if err != nil {
+			delay = b.next(err)
+			a.log.Warn("poll failed; keeping the last good set", append(errAttrs(err), "retryIn", delay.String())...)
+			continue
+		}
+		b.reset()
+		delay = jittered(interval)
+	}
+}
+
+// poll reads the polled secrets once and writes a new set if any changed.
+func (a *agent) poll(ctx context.Context, polled []secretRef) error {
+	res := a.round(ctx, polled)
+	next := make(map[secretRef]secretValue, len(a.last))
+	for r, v := range a.last {
+		next[r] = v
+	}
+	var hard error
+	for _, r := range polled {
+		if v, ok := res.values[r]; ok {
+			next[r] = v
+			continue
+		}
+		err, failed := res.errs[r]
+		if !failed {
+			continue // not tried: the round stopped at an earlier failure
+		}
+		if gone(err) {
+			e := a.entries[r]
+			a.log.Warn("secret unavailable; keeping its last value", append(errAttrs(err), "secret", e.Name, "file", e.File, "keptVersion", a.last[r].version)...)
+			continue
+		}
+		if hard == nil {
+			hard = err
+		}
+	}
+	if hard != nil {
+		a.resetOnUnauthorized(hard)
+		return hard
+	}
+	var changed []any
+	for _, r := range polled {
+		old, cur := a.last[r], next[r]
+		if old.version != cur.version || !bytes.Equal(old.value, cur.value) {
+			e := a.entries[r]
+			changed = append(changed, slog.Group(e.Name, "from", old.version, "to", cur.version))
+		}
+	}
+	if len(changed) == 0 {
+		a.log.Debug("no change")
+		return nil
+	}
+	if err := a.write(next); err != nil {
+		return err
+	}
+	a.last = next
+	a.log.Info("secrets changed; wrote a new set", slog.Group("changed", changed...))
+	return nil
+}
+
+// gone reports whether err says that a secret was deleted or disabled.
+func gone(err error) bool {
+	var re *azcore.ResponseError
+	if !errors.As(err, &re) {
+		return false
+	}
+	if re.StatusCode == 404 && re.ErrorCode == "SecretNotFound" {
+		return true
+	}
+	if re.StatusCode == 403 {
+		kv := parseKVError(re.RawResponse)
+		for _, c := range kv.Inner {
+			if c == "SecretDisabled" {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// resetOnUnauthorized replaces the credential and client after Key Vault
+// rejected a token, so that the next attempt gets a fresh token (and re-reads
+// the projected token file) instead of resending the cached one.
+func (a *agent) resetOnUnauthorized(err error) {
+	var re *azcore.ResponseError
+	if !errors.As(err, &re) || re.StatusCode != 401 {
+		return
+	}
+	if cerr := a.connect(); cerr != nil {
+		a.log.Warn("cannot renew the credential", "error", errText(cerr))
+		return
+	}
+	a.log.Info("Key Vault rejected the token; renewed the credential")
+}
+
+// versions returns file -> secret version, for logs.
+func (a *agent) versions(values map[secretRef]secretValue) map[string]string {
+	m := make(map[string]string, len(a.cfg.Entries))
+	for _, e := range a.cfg.Entries {
+		m[e.File] = values[refOf(e)].version
+	}
+	return m
+}
+
+// errAttrs describes err for logs: codes and the first line of the message,
+// never response bodies beyond that (and never secret values, which errors do
+// not contain).
+func errAttrs(err error) []any {
+	attrs := []any{}
+	var se *SecretError
+	if errors.As(err, &se) {
+		attrs = append(attrs, "secret", se.Name)
+		if se.Version != "" {
+			attrs = append(attrs, "secretVersion", se.Version)
+		}
+	}
+	var re *azcore.ResponseError
+	if errors.As(err, &re) {
+		kv := parseKVError(re.RawResponse)
+		attrs = append(attrs, "status", re.StatusCode, "code", orPlaceholder(kv.Code, re.ErrorCode))
+		if len(kv.Inner) > 0 {
+			attrs = append(attrs, "innerCode", strings.Join(kv.Inner, "/"))
+		}
+		if kv.Message != "" {
+			attrs = append(attrs, "error", firstLine(kv.Message, 300))
+		}
+		if ra := retryAfter(err); ra > 0 {
+			attrs = append(attrs, "retryAfter", ra.String())
+		}
+		return attrs
+	}
+	return append(attrs, "error", errText(err))
+}

@@ -1,0 +1,247 @@
+package agent
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/cloud"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
+	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
+	"github.com/Azure/azure-sdk-for-go/sdk/security/keyvault/azsecrets"
+
+	"github.com/kvinject/kvinject/internal/version"
+	"github.com/kvinject/kvinject/pkg/mapping"
+)
+
+// maxIdleConnsPerHost is well above the fetch concurrency, so that HTTP/1.1
+// fallbacks do not churn connections.
+const maxIdleConnsPerHost = 64
+
+// newTransport returns the one HTTP transport that the credential and the Key
+// Vault client share: a clone of http.DefaultTransport that negotiates HTTP/2.
+// The test-only environment variables replace its trusted roots and its
+// dialing; both are logged loudly.
+func newTransport(env Env, log *slog.Logger) (*http.Transport, error) {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.ForceAttemptHTTP2 = true
+	t.MaxIdleConnsPerHost = maxIdleConnsPerHost
+	if env.TestCAFile != "" {
+		pem, err := os.ReadFile(env.TestCAFile)
+		if err != nil {
+			return nil, &ConfigError{Msg: fmt.Sprintf("%s: %v", EnvTestCAFile, err)}
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, &ConfigError{Msg: fmt.Sprintf("%s: %s holds no PEM certificate", EnvTestCAFile, env.TestCAFile)}
+		}
+		t.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+		log.Warn("TEST OPTION IN USE: trusting only the certificates of "+EnvTestCAFile+"; never set this in production",
+			"env", EnvTestCAFile, "file", env.TestCAFile)
+	}
+	if env.TestResolve != "" {
+		rules, err := parseResolve(env.TestResolve)
+		if err != nil {
+			return nil, &ConfigError{Msg: fmt.Sprintf("%s: %v", EnvTestResolve, err)}
+		}
+		d := &net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}
+		t.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			host, _, err := net.SplitHostPort(addr)
+			if err == nil {
+				if to, ok := rules.lookup(host); ok {
+					addr = to
+				}
+			}
+			return d.DialContext(ctx, network, addr)
+		}
+		log.Warn("TEST OPTION IN USE: dialing overridden by "+EnvTestResolve+"; never set this in production",
+			"env", EnvTestResolve, "rules", env.TestResolve)
+	}
+	return t, nil
+}
+
+// resolveRules maps host names (exact, or "*.suffix") to dial addresses.
+type resolveRules struct {
+	exact  map[string]string
+	suffix [][2]string // {".suffix", addr}
+}
+
+// parseResolve parses "host=ip:port,*.suffix=ip:port,...".
+func parseResolve(s string) (resolveRules, error) {
+	r := resolveRules{exact: map[string]string{}}
+	for _, item := range strings.Split(s, ",") {
+		item = strings.TrimSpace(item)
+		if item == "" {
+			continue
+		}
+		host, addr, ok := strings.Cut(item, "=")
+		host = strings.ToLower(strings.TrimSpace(host))
+		addr = strings.TrimSpace(addr)
+		if !ok || host == "" {
+			return r, fmt.Errorf("%q is not host=ip:port", item)
+		}
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			return r, fmt.Errorf("%q: %v", item, err)
+		}
+		if rest, wild := strings.CutPrefix(host, "*."); wild {
+			r.suffix = append(r.suffix, [2]string{"." + rest, addr})
+		} else {
+			r.exact[host] = addr
+		}
+	}
+	if len(r.exact) == 0 && len(r.suffix) == 0 {
+		return r, fmt.Errorf("no rules in %q", s)
+	}
+	return r, nil
+}
+
+func (r resolveRules) lookup(host string) (string, bool) {
+	host = strings.ToLower(strings.TrimSuffix(host, "."))
+	if a, ok := r.exact[host]; ok {
+		return a, true
+	}
+	for _, s := range r.suffix {
+		if strings.HasSuffix(host, s[0]) {
+			return s[1], true
+		}
+	}
+	return "", false
+}
+
+// userAgentPolicy appends the agent and the pod to every request's
+// User-Agent, for Key Vault's and Azure AD's audit logs. azcore's
+// Telemetry.ApplicationID cannot carry it (24 characters, no spaces).
+type userAgentPolicy struct{ suffix string }
+
+// userAgent returns the User-Agent suffix of the agent in pod ("ns/name").
+func userAgent(pod string) string {
+	ua := "kvinject-agent/" + version.Version
+	if pod != "" {
+		ua += " (pod " + pod + ")"
+	}
+	return ua
+}
+
+// Do implements policy.Policy.
+func (p userAgentPolicy) Do(req *policy.Request) (*http.Response, error) {
+	h := req.Raw().Header
+	if ua := h.Get("User-Agent"); ua != "" {
+		h.Set("User-Agent", ua+" "+p.suffix)
+	} else {
+		h.Set("User-Agent", p.suffix)
+	}
+	return req.Next()
+}
+
+// cloudFor returns the cloud configuration whose Azure AD is authority
+// (AZURE_AUTHORITY_HOST); empty means the public cloud.
+func cloudFor(authority string) cloud.Configuration {
+	c := cloud.AzurePublic
+	switch strings.TrimSuffix(strings.ToLower(authority), "/") {
+	case strings.TrimSuffix(cloud.AzureGovernment.ActiveDirectoryAuthorityHost, "/"):
+		c = cloud.AzureGovernment
+	case strings.TrimSuffix(cloud.AzureChina.ActiveDirectoryAuthorityHost, "/"):
+		c = cloud.AzureChina
+	}
+	if authority != "" {
+		if !strings.HasSuffix(authority, "/") {
+			authority += "/"
+		}
+		c.ActiveDirectoryAuthorityHost = authority
+	}
+	return c
+}
+
+// clientOptions are the azcore options of both the credential and the client.
+func clientOptions(t policy.Transporter, env Env, retry policy.RetryOptions) azcore.ClientOptions {
+	return azcore.ClientOptions{
+		Cloud:           cloudFor(env.AuthorityHost),
+		Transport:       t,
+		Retry:           retry,
+		PerCallPolicies: []policy.Policy{userAgentPolicy{suffix: userAgent(env.Pod())}},
+	}
+}
+
+// newCredential returns the credential of the configured identity kind.
+func newCredential(kind mapping.IdentityKind, env Env, co azcore.ClientOptions) (azcore.TokenCredential, error) {
+	switch kind {
+	case mapping.IdentityWorkload:
+		var missing []string
+		for _, v := range []struct{ name, value string }{
+			{EnvClientID, env.ClientID}, {EnvTenantID, env.TenantID}, {EnvTokenFile, env.TokenFile},
+		} {
+			if v.value == "" {
+				missing = append(missing, v.name)
+			}
+		}
+		if len(missing) > 0 {
+			return nil, &ConfigError{Msg: fmt.Sprintf("workload identity needs %s in the agent's environment, which the webhook sets from the ServiceAccount's azure.workload.identity/client-id and tenant annotations. Fix: annotate the ServiceAccount with azure.workload.identity/client-id (and the tenant), then recreate the pod",
+				strings.Join(missing, ", "))}
+		}
+		if _, err := os.Stat(env.TokenFile); err != nil {
+			return nil, &ConfigError{Msg: fmt.Sprintf("workload identity: the projected service account token %s cannot be read (%v). Fix: check that the pod mounts the kvinject-azure-token volume with audience api://AzureADTokenExchange, then recreate the pod",
+				env.TokenFile, errText(err))}
+		}
+		return azidentity.NewWorkloadIdentityCredential(&azidentity.WorkloadIdentityCredentialOptions{
+			ClientOptions: co,
+			ClientID:      env.ClientID,
+			TenantID:      env.TenantID,
+			TokenFilePath: env.TokenFile,
+		})
+	case mapping.IdentityManaged:
+		if env.ClientID == "" {
+			return nil, &ConfigError{Msg: "a user-assigned managed identity needs AZURE_CLIENT_ID. Fix: set kvinject.dev/identity to managed:<client-id>, or configure the webhook's default managed identity, then recreate the pod"}
+		}
+		return azidentity.NewManagedIdentityCredential(&azidentity.ManagedIdentityCredentialOptions{
+			ClientOptions: co,
+			ID:            azidentity.ClientID(env.ClientID),
+		})
+	case mapping.IdentitySystem:
+		return azidentity.NewManagedIdentityCredential(&azidentity.ManagedIdentityCredentialOptions{ClientOptions: co})
+	}
+	return nil, &ConfigError{Msg: fmt.Sprintf("unknown identity kind %q", kind)}
+}
+
+// newSecretsClient returns a Key Vault client with production settings:
+// challenge resource verification stays on.
+func newSecretsClient(vaultURL string, cred azcore.TokenCredential, co azcore.ClientOptions) (*azsecrets.Client, error) {
+	return azsecrets.NewClient(vaultURL, cred, &azsecrets.ClientOptions{ClientOptions: co})
+}
+
+// errText is err's message on one line.
+func errText(err error) string {
+	if err == nil {
+		return ""
+	}
+	return firstLine(err.Error(), 300)
+}
+
+// firstLine returns the first line of s, at most max bytes (cut at a rune boundary).
+func firstLine(s string, max int) string {
+	s = strings.TrimSpace(s)
+	if i := strings.IndexAny(s, "\r\n"); i >= 0 {
+		s = strings.TrimSpace(s[:i])
+	}
+	return truncate(s, max)
+}
+
+// truncate cuts s to at most max bytes at a rune boundary, marking the cut.
+func truncate(s string, max int) string {
+	if len(s) <= max {
+		return s
+	}
+	const mark = "..."
+	cut := max - len(mark)
+	for cut > 0 && cut < len(s) && s[cut]&0xC0 == 0x80 {
+		cut--
+	}
+	return s[:cut] + mark
+}

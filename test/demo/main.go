@@ -1,0 +1,314 @@
+// Command demo is `make demo`: kvinject end to end on this machine, in about a
+// minute. It starts a real kube-apiserver and etcd with kvinject's webhook
+// configuration, the webhook, and the Key Vault + Azure AD emulator; creates the
+// classic scenario (a vault with DATABASE-CONNECTION-STRING and API-KEY, a
+// ServiceAccount federated with a workload identity, a Deployment-style pod);
+// shows what the webhook changed; runs the injected agent exactly as the pod
+// spec says; rotates a secret; shows a failure and how it explains itself; and
+// stops everything it started. Secret values are never printed.
+package main
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/yaml"
+
+	"github.com/kvinject/kvinject/internal/emulator"
+	"github.com/kvinject/kvinject/internal/testenv"
+	"github.com/kvinject/kvinject/pkg/mapping"
+	"github.com/kvinject/kvinject/pkg/mutate"
+)
+
+const (
+	namespace    = "shop"
+	vault        = "contoso-shop"
+	ordersClient = "6f1d2c3b-4a59-4e8d-9c7b-a1b2c3d4e5f6"
+	// reportsClient is an identity that exists but was never granted access to the vault.
+	reportsClient = "9e8d7c6b-5a49-4382-b1a0-f9e8d7c6b5a4"
+)
+
+func main() {
+	start := time.Now()
+	// Ctrl-C or a closed output pipe must still stop what the demo started.
+	signal.Ignore(syscall.SIGPIPE)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx)
+	stop()
+	switch {
+	case err != nil && ctx.Err() != nil:
+		fmt.Fprintln(os.Stderr, "\ndemo interrupted; everything it started is stopped")
+		os.Exit(130)
+	case err != nil:
+		fmt.Fprintf(os.Stderr, "\ndemo failed: %v\n", err)
+		os.Exit(1)
+	}
+	fmt.Printf("\nDone in %s. Everything the demo started is stopped.\n", time.Since(start).Round(100*time.Millisecond))
+}
+
+func step(format string, args ...any) {
+	fmt.Printf("\n==> "+format+"\n", args...)
+}
+
+func run(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+	defer cancel()
+
+	step("Starting a local control plane, the kvinject webhook and the Key Vault + Azure AD emulator")
+	env, err := testenv.Start(ctx, testenv.Options{Log: prefixWriter("    ")})
+	if err != nil {
+		return err
+	}
+	defer env.Stop()
+	emu := env.Emulator
+	tenant := emu.TenantID()
+
+	step("Key Vault %q: two secrets; workload identity %s federated with ServiceAccount %s/orders", vault, ordersClient, namespace)
+	if err := emu.AddVault(vault, emulator.VaultOptions{TenantID: tenant}); err != nil {
+		return err
+	}
+	v1 := emu.SetSecret(vault, "DATABASE-CONNECTION-STRING", "Server=tcp:contoso-shop.database.windows.net,1433;Database=orders;User ID=orders;Password=demo-only-9f3k2;")
+	apiV1 := emu.SetSecret(vault, "API-KEY", "demo-api-key-0001")
+	fmt.Printf("    DATABASE-CONNECTION-STRING version %s\n    API-KEY                    version %s\n", v1, apiV1)
+	if err := emu.Grant(vault, ordersClient, emulator.PermGet); err != nil {
+		return err
+	}
+	for _, sa := range []struct{ name, client string }{{"orders", ordersClient}, {"reports", reportsClient}} {
+		if err := env.RegisterWorkloadIdentity(sa.client, tenant, namespace, sa.name); err != nil {
+			return err
+		}
+	}
+	if err := env.EnsureNamespace(ctx, namespace, nil, nil, map[string]map[string]string{
+		"default": nil,
+		"orders":  {mapping.AnnotationWIClientID: ordersClient, mapping.AnnotationWITenantID: tenant},
+		"reports": {mapping.AnnotationWIClientID: reportsClient, mapping.AnnotationWITenantID: tenant},
+	}); err != nil {
+		return err
+	}
+
+	annotations := map[string]string{
+		mapping.AnnotationVault:    vault,
+		mapping.AnnotationSecrets:  "connectionstring.txt=DATABASE-CONNECTION-STRING, apikey.txt=API-KEY",
+		mapping.AnnotationRotation: "30s",
+	}
+	step("The app team's whole change: one label and a few annotations on the pod template")
+	fmt.Printf("    labels:\n      %s: %q\n    annotations:\n", mapping.LabelInject, mapping.LabelInjectValue)
+	for _, k := range sortedKeys(annotations) {
+		fmt.Printf("      %s: %q\n", k, annotations[k])
+	}
+	pod := appPod("orders-7d9c6b5f4-", "orders", annotations)
+	if err := env.Client.Create(ctx, pod); err != nil {
+		return fmt.Errorf("creating the pod: %w", err)
+	}
+	fmt.Printf("    created pod %s/%s\n", pod.Namespace, pod.Name)
+
+	step("What the webhook added (as stored by the API server)")
+	if err := showInjection(pod); err != nil {
+		return err
+	}
+
+	step("Running the injected agent exactly as the pod spec says (only host paths remapped)")
+	agent, err := env.StartAgent(ctx, pod, mapping.AgentContainerName)
+	if err != nil {
+		return err
+	}
+	defer agent.Stop()
+	began := time.Now()
+	if err := waitFor(ctx, 20*time.Second, func() bool { return exists(filepath.Join(agent.Dir, "..data")) }); err != nil {
+		return fmt.Errorf("no files after 20s; agent output:\n%s", agent.Output())
+	}
+	fmt.Printf("    first complete set written %s after the agent started; the app's files under %s:\n", time.Since(began).Round(time.Millisecond), mapping.DefaultMountPath)
+	before, err := listFiles(agent.Dir)
+	if err != nil {
+		return err
+	}
+
+	step("Rotating API-KEY in Key Vault; the sidecar polls every 30s and swaps the whole set atomically")
+	apiV2 := emu.SetSecret(vault, "API-KEY", "demo-api-key-0002")
+	fmt.Printf("    new API-KEY version %s\n", apiV2)
+	rotated := time.Now()
+	if err := waitFor(ctx, 50*time.Second, func() bool {
+		after, _ := hashes(agent.Dir)
+		return after["apikey.txt"] != before["apikey.txt"] && after["apikey.txt"] != ""
+	}); err != nil {
+		return fmt.Errorf("the new version did not arrive within 50s; agent output:\n%s", agent.Output())
+	}
+	fmt.Printf("    new value on disk %s after the change:\n", time.Since(rotated).Round(time.Second))
+	if _, err := listFiles(agent.Dir); err != nil {
+		return err
+	}
+	if err := agent.Stop(); err != nil {
+		return fmt.Errorf("agent did not stop cleanly: %w", err)
+	}
+
+	step("A mistake, caught at admission: what kubectl shows for a bad annotation")
+	bad := appPod("orders-typo-", "orders", map[string]string{mapping.AnnotationVault: vault, mapping.AnnotationSecrets: "../connectionstring.txt=DATABASE-CONNECTION-STRING", mapping.AnnotationRotation: "10s"})
+	if err := env.Client.Create(ctx, bad); err == nil {
+		return errors.New("a pod with bad annotations was admitted")
+	} else {
+		fmt.Printf("    Error from server (Forbidden): %v\n", err)
+	}
+
+	step("A failure at run time: ServiceAccount %s/reports has an identity with no access to the vault", namespace)
+	denied := appPod("reports-5c8d7b6a9-", "reports", map[string]string{mapping.AnnotationVault: vault, mapping.AnnotationSecrets: "apikey.txt=API-KEY", mapping.AnnotationRotation: "off"})
+	if err := env.Client.Create(ctx, denied); err != nil {
+		return err
+	}
+	failing, err := env.StartAgent(ctx, denied, mapping.AgentContainerName)
+	if err != nil {
+		return err
+	}
+	exitErr := failing.Wait(60 * time.Second)
+	if exitErr == nil {
+		return errors.New("the agent without access succeeded")
+	}
+	fmt.Printf("    kubectl describe pod %s shows for init container %s:\n", denied.Name, mapping.AgentContainerName)
+	fmt.Printf("      State:      Terminated\n      Reason:     Error\n      Exit Code:  %s\n      Message:\n", strings.TrimPrefix(exitErr.Error(), "exit status "))
+	for _, l := range strings.Split(strings.TrimSpace(failing.TerminationMessage()), "\n") {
+		fmt.Printf("        %s\n", l)
+	}
+	st := emu.Stats()
+	fmt.Printf("\n    Key Vault emulator served %d requests (%d secret reads, %d token requests, %d challenges) over %d connections.\n", st.Requests, st.Gets, st.TokenRequests, st.Challenges, st.Connections)
+	return nil
+}
+
+func appPod(generateName, sa string, annotations map[string]string) *corev1.Pod {
+	return &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{
+			Namespace: namespace, GenerateName: generateName, Annotations: annotations,
+			Labels: map[string]string{"app": strings.Split(generateName, "-")[0], mapping.LabelInject: mapping.LabelInjectValue},
+		},
+		Spec: corev1.PodSpec{
+			ServiceAccountName: sa,
+			SecurityContext:    &corev1.PodSecurityContext{FSGroup: ptr(int64(2000))},
+			Containers:         []corev1.Container{{Name: "app", Image: "contoso.azurecr.io/orders:1.4.2"}},
+		},
+	}
+}
+
+// showInjection prints the agent container and the volumes and mounts kvinject added.
+func showInjection(pod *corev1.Pod) error {
+	for _, v := range pod.Spec.Volumes {
+		if strings.HasPrefix(v.Name, "kvinject-") {
+			b, _ := yaml.Marshal(v)
+			fmt.Printf("    + volume:\n%s", indent(string(b), "        "))
+		}
+	}
+	for _, c := range pod.Spec.Containers {
+		for _, m := range c.VolumeMounts {
+			if m.Name == mutate.VolumeName {
+				fmt.Printf("    + container %q mounts %s read-only at %s\n", c.Name, m.Name, m.MountPath)
+			}
+		}
+	}
+	agent, err := testenv.AgentContainer(pod, mapping.AgentContainerName)
+	if err != nil {
+		return err
+	}
+	shown := agent.DeepCopy()
+	shown.VolumeMounts = nil
+	for _, m := range agent.VolumeMounts {
+		if strings.HasPrefix(m.Name, "kvinject-") {
+			shown.VolumeMounts = append(shown.VolumeMounts, m)
+		}
+	}
+	b, _ := yaml.Marshal(shown)
+	fmt.Printf("    + initContainers[0] (a native sidecar: restartPolicy Always, gated by its startupProbe):\n%s", indent(string(b), "        "))
+	fmt.Printf("    + annotation %s: %s\n", mapping.AnnotationStatus, pod.Annotations[mapping.AnnotationStatus])
+	return nil
+}
+
+// listFiles prints the visible files with their modes, sizes and a short hash; never values.
+func listFiles(dir string) (map[string]string, error) {
+	h, err := hashes(dir)
+	if err != nil {
+		return nil, err
+	}
+	for _, name := range sortedKeys(h) {
+		fi, err := os.Stat(filepath.Join(dir, name))
+		if err != nil {
+			return nil, err
+		}
+		fmt.Printf("      %-22s %04o  %4d bytes  value masked (sha256 %s…)\n", name, fi.Mode().Perm(), fi.Size(), h[name][:12])
+	}
+	return h, nil
+}
+
+// hashes returns the sha256 of every visible file (not the ..data machinery).
+func hashes(dir string) (map[string]string, error) {
+	out := map[string]string{}
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(dir, p)
+		if rel == "." {
+			return nil
+		}
+		if strings.HasPrefix(rel, "..") {
+			if d.IsDir() {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return nil //nolint:nilerr // a directory link; its files are listed through ..data
+		}
+		sum := sha256.Sum256(b)
+		out[rel] = hex.EncodeToString(sum[:])
+		return nil
+	})
+	return out, err
+}
+
+func waitFor(ctx context.Context, d time.Duration, ok func() bool) error {
+	ctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	for !ok() {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	return nil
+}
+
+func exists(p string) bool { _, err := os.Stat(p); return err == nil }
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+func indent(s, prefix string) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	return prefix + strings.Join(lines, "\n"+prefix) + "\n"
+}
+
+func ptr[T any](v T) *T { return &v }
+
+type prefixWriter string
+
+func (p prefixWriter) Write(b []byte) (int, error) {
+	fmt.Print(indent(string(b), string(p)))
+	return len(b), nil
+}
