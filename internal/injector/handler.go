@@ -89,6 +89,9 @@ func (h *Handler) Handle(ctx context.Context, req admission.Request) admission.R
 
 func (h *Handler) handle(ctx context.Context, req admission.Request) (admission.Response, string, *corev1.Pod) {
 	gvk := req.Kind
+	if req.UID == "" && gvk.Kind == "" && len(req.Object.Raw) == 0 {
+		return admission.Errored(http.StatusBadRequest, errors.New("the AdmissionReview has no request: the body is empty or not an admission.k8s.io/v1 AdmissionReview")), ResultError, nil
+	}
 	if gvk.Group != "" || gvk.Kind != "Pod" || req.Resource.Resource != "pods" {
 		return admission.Errored(http.StatusBadRequest, fmt.Errorf("kvinject mutates pods only, got kind %q in group %q (resource %q): check the MutatingWebhookConfiguration's rules", gvk.Kind, gvk.Group, req.Resource.Resource)), ResultError, nil
 	}
