@@ -8,8 +8,8 @@ VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo de
 LDFLAGS   := -s -w -X github.com/kvinject/kvinject/internal/version.Version=$(VERSION)
 BIN       := bin
 # Control-plane binaries (kube-apiserver, etcd) are built once from the Go module
-# proxy into a cache outside the repository; see hack/kube-binaries.sh.
-KUBE_ASSETS = $(shell hack/kube-binaries.sh)
+# proxy into a cache outside the repository; see hack/kube-binaries.sh. A failed
+# build stops the target that needs them.
 
 .PHONY: help
 help: ## list the targets
@@ -36,7 +36,8 @@ kube-binaries: ## build (once) and print the cached kube-apiserver/etcd folder
 
 .PHONY: test-integration
 test-integration: ## tests against a real kube-apiserver + etcd and the Key Vault emulator
-	KUBEBUILDER_ASSETS="$(KUBE_ASSETS)" $(GO) test -count=1 -tags integration -timeout 20m ./test/...
+	assets=$$(hack/kube-binaries.sh); \
+	  KUBEBUILDER_ASSETS="$$assets" $(GO) test -count=1 -tags integration -timeout 20m ./test/...
 
 .PHONY: test
 test: lint test-unit test-integration ## everything CI runs: lint, unit, golden and integration tests
@@ -47,7 +48,8 @@ golden: ## regenerate the golden AdmissionReview answers (review the diff!)
 
 .PHONY: demo
 demo: ## the local end-to-end demo: control plane, emulator, webhook, agent
-	KUBEBUILDER_ASSETS="$(KUBE_ASSETS)" $(GO) run ./test/demo
+	assets=$$(hack/kube-binaries.sh); \
+	  KUBEBUILDER_ASSETS="$$assets" $(GO) run ./test/demo
 
 .PHONY: clean
 clean: ## remove build output (the control-plane cache stays)
