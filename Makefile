@@ -39,8 +39,16 @@ test-integration: ## tests against a real kube-apiserver + etcd and the Key Vaul
 	assets=$$(hack/kube-binaries.sh); \
 	  KUBEBUILDER_ASSETS="$$assets" $(GO) test -count=1 -tags integration -timeout 20m ./test/...
 
+.PHONY: bench-smoke
+bench-smoke: ## run every benchmark once, so they keep working (not a measurement)
+	$(GO) test -run '^$$' -bench . -benchtime=1x ./...
+
 .PHONY: test
-test: lint test-unit test-integration ## everything CI runs: lint, unit, golden and integration tests
+test: lint test-unit bench-smoke test-integration ## everything CI runs: lint, unit, golden, benchmark smoke and integration tests
+
+.PHONY: bench
+bench: ## benchmarks of the mutation and the AdmissionReview handling (ns/op, B/op, allocs/op)
+	$(GO) test -run '^$$' -bench . -benchmem ./pkg/... ./internal/injector/
 
 .PHONY: golden
 golden: ## regenerate the golden AdmissionReview answers (review the diff!)

@@ -2,7 +2,6 @@ package mapping
 
 import (
 	"fmt"
-	"regexp"
 	"strings"
 )
 
@@ -31,11 +30,35 @@ func (e Entry) String() string {
 	return s
 }
 
-var (
-	secretNameRE  = regexp.MustCompile(`^[0-9A-Za-z-]{1,127}$`)
-	versionRE     = regexp.MustCompile(`^[0-9A-Fa-f]{32}$`)
-	fileSegmentRE = regexp.MustCompile(`^[A-Za-z0-9._-]+$`)
-)
+// isSecretName: Key Vault's rule, 1-127 of [0-9A-Za-z-].
+func isSecretName(s string) bool {
+	return len(s) >= 1 && len(s) <= 127 && allBytes(s, func(c byte) bool { return isAlnum(c) || c == '-' })
+}
+
+// isVersion: 32 hexadecimal characters.
+func isVersion(s string) bool {
+	return len(s) == 32 && allBytes(s, func(c byte) bool {
+		return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
+	})
+}
+
+// isFileSegment: one or more of [A-Za-z0-9._-].
+func isFileSegment(s string) bool {
+	return s != "" && allBytes(s, func(c byte) bool { return isAlnum(c) || c == '.' || c == '_' || c == '-' })
+}
+
+func isAlnum(c byte) bool {
+	return '0' <= c && c <= '9' || 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z'
+}
+
+func allBytes(s string, ok func(byte) bool) bool {
+	for i := 0; i < len(s); i++ {
+		if !ok(s[i]) {
+			return false
+		}
+	}
+	return true
+}
 
 // maxEntries bounds one pod's mapping; Key Vault and the agent handle more, but a
 // pod asking for more than this is almost certainly a mistake.
@@ -85,11 +108,15 @@ func ParseEntries(s string) ([]Entry, error) {
 // nestedFileProblems reports files that would be both a file and a directory,
 // such as "db" and "db/password".
 func nestedFileProblems(entries []Entry) []string {
+	files := make(map[string]bool, len(entries))
+	for _, e := range entries {
+		files[e.File] = true
+	}
 	var probs []string
-	for _, a := range entries {
-		for _, b := range entries {
-			if strings.HasPrefix(b.File, a.File+"/") {
-				probs = append(probs, fmt.Sprintf("file %q cannot also be the directory of %q", a.File, b.File))
+	for _, e := range entries {
+		for i := range len(e.File) {
+			if e.File[i] == '/' && files[e.File[:i]] {
+				probs = append(probs, fmt.Sprintf("file %q cannot also be the directory of %q", e.File[:i], e.File))
 			}
 		}
 	}
@@ -111,9 +138,9 @@ func ParseEntry(raw string) (Entry, error) {
 	switch {
 	case strings.ContainsAny(name, ":;"):
 		return Entry{}, fmt.Errorf("entry %q: typed entries (%q) are not supported; write <file>=<secret-name>[@<version>]", raw, name)
-	case !secretNameRE.MatchString(name):
+	case !isSecretName(name):
 		return Entry{}, fmt.Errorf("entry %q: secret name %q must be 1-127 letters, digits or hyphens; write <file>=<secret-name>[@<version>]", raw, name)
-	case hasVersion && !versionRE.MatchString(version):
+	case hasVersion && !isVersion(version):
 		return Entry{}, fmt.Errorf("entry %q: version %q must be 32 hexadecimal characters (omit @<version> for the latest)", raw, version)
 	}
 	if err := validateFile(file); err != nil {
@@ -143,7 +170,7 @@ func validateFile(f string) error {
 			return fmt.Errorf("file %q must not contain '.' or '..' segments", f)
 		case strings.HasPrefix(seg, ".."):
 			return fmt.Errorf("file %q: no path segment may start with '..' (reserved for the atomic writer)", f)
-		case !fileSegmentRE.MatchString(seg):
+		case !isFileSegment(seg):
 			return fmt.Errorf("file %q may only use letters, digits, '.', '_', '-' and '/' between directories", f)
 		}
 	}
