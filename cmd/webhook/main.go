@@ -5,15 +5,20 @@
 package main
 
 import (
+	"context"
 	"crypto/tls"
+	"errors"
 	"flag"
 	"fmt"
+	"net/http"
 	"os"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/config"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
@@ -98,6 +103,24 @@ func run(args []string) error {
 	recoverPanic := true
 	mgr.GetWebhookServer().Register(injector.Path, &webhook.Admission{Handler: h, RecoverPanic: &recoverPanic})
 
+	// Start the Namespace and ServiceAccount informers with the manager, not on the
+	// first pod, and report ready only once they are synced: a cold cache in a large
+	// cluster would otherwise make the first admissions wait on the API server.
+	for _, obj := range []client.Object{&corev1.Namespace{}, &corev1.ServiceAccount{}} {
+		if _, err := mgr.GetCache().GetInformer(context.Background(), obj, cache.BlockUntilSynced(false)); err != nil {
+			return fmt.Errorf("preparing the %T cache: %w", obj, err)
+		}
+	}
+	if err := mgr.AddReadyzCheck("caches", func(r *http.Request) error {
+		ctx, cancel := context.WithTimeout(r.Context(), 100*time.Millisecond)
+		defer cancel()
+		if !mgr.GetCache().WaitForCacheSync(ctx) {
+			return errors.New("the Namespace and ServiceAccount caches are not synced yet")
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
 	if err := mgr.AddHealthzCheck("ping", healthz.Ping); err != nil {
 		return err
 	}

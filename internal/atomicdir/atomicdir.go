@@ -252,8 +252,7 @@ func (w *Writer) makeSetDir() (string, error) {
 		if err != nil {
 			return "", err
 		}
-		// Mkdir honours the umask; readers other than the owner need to traverse.
-		return name, os.Chmod(filepath.Join(w.dir, name), 0o755)
+		return name, traversable(filepath.Join(w.dir, name))
 	}
 }
 
@@ -268,11 +267,23 @@ func mkdirAll(root, rel string) error {
 			}
 			return err
 		}
-		if err := os.Chmod(p, 0o755); err != nil {
+		if err := traversable(p); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// traversable gives a new directory mode 0755 (Mkdir honours the umask, and readers
+// other than the owner need to traverse) while keeping the setgid bit it inherited:
+// kubelet marks an fsGroup volume setgid so that every file created in it belongs
+// to the pod's fsGroup, which is how group-readable files reach the app containers.
+func traversable(dir string) error {
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return err
+	}
+	return os.Chmod(dir, 0o755|fi.Mode()&os.ModeSetgid)
 }
 
 // removeStale removes timestamped directories other than current, visible

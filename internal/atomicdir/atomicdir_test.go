@@ -511,3 +511,38 @@ func TestConcurrentReaders(t *testing.T) {
 		t.Error("no reader completed a set")
 	}
 }
+
+// TestFSGroupVolume: in a volume kubelet prepared for an fsGroup (group-owned,
+// setgid), every file and directory of every set belongs to that group, so the
+// app containers, which run with the fsGroup, can read group-readable files.
+func TestFSGroupVolume(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to give the volume another group")
+	}
+	const fsGroup = 4242
+	dir := t.TempDir()
+	if err := os.Chown(dir, -1, fsGroup); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(dir, 0o777|os.ModeSetgid); err != nil {
+		t.Fatal(err)
+	}
+	w := New(dir, 0o440)
+	for round := range 2 {
+		if err := w.Write([]File{{Path: "a.txt", Data: []byte("a")}, {Path: "db/password", Data: []byte("p")}}); err != nil {
+			t.Fatalf("round %d: %v", round, err)
+		}
+		for _, p := range []string{"..data", "..data/a.txt", "..data/db", "..data/db/password"} {
+			fi, err := os.Stat(filepath.Join(dir, p))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if gid := fi.Sys().(*syscall.Stat_t).Gid; gid != fsGroup {
+				t.Errorf("round %d: %s has group %d, want the fsGroup %d", round, p, gid, fsGroup)
+			}
+			if fi.IsDir() && fi.Mode()&os.ModeSetgid == 0 {
+				t.Errorf("round %d: directory %s lost the setgid bit", round, p)
+			}
+		}
+	}
+}

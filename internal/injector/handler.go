@@ -78,7 +78,11 @@ func (h *Handler) Handle(ctx context.Context, req admission.Request) admission.R
 	}
 	switch result {
 	case ResultDenied, ResultError:
-		log.Info("pod not admitted", "reason", resp.Result.Message)
+		reason := resp.Result.Message
+		if len(reason) > 2048 {
+			reason = reason[:2048] + "..."
+		}
+		log.Info("pod not admitted", "reason", reason)
 	case ResultInjected:
 		log.Info("pod injected", "operations", len(resp.Patches), "warnings", len(resp.Warnings))
 	default:
@@ -138,25 +142,34 @@ func (h *Handler) lookup(ctx context.Context, namespace, saName string) (*corev1
 		defer cancel()
 	}
 	ns := &corev1.Namespace{}
-	if err := h.Reader.Get(ctx, client.ObjectKey{Name: namespace}, ns); err != nil {
-		if !apierrors.IsNotFound(err) {
-			return nil, nil, fmt.Errorf("reading namespace %q: %w", namespace, err)
-		}
+	found, err := h.get(ctx, client.ObjectKey{Name: namespace}, ns)
+	if err != nil {
+		return nil, nil, fmt.Errorf("reading namespace %q: %w", namespace, err)
+	}
+	if !found {
 		ns = nil
 	}
 	sa := &corev1.ServiceAccount{}
-	key := client.ObjectKey{Namespace: namespace, Name: saName}
-	err := h.Reader.Get(ctx, key, sa)
-	if apierrors.IsNotFound(err) && h.APIReader != nil {
-		err = h.APIReader.Get(ctx, key, sa)
-	}
-	switch {
-	case apierrors.IsNotFound(err):
-		sa = nil
-	case err != nil:
+	if found, err = h.get(ctx, client.ObjectKey{Namespace: namespace, Name: saName}, sa); err != nil {
 		return nil, nil, fmt.Errorf("reading ServiceAccount %s/%s: %w", namespace, saName, err)
 	}
+	if !found {
+		sa = nil
+	}
 	return ns, sa, nil
+}
+
+// get reads obj from the cache and, when the cache does not have it (an object
+// created just before its pod may not be there yet), from the API server.
+func (h *Handler) get(ctx context.Context, key client.ObjectKey, obj client.Object) (bool, error) {
+	err := h.Reader.Get(ctx, key, obj)
+	if apierrors.IsNotFound(err) && h.APIReader != nil {
+		err = h.APIReader.Get(ctx, key, obj)
+	}
+	if apierrors.IsNotFound(err) {
+		return false, nil
+	}
+	return err == nil, err
 }
 
 func serviceAccountName(pod *corev1.Pod) string {

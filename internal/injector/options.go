@@ -55,9 +55,6 @@ func (o *Options) Complete() error {
 	if o.Defaults.Rotation, err = mapping.ParseRotation(o.rotation); err != nil {
 		errs = append(errs, fmt.Errorf("--default-rotation: %w", err))
 	}
-	if err := o.Defaults.Validate(); err != nil {
-		errs = append(errs, err)
-	}
 	if o.Mutate.AgentImage == "" {
 		errs = append(errs, errors.New("--agent-image is required"))
 	}
@@ -69,6 +66,9 @@ func (o *Options) Complete() error {
 	}
 	if o.Mutate.TokenExpirationSeconds < 3600 || o.Mutate.TokenExpirationSeconds > 86400 {
 		errs = append(errs, fmt.Errorf("--token-expiration-seconds %d: must be between 3600 and 86400", o.Mutate.TokenExpirationSeconds))
+	}
+	if o.LookupTimeout <= 0 {
+		errs = append(errs, fmt.Errorf("--lookup-timeout %s: must be positive", o.LookupTimeout))
 	}
 	quantity := func(flag, raw string, dst *resource.Quantity) bool {
 		if raw == "" {
@@ -98,6 +98,9 @@ func (o *Options) Complete() error {
 	put("agent-cpu-limit", o.cpuLimit, &res.Limits, corev1.ResourceCPU)
 	put("agent-memory-limit", o.memoryLimit, &res.Limits, corev1.ResourceMemory)
 	o.Defaults.Resources = res
+	if err := o.Defaults.Validate(); err != nil {
+		errs = append(errs, err)
+	}
 	return errors.Join(errs...)
 }
 

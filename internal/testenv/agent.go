@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	authenticationv1 "k8s.io/api/authentication/v1"
@@ -71,6 +72,10 @@ func (e *Env) StartAgent(ctx context.Context, pod *corev1.Pod, container string)
 	}
 	// The termination log lives beside, not inside, the volume, as in a pod.
 	a := &Agent{Dir: dir, TerminationLog: dir + ".termination-log", done: make(chan struct{})}
+	cred, err := e.prepareAsKubelet(pod, c, a)
+	if err != nil {
+		return nil, err
+	}
 
 	mountDir := map[string]string{}
 	for _, m := range c.VolumeMounts {
@@ -95,7 +100,7 @@ func (e *Env) StartAgent(ctx context.Context, pod *corev1.Pod, container string)
 			}
 		}
 		if ev.Name == "AZURE_FEDERATED_TOKEN_FILE" {
-			if a.TokenFile, err = e.projectToken(ctx, pod, mountDir, val); err != nil {
+			if a.TokenFile, err = e.projectToken(ctx, pod, mountDir, val, cred); err != nil {
 				return nil, err
 			}
 			val = a.TokenFile
@@ -112,6 +117,7 @@ func (e *Env) StartAgent(ctx context.Context, pod *corev1.Pod, container string)
 	)
 	cmd := exec.Command(filepath.Join(e.BinDir, "agent"), a.Args...)
 	cmd.Env = a.Env
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
 	cmd.Stdout, cmd.Stderr = &lockedWriter{a}, &lockedWriter{a}
 	if err := cmd.Start(); err != nil {
 		return nil, err
@@ -135,8 +141,48 @@ func (e *Env) ResolveOverride() string {
 	return strings.Join(parts, ",")
 }
 
-// projectToken mints the token the kubelet would project for the pod's token volume.
-func (e *Env) projectToken(ctx context.Context, pod *corev1.Pod, mountDir map[string]string, file string) (string, error) {
+// prepareAsKubelet sets up the volume and the process identity the way the kubelet
+// would: when the tests run as root, the agent runs as its container's runAsUser and
+// runAsGroup with the pod's fsGroup as a supplementary group, in a volume directory
+// that is world-writable (emptyDir) and, with an fsGroup, owned by that group and
+// setgid. It returns nil credentials (run as the current user) otherwise.
+func (e *Env) prepareAsKubelet(pod *corev1.Pod, c *corev1.Container, a *Agent) (*syscall.Credential, error) {
+	mode, gid := os.FileMode(0o777), -1
+	var fsGroup *int64
+	if psc := pod.Spec.SecurityContext; psc != nil {
+		fsGroup = psc.FSGroup
+	}
+	if fsGroup != nil {
+		mode, gid = 0o777|os.ModeSetgid, int(*fsGroup)
+	}
+	if err := os.Chown(a.Dir, -1, gid); err != nil && gid >= 0 {
+		return nil, err
+	}
+	if err := os.Chmod(a.Dir, mode); err != nil {
+		return nil, err
+	}
+	sc := c.SecurityContext
+	if os.Geteuid() != 0 || sc == nil || sc.RunAsUser == nil || sc.RunAsGroup == nil {
+		return nil, nil
+	}
+	cred := &syscall.Credential{Uid: uint32(*sc.RunAsUser), Gid: uint32(*sc.RunAsGroup)}
+	if fsGroup != nil {
+		cred.Groups = []uint32{uint32(*fsGroup)}
+	}
+	// The kubelet creates the termination log writable by the container.
+	if err := os.WriteFile(a.TerminationLog, nil, 0o600); err != nil {
+		return nil, err
+	}
+	if err := os.Chown(a.TerminationLog, int(cred.Uid), int(cred.Gid)); err != nil {
+		return nil, err
+	}
+	return cred, nil
+}
+
+// projectToken mints the token the kubelet would project for the pod's token volume,
+// readable the way the kubelet makes it: by everyone in the container without an
+// fsGroup (only the agent mounts it), else by the fsGroup.
+func (e *Env) projectToken(ctx context.Context, pod *corev1.Pod, mountDir map[string]string, file string, cred *syscall.Credential) (string, error) {
 	var proj *corev1.ServiceAccountTokenProjection
 	for _, v := range pod.Spec.Volumes {
 		if v.Name == mutate.TokenVolumeName && v.Projected != nil && len(v.Projected.Sources) == 1 {
@@ -160,8 +206,48 @@ func (e *Env) projectToken(ctx context.Context, pod *corev1.Pod, mountDir map[st
 	if err != nil {
 		return "", err
 	}
+	if err := os.Chmod(dir, 0o755); err != nil {
+		return "", err
+	}
 	path := filepath.Join(dir, proj.Path)
-	return path, os.WriteFile(path, []byte(tr.Status.Token), 0o600)
+	if err := os.WriteFile(path, []byte(tr.Status.Token), 0o644); err != nil {
+		return "", err
+	}
+	if cred != nil && len(cred.Groups) > 0 {
+		if err := os.Chown(path, -1, int(cred.Groups[0])); err != nil {
+			return "", err
+		}
+		return path, os.Chmod(path, 0o640)
+	}
+	return path, nil
+}
+
+// RunProbe runs the container's startup probe command, with the volume directory
+// remapped to dir, and returns its error (nil when it passes).
+func (e *Env) RunProbe(pod *corev1.Pod, container, dir string) error {
+	c, err := AgentContainer(pod, container)
+	if err != nil {
+		return err
+	}
+	if c.StartupProbe == nil || c.StartupProbe.Exec == nil {
+		return fmt.Errorf("container %q has no exec startup probe", container)
+	}
+	cmd := c.StartupProbe.Exec.Command
+	if len(cmd) == 0 || cmd[0] != mutate.AgentBinary {
+		return fmt.Errorf("the startup probe runs %q, not the agent", cmd)
+	}
+	var args []string
+	for _, arg := range cmd[1:] {
+		if strings.HasPrefix(arg, "--dir=") {
+			arg = "--dir=" + dir
+		}
+		args = append(args, arg)
+	}
+	out, err := exec.Command(filepath.Join(e.BinDir, "agent"), args...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("%w: %s", err, out)
+	}
+	return nil
 }
 
 // fieldValue resolves the downward-API fields the agent uses.
@@ -197,8 +283,10 @@ func (a *Agent) Stop() error {
 		return a.err
 	default:
 	}
-	_ = a.cmd.Process.Signal(os.Interrupt)
-	if err := a.Wait(10 * time.Second); err != nil && a.cmd.ProcessState == nil {
+	_ = a.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-a.done:
+	case <-time.After(10 * time.Second):
 		_ = a.cmd.Process.Kill()
 		<-a.done
 	}

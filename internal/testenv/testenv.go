@@ -84,6 +84,11 @@ func Start(ctx context.Context, opts Options) (_ *Env, err error) {
 	if err != nil {
 		return nil, err
 	}
+	// The agent may run as another user (see StartAgent): it must reach its binary,
+	// the CA file and its directories.
+	if err := os.Chmod(work, 0o755); err != nil {
+		return nil, err
+	}
 	e := &Env{Root: root, BinDir: filepath.Join(work, "bin"), opts: opts, work: work}
 	defer func() {
 		if err != nil {
@@ -107,7 +112,7 @@ func Start(ctx context.Context, opts Options) (_ *Env, err error) {
 		return nil, fmt.Errorf("starting the emulator: %w", err)
 	}
 	e.CAFile = filepath.Join(work, "emulator-ca.pem")
-	if err := os.WriteFile(e.CAFile, e.Emulator.CAPEM(), 0o600); err != nil {
+	if err := os.WriteFile(e.CAFile, e.Emulator.CAPEM(), 0o644); err != nil {
 		return nil, err
 	}
 

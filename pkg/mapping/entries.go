@@ -67,6 +67,9 @@ const maxEntries = 256
 // maxFileLen bounds a file path (bytes), well below PATH_MAX once the mount path is added.
 const maxFileLen = 253
 
+// maxEntryLen is the longest valid entry: a file, '=', a secret name, '@' and a version.
+const maxEntryLen = maxFileLen + 1 + 127 + 1 + 32
+
 // ParseEntries parses a mapping: entries separated by commas or newlines, blank
 // entries ignored. It reports every bad entry, not just the first.
 func ParseEntries(s string) ([]Entry, error) {
@@ -78,6 +81,14 @@ func ParseEntries(s string) ([]Entry, error) {
 	for _, raw := range strings.FieldsFunc(s, func(r rune) bool { return r == ',' || r == '\n' || r == '\r' }) {
 		raw = strings.TrimSpace(raw)
 		if raw == "" {
+			continue
+		}
+		if len(entries)+len(probs) > maxEntries {
+			probs = append(probs, fmt.Sprintf("more than the limit of %d entries", maxEntries))
+			break
+		}
+		if len(raw) > maxEntryLen {
+			probs = append(probs, fmt.Sprintf("entry %q... is longer than the longest valid entry (%d characters)", raw[:40], maxEntryLen))
 			continue
 		}
 		e, err := ParseEntry(raw)
@@ -95,9 +106,6 @@ func ParseEntries(s string) ([]Entry, error) {
 	probs = append(probs, nestedFileProblems(entries)...)
 	if len(probs) == 0 && len(entries) == 0 {
 		probs = append(probs, "no entries: write <file>=<secret-name>[@<version>], separated by commas or newlines")
-	}
-	if len(entries) > maxEntries {
-		probs = append(probs, fmt.Sprintf("%d entries, more than the limit of %d", len(entries), maxEntries))
 	}
 	if len(probs) > 0 {
 		return nil, fmt.Errorf("%s", strings.Join(probs, "; "))

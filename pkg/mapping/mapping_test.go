@@ -181,6 +181,7 @@ func TestAgentUser(t *testing.T) {
 		pod      *corev1.PodSecurityContext
 		scs      []*corev1.SecurityContext
 		uid, gid int64
+		sharePID bool
 	}{
 		{name: "none", scs: []*corev1.SecurityContext{nil}, uid: DefaultAgentUser, gid: DefaultAgentUser},
 		{name: "pod level", pod: &corev1.PodSecurityContext{RunAsUser: i(1000), RunAsGroup: i(3000)}, scs: []*corev1.SecurityContext{nil, nil}, uid: 1000, gid: 3000},
@@ -188,9 +189,10 @@ func TestAgentUser(t *testing.T) {
 		{name: "disagree", scs: []*corev1.SecurityContext{{RunAsUser: i(7)}, {RunAsUser: i(8)}}, uid: DefaultAgentUser, gid: DefaultAgentUser},
 		{name: "one unset", scs: []*corev1.SecurityContext{{RunAsUser: i(7)}, nil}, uid: DefaultAgentUser, gid: DefaultAgentUser},
 		{name: "root", pod: &corev1.PodSecurityContext{RunAsUser: i(0)}, scs: []*corev1.SecurityContext{nil}, uid: DefaultAgentUser, gid: DefaultAgentUser},
+		{name: "shared process namespace", sharePID: true, pod: &corev1.PodSecurityContext{RunAsUser: i(1000), RunAsGroup: i(3000)}, scs: []*corev1.SecurityContext{nil}, uid: DefaultAgentUser, gid: DefaultAgentUser},
 	}
 	for _, tt := range tests {
-		pod := &corev1.Pod{Spec: corev1.PodSpec{SecurityContext: tt.pod}}
+		pod := &corev1.Pod{Spec: corev1.PodSpec{SecurityContext: tt.pod, ShareProcessNamespace: &tt.sharePID}}
 		var names []string
 		for n, sc := range tt.scs {
 			name := string(rune('a' + n))

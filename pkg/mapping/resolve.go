@@ -58,7 +58,10 @@ type Spec struct {
 	MountPath string
 	// Containers names the containers (regular or init) that get the mount.
 	Containers []string
-	FileMode   uint32
+	// ContainersDefaulted is true when Containers is the default (every regular
+	// container) rather than the pod's kvinject.dev/containers.
+	ContainersDefaulted bool
+	FileMode            uint32
 	// Rotation is the polling interval; 0 means off (fetch once, as an init container).
 	Rotation  time.Duration
 	Identity  Identity
@@ -74,7 +77,16 @@ type InvalidError struct {
 	Problems []string
 }
 
-func (e *InvalidError) Error() string { return strings.Join(e.Problems, "; ") }
+// maxReported bounds the problems a message lists, so a hostile or broken annotation
+// cannot make a denial (or the webhook's log) megabytes long.
+const maxReported = 10
+
+func (e *InvalidError) Error() string {
+	if len(e.Problems) <= maxReported {
+		return strings.Join(e.Problems, "; ")
+	}
+	return fmt.Sprintf("%s; and %d more problems", strings.Join(e.Problems[:maxReported], "; "), len(e.Problems)-maxReported)
+}
 
 // problems collects validation failures, each prefixed with the field it concerns.
 type problems []string
@@ -141,6 +153,7 @@ func Resolve(pod *corev1.Pod, ns *corev1.Namespace, sa *corev1.ServiceAccount, d
 		probs.add(AnnotationMountPath, "%v", err)
 	}
 
+	spec.ContainersDefaulted = strings.TrimSpace(podAnn[AnnotationContainers]) == ""
 	spec.Containers, err = selectContainers(pod, podAnn[AnnotationContainers])
 	if err != nil {
 		probs.add(AnnotationContainers, "%v", err)
@@ -181,6 +194,11 @@ func Resolve(pod *corev1.Pod, ns *corev1.Namespace, sa *corev1.ServiceAccount, d
 // runs as, when they agree and are not root, so owner-only file modes work; else
 // DefaultAgentUser.
 func agentUser(pod *corev1.Pod, names []string) (uid, gid int64) {
+	// Processes of one user in a shared PID namespace can read each other's files
+	// through /proc/<pid>/root: the agent's identity token must not be one of them.
+	if (pod.Spec.ShareProcessNamespace != nil && *pod.Spec.ShareProcessNamespace) || pod.Spec.HostPID {
+		return DefaultAgentUser, DefaultAgentUser
+	}
 	selected := map[string]bool{}
 	for _, n := range names {
 		selected[n] = true
@@ -351,9 +369,12 @@ func validateMountPath(p string) error {
 	case strings.ContainsAny(p, ":\x00"):
 		return fmt.Errorf("%q must not contain ':'", p)
 	}
-	for _, sys := range []string{"/", "/dev", "/proc", "/sys", "/etc", "/var/run/secrets/kubernetes.io"} {
-		if p == sys {
-			return fmt.Errorf("%q is a system directory; choose a directory of the app such as %s", p, DefaultMountPath)
+	if p == "/" || p == "/etc" {
+		return fmt.Errorf("%q is a system directory; choose a directory of the app such as %s", p, DefaultMountPath)
+	}
+	for _, sys := range []string{"/dev", "/proc", "/sys", "/var/run/secrets/kubernetes.io"} {
+		if p == sys || strings.HasPrefix(p, sys+"/") {
+			return fmt.Errorf("%q is inside the system directory %s; choose a directory of the app such as %s", p, sys, DefaultMountPath)
 		}
 	}
 	return nil
@@ -462,6 +483,16 @@ func (d Defaults) Validate() error {
 	if d.Identity != "" {
 		if _, err := parseIdentity(d.Identity); err != nil {
 			probs.add("--default-identity", "%v", err)
+		}
+	}
+	if c, err := parseIdentity(d.Identity); err == nil && c.kind == IdentityManaged && c.clientID == "" && d.ManagedIdentityClientID == "" {
+		probs.add("--default-identity", "%q needs --managed-identity-client-id, or write managed:<client-id>", d.Identity)
+	}
+	for _, name := range []corev1.ResourceName{corev1.ResourceCPU, corev1.ResourceMemory} {
+		req, hasReq := d.Resources.Requests[name]
+		lim, hasLim := d.Resources.Limits[name]
+		if hasReq && hasLim && req.Cmp(lim) > 0 {
+			probs.add("--agent-"+string(name)+"-request", "%s is more than --agent-%s-limit %s", req.String(), name, lim.String())
 		}
 	}
 	if d.ManagedIdentityClientID != "" && !guidRE.MatchString(d.ManagedIdentityClientID) {

@@ -14,6 +14,7 @@ import (
 	"path"
 	"strconv"
 	"strings"
+	"time"
 
 	"gomodules.xyz/jsonpatch/v2"
 	corev1 "k8s.io/api/core/v1"
@@ -68,9 +69,15 @@ func Patch(pod *corev1.Pod, spec *mapping.Spec, cfg Config) ([]jsonpatch.Operati
 	if pod.Spec.OS != nil && pod.Spec.OS.Name != corev1.Linux {
 		return nil, fmt.Errorf("spec.os.name is %q: kvinject's agent runs on Linux nodes only", pod.Spec.OS.Name)
 	}
+	if agent := findContainer(pod, AgentContainerName); agent != nil {
+		spec = adoptInjection(pod, spec, agent)
+	}
 	selected := map[string]bool{}
 	for _, n := range spec.Containers {
 		selected[n] = true
+	}
+	if err := checkReserved(pod, selected, cfg, spec.Rotation); err != nil {
+		return nil, err
 	}
 	want := Desired(pod, spec, cfg)
 	p := &patcher{}
@@ -107,6 +114,76 @@ func Patch(pod *corev1.Pod, spec *mapping.Spec, cfg Config) ([]jsonpatch.Operati
 	}
 	p.ensureAnnotation(pod.Annotations, mapping.AnnotationStatus, mapping.StatusInjected)
 	return p.ops, nil
+}
+
+// adoptInjection adapts spec to a pod that already carries an agent, as on
+// re-invocation: the agent keeps the user it was given, and with the default
+// selection the mount stays in the containers that have it, rather than spreading
+// to containers other webhooks appended since (their proxies must not read the
+// app's secrets, nor change the agent's user). Whether the existing agent is
+// really kvinject's is still decided by ensureContainer.
+func adoptInjection(pod *corev1.Pod, spec *mapping.Spec, agent *corev1.Container) *mapping.Spec {
+	s := *spec
+	if sc := agent.SecurityContext; sc != nil && sc.RunAsUser != nil && sc.RunAsGroup != nil && *sc.RunAsUser > 0 {
+		s.AgentUser, s.AgentGroup = *sc.RunAsUser, *sc.RunAsGroup
+	}
+	if s.ContainersDefaulted {
+		s.Containers = nil
+		for _, cs := range [][]corev1.Container{pod.Spec.InitContainers, pod.Spec.Containers} {
+			for _, c := range cs {
+				if !mapping.IsAgentContainer(c.Name) && mounts(&c, VolumeName) {
+					s.Containers = append(s.Containers, c.Name)
+				}
+			}
+		}
+	}
+	return &s
+}
+
+// checkReserved refuses pods that use kvinject's names for their own purposes: an
+// agent container in the wrong place, a container mounting the identity token, or
+// an unselected container mounting the secrets volume.
+func checkReserved(pod *corev1.Pod, selected map[string]bool, cfg Config, rotation time.Duration) error {
+	inInit := rotation == 0 || cfg.NativeSidecars
+	for i, cs := range [][]corev1.Container{pod.Spec.InitContainers, pod.Spec.Containers} {
+		field := [...]string{"spec.initContainers", "spec.containers"}[i]
+		for _, c := range cs {
+			if mapping.IsAgentContainer(c.Name) {
+				wantInit := inInit || c.Name == AgentInitContainerName
+				if (i == 0) != wantInit {
+					return fmt.Errorf("%s: the container name %q is reserved for kvinject; rename the pod's container", field, c.Name)
+				}
+				continue
+			}
+			switch {
+			case mounts(&c, TokenVolumeName):
+				return fmt.Errorf("container %q mounts %q: the name is reserved for kvinject's identity token, which only the agent may mount", c.Name, TokenVolumeName)
+			case mounts(&c, VolumeName) && !selected[c.Name]:
+				return fmt.Errorf("container %q mounts %q but is not among the containers that get the secrets; add it to %s", c.Name, VolumeName, mapping.AnnotationContainers)
+			}
+		}
+	}
+	return nil
+}
+
+func mounts(c *corev1.Container, volume string) bool {
+	for _, m := range c.VolumeMounts {
+		if m.Name == volume {
+			return true
+		}
+	}
+	return false
+}
+
+func findContainer(pod *corev1.Pod, name string) *corev1.Container {
+	for _, cs := range [][]corev1.Container{pod.Spec.InitContainers, pod.Spec.Containers} {
+		for i := range cs {
+			if cs[i].Name == name {
+				return &cs[i]
+			}
+		}
+	}
+	return nil
 }
 
 // Injection is what a pod should carry for a spec.
@@ -358,10 +435,13 @@ func (p *patcher) ensureContainer(have []corev1.Container, base string, c corev1
 }
 
 // isOwnAgent reports whether have is the agent container want, as the API server
-// stores it: every field kvinject sets is equal, and the only additions are env
-// variables and volume mounts that other admission plugins append to every
-// container (the ServiceAccount plugin's API token mount, another injector's env),
-// provided they neither repeat kvinject's names nor mount over its paths.
+// stores it after its own plugins ran: every field kvinject sets is equal, except
+// the pull policy (AlwaysPullImages rewrites it); resources kvinject left unset may
+// have been filled in (LimitRanger defaults, requests defaulted from limits); and
+// the only other additions are env variables and volume mounts that admission
+// plugins append to every container (the ServiceAccount plugin's API token mount,
+// another injector's env), provided they neither repeat kvinject's names, nor
+// configure the agent (KVINJECT_*), nor mount over its paths.
 func isOwnAgent(have, want corev1.Container) bool {
 	ownEnv, ownMounts := map[string]bool{}, map[string]bool{}
 	for _, e := range want.Env {
@@ -375,9 +455,15 @@ func isOwnAgent(have, want corev1.Container) bool {
 	h := have.DeepCopy()
 	h.Env = h.Env[:0]
 	for _, e := range have.Env {
-		if ownEnv[e.Name] {
+		if ownEnv[e.Name] || strings.HasPrefix(e.Name, "KVINJECT_") {
 			h.Env = append(h.Env, e)
 		}
+	}
+	h.ImagePullPolicy = want.ImagePullPolicy
+	h.Resources.Requests = onlyNamed(have.Resources.Requests, want.Resources.Requests)
+	h.Resources.Limits = onlyNamed(have.Resources.Limits, want.Resources.Limits)
+	if len(want.ResizePolicy) == 0 {
+		h.ResizePolicy = nil
 	}
 	h.VolumeMounts = h.VolumeMounts[:0]
 	for _, m := range have.VolumeMounts {
@@ -386,6 +472,20 @@ func isOwnAgent(have, want corev1.Container) bool {
 		}
 	}
 	return equality.Semantic.DeepEqual(*h, want)
+}
+
+// onlyNamed keeps the entries of have whose names want has.
+func onlyNamed(have, want corev1.ResourceList) corev1.ResourceList {
+	var out corev1.ResourceList
+	for name, q := range have {
+		if _, ok := want[name]; ok {
+			if out == nil {
+				out = corev1.ResourceList{}
+			}
+			out[name] = q
+		}
+	}
+	return out
 }
 
 // overlaps reports whether p is one of paths, or inside or above one of them.

@@ -223,6 +223,7 @@ func TestInvariantsCatchViolations(t *testing.T) {
 // to every container; kvinject still recognises its agent, but not a tampered one.
 func TestAgentAsStored(t *testing.T) {
 	spec := testSpec(time.Minute, mapping.IdentityWorkload)
+	spec.Resources = corev1.ResourceRequirements{Requests: corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("24Mi")}}
 	want := Desired(testPod(), spec, cfg).InitAgent
 	tests := []struct {
 		name   string
@@ -244,12 +245,80 @@ func TestAgentAsStored(t *testing.T) {
 		{"extra argument", func(c *corev1.Container) { c.Args = append(c.Args, "--vault=https://other.vault.azure.net/") }, false},
 		{"privileged", func(c *corev1.Container) { t := true; c.SecurityContext.Privileged = &t }, false},
 		{"extra port", func(c *corev1.Container) { c.Ports = []corev1.ContainerPort{{ContainerPort: 1}} }, false},
+		{"AlwaysPullImages", func(c *corev1.Container) { c.ImagePullPolicy = corev1.PullAlways }, true},
+		{"LimitRange default CPU limit", func(c *corev1.Container) {
+			c.Resources.Limits = corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("500m")}
+		}, true},
+		{"changed own request", func(c *corev1.Container) {
+			c.Resources.Requests = corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("1Gi")}
+		}, false},
+		{"agent configuration through env", func(c *corev1.Container) {
+			c.Env = append(c.Env, corev1.EnvVar{Name: "KVINJECT_TEST_RESOLVE", Value: "*.vault.azure.net=203.0.113.1:443"})
+		}, false},
 	}
 	for _, tt := range tests {
 		have := *want.DeepCopy()
 		tt.change(&have)
 		if got := isOwnAgent(have, want); got != tt.own {
 			t.Errorf("%s: isOwnAgent = %v, want %v", tt.name, got, tt.own)
+		}
+	}
+}
+
+// TestReinvocationAfterLaterWebhook: a webhook that runs after kvinject appends its
+// own sidecar with another user; re-invoked, kvinject neither mounts the secrets into
+// it nor changes its mind about the agent's user.
+func TestReinvocationAfterLaterWebhook(t *testing.T) {
+	uid := int64(1000)
+	pod := testPod()
+	pod.Spec.SecurityContext = &corev1.PodSecurityContext{RunAsUser: &uid, RunAsGroup: &uid}
+	spec, _, err := mapping.Resolve(withAnnotations(pod), nil, nil, mapping.Defaults{Identity: "system"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	injected := apply(t, pod, spec, cfg)
+	proxyUID := int64(2102)
+	injected.Spec.Containers = append(injected.Spec.Containers, corev1.Container{Name: "linkerd-proxy", SecurityContext: &corev1.SecurityContext{RunAsUser: &proxyUID}})
+	again, _, err := mapping.Resolve(injected, nil, nil, mapping.Defaults{Identity: "system"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ops, err := Patch(injected, again, cfg)
+	if err != nil || len(ops) != 0 {
+		t.Errorf("re-invocation after another webhook: ops=%v err=%v, want none", ops, err)
+	}
+}
+
+func withAnnotations(pod *corev1.Pod) *corev1.Pod {
+	pod.Annotations = map[string]string{mapping.AnnotationVault: "myvault", mapping.AnnotationSecrets: "a=A"}
+	return pod
+}
+
+func TestReservedNames(t *testing.T) {
+	tests := map[string]struct {
+		pod  func() *corev1.Pod
+		want string
+	}{
+		"agent name among regular containers": {func() *corev1.Pod {
+			p := testPod()
+			p.Spec.Containers = append(p.Spec.Containers, corev1.Container{Name: AgentContainerName})
+			return p
+		}, `spec.containers: the container name "kvinject-agent" is reserved`},
+		"app mounts the token volume": {func() *corev1.Pod {
+			p := testPod()
+			p.Spec.Containers[0].VolumeMounts = []corev1.VolumeMount{{Name: TokenVolumeName, MountPath: "/t"}}
+			return p
+		}, `container "app" mounts "kvinject-azure-token"`},
+		"unselected container mounts the secrets volume": {func() *corev1.Pod {
+			p := testPod()
+			p.Spec.Containers = append(p.Spec.Containers, corev1.Container{Name: "spy", VolumeMounts: []corev1.VolumeMount{{Name: VolumeName, MountPath: "/s"}}})
+			return p
+		}, `container "spy" mounts "kvinject-secrets" but is not among the containers`},
+	}
+	for name, tt := range tests {
+		_, err := Patch(tt.pod(), testSpec(time.Minute, mapping.IdentityWorkload), cfg)
+		if err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%s: %v, want %q", name, err, tt.want)
 		}
 	}
 }

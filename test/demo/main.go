@@ -171,6 +171,7 @@ func run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	defer failing.Stop()
 	exitErr := failing.Wait(60 * time.Second)
 	if exitErr == nil {
 		return errors.New("the agent without access succeeded")

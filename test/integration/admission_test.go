@@ -92,6 +92,7 @@ func TestGoldenCasesThroughTheAPIServer(t *testing.T) {
 			}
 			// The API server adds its own ServiceAccount token volume.
 			dropAPIAccess(pod)
+			sent := pod.DeepCopy()
 			err := env.Client.Create(context.Background(), pod)
 			if !want.Allowed {
 				if err == nil {
@@ -111,7 +112,7 @@ func TestGoldenCasesThroughTheAPIServer(t *testing.T) {
 					t.Fatal(err)
 				}
 			} else {
-				golden = *pod // admitted unchanged
+				golden = *sent // admitted unchanged: as sent
 			}
 			if d := cmp.Diff(kvinjectParts(t, &golden), kvinjectParts(t, pod)); d != "" {
 				t.Errorf("stored pod differs from the golden answer in kvinject's parts (-golden +stored):\n%s", d)

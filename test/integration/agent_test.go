@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -109,17 +110,25 @@ func TestAgentSidecarFromStoredPod(t *testing.T) {
 		}
 		fi, err := os.Stat(p)
 		if err != nil || fi.Mode().Perm() != 0o440 {
-			t.Errorf("%s: mode %v, %v; want 0440 (the pod has an fsGroup)", file, fi.Mode().Perm(), err)
+			t.Fatalf("%s: mode %v, %v; want 0440 (the pod has an fsGroup)", file, fi.Mode().Perm(), err)
+		}
+		// Group-readable files reach the app only through the fsGroup.
+		if os.Geteuid() == 0 {
+			if gid := fi.Sys().(*syscall.Stat_t).Gid; gid != 2000 {
+				t.Errorf("%s: group %d, want the fsGroup 2000", file, gid)
+			}
 		}
 	}
 	if st := env.Emulator.Stats(); st.TokenRequests < 1 {
 		t.Errorf("the agent did not sign in through the token endpoint: %+v", st)
 	}
 
-	// The startup probe the kubelet would run passes now.
-	probe, _ := testenv.AgentContainer(pod, mapping.AgentContainerName)
-	if probe.StartupProbe == nil {
-		t.Fatal("the native sidecar has no startup probe")
+	// The startup probe the kubelet runs passes now, and failed on an empty volume.
+	if err := env.RunProbe(pod, mapping.AgentContainerName, a.Dir); err != nil {
+		t.Errorf("startup probe after the first set: %v", err)
+	}
+	if err := env.RunProbe(pod, mapping.AgentContainerName, t.TempDir()); err == nil {
+		t.Error("startup probe passed on an empty volume")
 	}
 
 	setSecret(t, vault, "API-KEY", "integration-api-key-2")
@@ -160,6 +169,7 @@ func TestAgentInitWithManagedIdentity(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { _ = a.Stop() })
 	if err := a.Wait(30 * time.Second); err != nil {
 		t.Fatalf("init agent: %v\n%s", err, a.Output())
 	}
@@ -190,6 +200,7 @@ func TestAgentFailureExplainsItself(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { _ = a.Stop() })
 	if err := a.Wait(60 * time.Second); err == nil || !strings.Contains(err.Error(), "exit status 1") {
 		t.Fatalf("agent exit: %v, want exit status 1", err)
 	}
