@@ -116,6 +116,8 @@ func (h *Handler) handle(ctx context.Context, req admission.Request) (admission.
 	if namespace == "" {
 		namespace = pod.Namespace
 	}
+	// A pod being created may not carry its namespace yet; policy needs it.
+	pod.Namespace = namespace
 	ns, sa, err := h.lookup(ctx, namespace, serviceAccountName(pod))
 	if err != nil {
 		return admission.Errored(http.StatusInternalServerError, err), ResultError, pod

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -21,6 +22,7 @@ type Options struct {
 
 	rotation, pullPolicy, volumeSize                 string
 	cpuRequest, memoryRequest, cpuLimit, memoryLimit string
+	allowedVaults, managedNamespaces                 string
 }
 
 // BindFlags defines the flags on fs.
@@ -33,6 +35,9 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.StringVar(&d.Cloud, "default-cloud", mapping.AzurePublicCloud.Name, "Azure cloud: AzurePublicCloud, AzureUSGovernmentCloud or AzureChinaCloud")
 	fs.StringVar(&d.MountPath, "default-mount-path", mapping.DefaultMountPath, "where app containers see the secret files")
 	fs.StringVar(&o.rotation, "default-rotation", mapping.DefaultRotation.String(), "polling interval for pods that set none, or \"off\"")
+
+	fs.StringVar(&o.allowedVaults, "allowed-vaults", "", "policy: the only vaults any pod may use (comma-separated names, globs such as team-a-*, or vault URLs); empty allows all")
+	fs.StringVar(&o.managedNamespaces, "managed-identity-namespaces", "", "policy: globs of the namespaces whose pods may use a managed identity (managed or system); empty allows all")
 
 	m := &o.Mutate
 	fs.StringVar(&m.AgentImage, "agent-image", "", "image of the fetcher agent (required)")
@@ -67,6 +72,7 @@ func (o *Options) Complete() error {
 	if o.Mutate.TokenExpirationSeconds < 3600 || o.Mutate.TokenExpirationSeconds > 86400 {
 		errs = append(errs, fmt.Errorf("--token-expiration-seconds %d: must be between 3600 and 86400", o.Mutate.TokenExpirationSeconds))
 	}
+	o.Defaults.Policy = mapping.Policy{AllowedVaults: splitFlag(o.allowedVaults), ManagedIdentityNamespaces: splitFlag(o.managedNamespaces)}
 	if o.LookupTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("--lookup-timeout %s: must be positive", o.LookupTimeout))
 	}
@@ -107,4 +113,15 @@ func (o *Options) Complete() error {
 // NewHandler returns a handler configured by o.
 func (o *Options) NewHandler() *Handler {
 	return &Handler{Defaults: o.Defaults, Mutate: o.Mutate, LookupTimeout: o.LookupTimeout}
+}
+
+// splitFlag splits a comma-separated flag value, dropping blanks.
+func splitFlag(s string) []string {
+	var out []string
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
 }

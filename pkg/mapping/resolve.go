@@ -47,6 +47,8 @@ type Defaults struct {
 	Rotation time.Duration
 	// Resources are the agent's default requests and limits.
 	Resources corev1.ResourceRequirements
+	// Policy is the cluster-wide ceiling on vaults and identities.
+	Policy Policy
 }
 
 // Spec is a pod's resolved injection: everything the mutation and the agent need.
@@ -181,6 +183,7 @@ func Resolve(pod *corev1.Pod, ns *corev1.Namespace, sa *corev1.ServiceAccount, d
 	}
 
 	spec.Identity = resolveIdentity(pod, saAnn, lookup, d, &probs)
+	checkPolicy(spec, pod.Namespace, nsAnn, d.Policy, &probs)
 
 	spec.Resources = resolveResources(podAnn, d.Resources, &probs)
 
@@ -494,6 +497,9 @@ func (d Defaults) Validate() error {
 		if hasReq && hasLim && req.Cmp(lim) > 0 {
 			probs.add("--agent-"+string(name)+"-request", "%s is more than --agent-%s-limit %s", req.String(), name, lim.String())
 		}
+	}
+	if err := d.Policy.Validate(); err != nil {
+		probs = append(probs, err.(*InvalidError).Problems...)
 	}
 	if d.ManagedIdentityClientID != "" && !guidRE.MatchString(d.ManagedIdentityClientID) {
 		probs.add("--managed-identity-client-id", "%q must be a GUID", d.ManagedIdentityClientID)

@@ -22,7 +22,14 @@ func unknownKeyWarnings(ann map[string]string) []string {
 	sort.Strings(unknown)
 	warnings := make([]string, 0, len(unknown))
 	for _, k := range unknown {
-		warnings = append(warnings, fmt.Sprintf("unknown annotation %s is ignored; did you mean %s?", k, closestKey(k)))
+		switch k {
+		case AnnotationAllowedVaults, AnnotationAllowedIdentities:
+			warnings = append(warnings, fmt.Sprintf("%s is a namespace policy that cluster admins set on the Namespace; on a pod it has no effect", k))
+		case LabelInject:
+			warnings = append(warnings, fmt.Sprintf("%s must be a label, not an annotation", k))
+		default:
+			warnings = append(warnings, fmt.Sprintf("unknown annotation %s is ignored; did you mean %s?", k, closestKey(k)))
+		}
 	}
 	return warnings
 }
