@@ -84,6 +84,11 @@ func VaultURL(v string, cloud Cloud) (string, error) {
 	case u.Port() != "" && u.Port() != "443":
 		return "", fmt.Errorf("vault URL %q must not name a port", v)
 	}
+	// Check before lowercasing: strings.ToLower folds some non-ASCII letters (the
+	// Kelvin sign) into ASCII ones, which would turn a foreign host into a vault's.
+	if !allBytes(u.Hostname(), func(c byte) bool { return isAlnum(c) || c == '.' || c == '-' }) {
+		return "", fmt.Errorf("vault URL %q: the host must be <vault-name>.%s in ASCII letters, digits, '-' and '.'", v, cloud.VaultSuffix)
+	}
 	host := strings.ToLower(u.Hostname())
 	name, suffix, _ := strings.Cut(host, ".")
 	if suffix != cloud.VaultSuffix {

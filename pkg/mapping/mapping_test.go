@@ -113,8 +113,9 @@ func TestVaultURL(t *testing.T) {
 		{in: "https://a.b.vault.azure.net/", cloud: AzurePublicCloud, wantErr: "not a Key Vault"},
 		{in: "https://127.0.0.1/", cloud: AzurePublicCloud, wantErr: "not a Key Vault"},
 		{in: "https://myvault.vault.usgovcloudapi.net/", cloud: AzurePublicCloud, wantErr: "set kvinject.dev/cloud=AzureUSGovernmentCloud"},
-		{in: "https://x_y.vault.azure.net/", cloud: AzurePublicCloud, wantErr: "not a valid vault name"},
+		{in: "https://x_y.vault.azure.net/", cloud: AzurePublicCloud, wantErr: "in ASCII letters, digits"},
 		{in: "https://%zz", cloud: AzurePublicCloud, wantErr: "neither a vault name nor a valid URL"},
+		{in: "https://\u212aeyvault.vault.azure.net/", cloud: AzurePublicCloud, wantErr: "in ASCII letters"},
 	}
 	for _, tt := range tests {
 		got, err := VaultURL(tt.in, tt.cloud)
