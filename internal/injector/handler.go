@@ -138,11 +138,17 @@ func (h *Handler) handle(ctx context.Context, req admission.Request) (admission.
 
 // lookup reads the pod's Namespace and ServiceAccount; either is nil when it does not exist.
 func (h *Handler) lookup(ctx context.Context, namespace, saName string) (*corev1.Namespace, *corev1.ServiceAccount, error) {
-	if h.LookupTimeout > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, h.LookupTimeout)
-		defer cancel()
+	// The request's context ends when the server starts shutting down, which would
+	// refuse pods whose admission is already under way. The lookups are bounded by
+	// the lookup timeout instead (and the whole call by the API server's own
+	// webhook timeout), so in-flight requests finish during a graceful shutdown.
+	ctx = context.WithoutCancel(ctx)
+	timeout := h.LookupTimeout
+	if timeout <= 0 {
+		timeout = 3 * time.Second
 	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
 	ns := &corev1.Namespace{}
 	found, err := h.get(ctx, client.ObjectKey{Name: namespace}, ns)
 	if err != nil {
