@@ -11,7 +11,8 @@ import (
 
 // CheckInvariants verifies what every injected pod must satisfy, whatever its input:
 // the secrets volume is in memory; every agent is Pod Security "restricted"
-// compliant; only agents mount the identity token or write to the secrets volume;
+// compliant; only agents mount the identity token (a path in an app's env grants
+// nothing without the mount) or write to the secrets volume;
 // and an agent runs before every init container that reads the secrets.
 func CheckInvariants(pod *corev1.Pod) error {
 	var errs []error
@@ -52,11 +53,6 @@ func CheckInvariants(pod *corev1.Pod) error {
 				fail("container %q mounts the secrets volume read-write", c.Name)
 			case m.Name == VolumeName && init && !agentSeen:
 				fail("init container %q reads the secrets before the agent runs", c.Name)
-			}
-		}
-		for _, e := range c.Env {
-			if e.Name == "AZURE_FEDERATED_TOKEN_FILE" && e.Value == TokenDir+"/"+TokenFile {
-				fail("container %q is pointed at the agent's identity token", c.Name)
 			}
 		}
 	}

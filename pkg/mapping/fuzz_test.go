@@ -1,0 +1,308 @@
+package mapping
+
+import (
+	"net/url"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+// The fuzz targets check the parsers against oracles written independently of the
+// product's own validators: a regression in a validator shows up as an accepted
+// input that breaks a rule below.
+var (
+	fuzzSecretNameRE = regexp.MustCompile(`^[0-9A-Za-z-]{1,127}$`)
+	fuzzVersionRE    = regexp.MustCompile(`^[0-9a-f]{32}$`)
+	fuzzFileCharsRE  = regexp.MustCompile(`^[A-Za-z0-9._/-]+$`)
+	fuzzVaultNameRE  = regexp.MustCompile(`^[a-z][a-z0-9-]{1,22}[a-z0-9]$`)
+)
+
+// checkFuzzEntries fails t if accepted entries break the mapping's rules.
+func checkFuzzEntries(t *testing.T, entries []Entry) {
+	t.Helper()
+	if len(entries) == 0 || len(entries) > maxEntries {
+		t.Fatalf("accepted %d entries, want 1-%d", len(entries), maxEntries)
+	}
+	files := map[string]bool{}
+	for _, e := range entries {
+		f := e.File
+		switch {
+		case !fuzzFileCharsRE.MatchString(f):
+			t.Errorf("entry %+v: file has characters outside [A-Za-z0-9._-/]", e)
+		case strings.HasPrefix(f, "/"):
+			t.Errorf("entry %+v: file is absolute", e)
+		case len(f) > maxFileLen:
+			t.Errorf("entry %+v: file is longer than %d", e, maxFileLen)
+		}
+		for _, seg := range strings.Split(f, "/") {
+			if seg == "" || seg == "." || strings.HasPrefix(seg, "..") {
+				t.Errorf("entry %+v: file has the segment %q", e, seg)
+			}
+		}
+		if !fuzzSecretNameRE.MatchString(e.Name) {
+			t.Errorf("entry %+v: name is not 1-127 of [0-9A-Za-z-]", e)
+		}
+		if e.Version != "" && !fuzzVersionRE.MatchString(e.Version) {
+			t.Errorf("entry %+v: version is neither empty nor 32 lowercase hex digits", e)
+		}
+		if files[f] {
+			t.Errorf("file %q is used twice", f)
+		}
+		files[f] = true
+	}
+	// No file is also the directory of another.
+	for f := range files {
+		for i := range len(f) {
+			if f[i] == '/' && files[f[:i]] {
+				t.Errorf("file %q is also the directory of %q", f[:i], f)
+			}
+		}
+	}
+}
+
+func joinEntries(entries []Entry) string {
+	parts := make([]string, len(entries))
+	for i, e := range entries {
+		parts[i] = e.String()
+	}
+	return strings.Join(parts, ",")
+}
+
+func FuzzParseEntries(f *testing.F) {
+	const v = "4387e9f3d6e14c459867679a90fd0f79"
+	for _, s := range []string{
+		"connectionstring.txt=DATABASE-CONNECTION-STRING, apikey.txt=API-KEY",
+		"a.txt=A",
+		"API-KEY",
+		"API-KEY@" + strings.ToUpper(v),
+		"db/password=DB-PASSWORD@" + v,
+		"a=A\nb=B\r\nc/d/e.f_g-h=C",
+		" , ,\n a = A ,",
+		"db=A,db/password=B",
+		"a=A,a=B",
+		"../x=A",
+		"x/..data=A",
+		"./x=A",
+		"x//y=A",
+		"/abs=A",
+		"cert=certificate:mycert;format=pem",
+		"a=A@",
+		"a=A@xyz",
+		"=A",
+		"a=",
+		"a=b=c",
+		"ü=A",
+		strings.Repeat("a", 254) + "=A",
+		strings.Repeat("a", 253) + "=" + strings.Repeat("B", 127),
+		strings.Repeat("x=X,", 257),
+		"",
+		"\x00=A",
+		"a.=A",
+		"...=A",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		entries, err := ParseEntries(s)
+		if err != nil {
+			if entries != nil {
+				t.Errorf("ParseEntries(%q) returned entries %+v with the error %v", s, entries, err)
+			}
+			if err.Error() == "" {
+				t.Errorf("ParseEntries(%q): empty error message", s)
+			}
+			return
+		}
+		checkFuzzEntries(t, entries)
+		canon := joinEntries(entries)
+		again, err := ParseEntries(canon)
+		if err != nil {
+			t.Fatalf("ParseEntries(%q) accepted, but its canonical form %q is refused: %v", s, canon, err)
+		}
+		if d := cmp.Diff(entries, again); d != "" {
+			t.Errorf("re-parsing the canonical form %q of %q differs (-first +second):\n%s", canon, s, d)
+		}
+		for _, e := range entries {
+			one, err := ParseEntry(e.String())
+			if err != nil || one != e {
+				t.Errorf("ParseEntry(%q) = %+v, %v; want %+v", e.String(), one, err, e)
+			}
+		}
+	})
+}
+
+// fuzzAgentArgs builds an agent command line; empty values leave their flag out
+// and secrets holds one --secret per comma- or newline-separated part.
+func fuzzAgentArgs(mode, dir, vault, identity, secrets, fileMode, rotation string) []string {
+	args := []string{mode}
+	for _, fl := range []struct{ name, value string }{
+		{"dir", dir}, {"vault", vault}, {"identity", identity}, {"file-mode", fileMode}, {"rotation", rotation},
+	} {
+		if fl.value != "" {
+			args = append(args, "--"+fl.name+"="+fl.value)
+		}
+	}
+	for _, s := range strings.FieldsFunc(secrets, func(r rune) bool { return r == ',' || r == '\n' }) {
+		args = append(args, "--secret="+s)
+	}
+	return args
+}
+
+// canonicalAgentConfig is what Args can express of c: probe mode carries only the
+// directory, and init mode has no polling interval.
+func canonicalAgentConfig(c AgentConfig) AgentConfig {
+	switch c.Mode {
+	case AgentModeProbe:
+		return AgentConfig{Mode: c.Mode, Dir: c.Dir, FileMode: ModeWorldReadable}
+	case AgentModeInit:
+		c.Rotation = 0
+	}
+	return c
+}
+
+func FuzzAgentArgs(f *testing.F) {
+	const v = "4387e9f3d6e14c459867679a90fd0f79"
+	type seed struct{ mode, dir, vault, identity, secrets, fileMode, rotation string }
+	for _, s := range []seed{
+		{"init", "/var/run/kvinject/secrets", "https://myvault.vault.azure.net/", "workload", "connectionstring.txt=DATABASE-CONNECTION-STRING,db/api=API-KEY@" + v, "0440", ""},
+		{"sidecar", "/s", "https://v.vault.azure.cn/", "system", "a=A", "0444", "90s"},
+		{"sidecar", "/s", "https://v.vault.usgovcloudapi.net/", "managed", "a=A\nb=B", "", ""},
+		{"sidecar", "/s", "https://v/", "managed", "a=A", "0o600", "1h2m3.5s"},
+		{"sidecar", "/s", "https://v/", "managed", "a=A", "600", "1.5us"},
+		{"init", "/s", "https://v/", "workload", "a=A", "", "5m"},
+		{"probe", "/var/run/kvinject/secrets", "", "", "", "", ""},
+		{"probe", "/d", "http://x", "pod", "../a=B", "0440", "1m"},
+		{"init", "/d/", "https://v/", "workload", "a=A", "", ""},
+		{"init", "/d", "http://v/", "workload", "a=A", "", ""},
+		{"init", "/d", "https://v/", "workload", "a=A,a=B", "", ""},
+		{"init", "/d", "https://v/", "workload", "a=A,a/b=B", "", ""},
+		{"init", "/d", "https://v/", "workload", "a=A", "999", ""},
+		{"sidecar", "/d", "https://v/", "workload", "a=A", "", "0s"},
+		{"sidecar", "/d", "https://v/", "workload", "a=A", "", "-1m"},
+		{"run", "/d", "https://v/", "workload", "a=A", "", ""},
+		{"", "", "", "", "", "", ""},
+	} {
+		f.Add(s.mode, s.dir, s.vault, s.identity, s.secrets, s.fileMode, s.rotation)
+	}
+	f.Fuzz(func(t *testing.T, mode, dir, vault, identity, secrets, fileMode, rotation string) {
+		args := fuzzAgentArgs(mode, dir, vault, identity, secrets, fileMode, rotation)
+		cfg, err := ParseAgentArgs(args)
+		if err != nil {
+			return
+		}
+		switch cfg.Mode {
+		case AgentModeInit, AgentModeSidecar, AgentModeProbe:
+		default:
+			t.Fatalf("ParseAgentArgs(%q) accepted the mode %q", args, cfg.Mode)
+		}
+		if !strings.HasPrefix(cfg.Dir, "/") {
+			t.Errorf("ParseAgentArgs(%q) accepted the relative dir %q", args, cfg.Dir)
+		}
+		if cfg.Mode != AgentModeProbe {
+			checkFuzzEntries(t, cfg.Entries)
+			if u, err := url.Parse(cfg.VaultURL); err != nil || u.Scheme != "https" || u.Host == "" {
+				t.Errorf("ParseAgentArgs(%q) accepted the vault %q", args, cfg.VaultURL)
+			}
+			if cfg.FileMode&0o400 == 0 || cfg.FileMode&^0o666 != 0 {
+				t.Errorf("ParseAgentArgs(%q) accepted the file mode %04o", args, cfg.FileMode)
+			}
+			if cfg.Mode == AgentModeSidecar && cfg.Rotation <= 0 {
+				t.Errorf("ParseAgentArgs(%q): sidecar rotation %v", args, cfg.Rotation)
+			}
+		}
+
+		rendered := cfg.Args()
+		got, err := ParseAgentArgs(rendered)
+		if err != nil {
+			t.Fatalf("ParseAgentArgs(%q) accepted, but its rendering %q is refused: %v", args, rendered, err)
+		}
+		if d := cmp.Diff(canonicalAgentConfig(cfg), got); d != "" {
+			t.Errorf("round trip of %q through %q (-first +second):\n%s", args, rendered, d)
+		}
+		if again := got.Args(); !cmp.Equal(rendered, again) {
+			t.Errorf("Args is not a fixed point: %q, then %q", rendered, again)
+		}
+	})
+}
+
+func FuzzVaultURL(f *testing.F) {
+	for _, s := range []struct {
+		v     string
+		cloud uint8
+	}{
+		{"myvault", 0},
+		{"MyVault-01", 1},
+		{"kv", 0},
+		{"a-", 0},
+		{"a--b", 0},
+		{"1vault", 0},
+		{strings.Repeat("a", 24), 2},
+		{strings.Repeat("a", 25), 2},
+		{"https://myvault.vault.azure.net/", 0},
+		{"https://MyVault.Vault.Azure.Net", 0},
+		{"https://myvault.vault.azure.net:443/", 0},
+		{"https://myvault.vault.azure.net:8443/", 0},
+		{"https://myvault.vault.azure.cn/", 0},
+		{"https://myvault.vault.azure.cn/", 2},
+		{"https://myvault.vault.usgovcloudapi.net/", 1},
+		{"https://myvault.vault.azure.net/secrets", 0},
+		{"https://myvault.vault.azure.net/?x=1", 0},
+		{"https://myvault.vault.azure.net/?", 0},
+		{"https://myvault.vault.azure.net/#f", 0},
+		{"https://user@myvault.vault.azure.net/", 0},
+		{"http://myvault.vault.azure.net/", 0},
+		{"https://a.b.vault.azure.net/", 0},
+		{"https://my%76ault.vault.azure.net/", 0},
+		{"https://[myvault.vault.azure.net]/", 0},
+		{"myvault.vault.azure.net", 0},
+		{"https:myvault.vault.azure.net", 0},
+		{"//myvault.vault.azure.net/", 0},
+		{"", 0},
+	} {
+		f.Add(s.v, s.cloud)
+	}
+	f.Fuzz(func(t *testing.T, v string, cloudIndex uint8) {
+		cloud := clouds[int(cloudIndex)%len(clouds)]
+		got, err := VaultURL(v, cloud)
+		if err != nil {
+			if got != "" {
+				t.Errorf("VaultURL(%q, %s) = %q with the error %v", v, cloud.Name, got, err)
+			}
+			return
+		}
+		prefix, suffix := "https://", "."+cloud.VaultSuffix+"/"
+		name, ok := strings.CutPrefix(got, prefix)
+		if ok {
+			name, ok = strings.CutSuffix(name, suffix)
+		}
+		if !ok || !fuzzVaultNameRE.MatchString(name) || strings.Contains(name, "--") {
+			t.Fatalf("VaultURL(%q, %s) = %q, want https://<vault-name>%s with a valid lowercase name", v, cloud.Name, got, suffix)
+		}
+		// The result names the vault the input named: the input's name, or its URL's
+		// host, lowercased (ASCII only: no other character may turn into a letter).
+		want := ""
+		if !strings.ContainsAny(v, "/:") {
+			want = prefix + asciiLower(v) + suffix
+		} else if u, err := url.Parse(v); err == nil {
+			want = prefix + asciiLower(u.Hostname()) + "/"
+		}
+		if got != want {
+			t.Errorf("VaultURL(%q, %s) = %q, want %q", v, cloud.Name, got, want)
+		}
+		if again, err := VaultURL(got, cloud); err != nil || again != got {
+			t.Errorf("VaultURL(%q, %s) = %q, %v; want it unchanged", got, cloud.Name, again, err)
+		}
+	})
+}
+
+func asciiLower(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		if 'A' <= c && c <= 'Z' {
+			b[i] = c + 'a' - 'A'
+		}
+	}
+	return string(b)
+}
