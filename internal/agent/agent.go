@@ -38,6 +38,7 @@ import (
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
+	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
 
 	"github.com/kvinject/kvinject/internal/atomicdir"
 	"github.com/kvinject/kvinject/internal/version"
@@ -535,15 +536,39 @@ func gone(err error) bool {
 // rejected a token, so that the next attempt gets a fresh token (and re-reads
 // the projected token file) instead of resending the cached one.
 func (a *agent) resetOnUnauthorized(err error) {
-	var re *azcore.ResponseError
-	if !errors.As(err, &re) || re.StatusCode != 401 {
-		return
+	var (
+		re  *azcore.ResponseError
+		afe *azidentity.AuthenticationFailedError
+	)
+	switch {
+	case errors.As(err, &re) && re.StatusCode == http.StatusUnauthorized:
+		if cerr := a.connect(); cerr != nil {
+			a.log.Warn("cannot renew the credential", "error", errText(cerr))
+			return
+		}
+		a.log.Info("Key Vault rejected the token; renewed the credential")
+		if a.cfg.Identity != mapping.IdentityWorkload {
+			// MSAL caches managed-identity tokens per process, so a new credential
+			// would get the rejected token back; a token request with claims
+			// skips that cache and stores the fresh token for the next requests.
+			ctx, cancel := context.WithTimeout(context.Background(), a.opts.RoundTimeout)
+			defer cancel()
+			claims := fmt.Sprintf(`{"access_token":{"nbf":{"essential":true,"value":"%d"}}}`, time.Now().Unix())
+			if _, terr := a.f.cred.GetToken(ctx, policy.TokenRequestOptions{Scopes: []string{a.f.scope}, Claims: claims}); terr != nil {
+				a.log.Warn("cannot get a new managed-identity token", errAttrs(terr)...)
+			}
+		}
+	case a.cfg.Identity == mapping.IdentityWorkload && errors.As(err, &afe) && afe.RawResponse != nil &&
+		afe.RawResponse.StatusCode >= 400 && afe.RawResponse.StatusCode < 500 && afe.RawResponse.StatusCode != http.StatusTooManyRequests:
+		// Azure AD refused the ServiceAccount token. azidentity keeps the file's
+		// contents for 10 minutes; a new credential reads the (perhaps fixed or
+		// rotated) file again on the next attempt.
+		if cerr := a.connect(); cerr != nil {
+			a.log.Warn("cannot renew the credential", "error", errText(cerr))
+			return
+		}
+		a.log.Info("Azure AD refused the ServiceAccount token; will read the token file again")
 	}
-	if cerr := a.connect(); cerr != nil {
-		a.log.Warn("cannot renew the credential", "error", errText(cerr))
-		return
-	}
-	a.log.Info("Key Vault rejected the token; renewed the credential")
 }
 
 // versions returns file -> secret version, for logs.
@@ -582,5 +607,29 @@ func errAttrs(err error) []any {
 		}
 		return attrs
 	}
-	return append(attrs, "error", errText(err))
+	var afe *azidentity.AuthenticationFailedError
+	if errors.As(err, &afe) {
+		if resp := afe.RawResponse; resp != nil {
+			aad := parseAADError(resp)
+			attrs = append(attrs, "status", resp.StatusCode)
+			if resp.Request != nil {
+				attrs = append(attrs, "host", resp.Request.URL.Host)
+			}
+			if aad.Error != "" {
+				attrs = append(attrs, "code", aad.Error)
+			}
+			if len(aad.Codes) > 0 {
+				attrs = append(attrs, "aadsts", fmt.Sprintf("AADSTS%d", aad.Codes[0]))
+			}
+			if d := orPlaceholder(aad.Description, aad.Message); d != "" {
+				attrs = append(attrs, "error", firstLine(d, 300))
+			}
+			return attrs
+		}
+		// Not err: its text names the vault first, and this failed on the way to Azure AD.
+		if h := hostOf(afe); h != "" {
+			attrs = append(attrs, "host", h)
+		}
+	}
+	return append(attrs, "error", strings.Join(strings.Fields(errText(err)), " "))
 }

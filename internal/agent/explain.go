@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -140,6 +141,7 @@ func Explain(err error, f Facts) string {
 	var ge *GiveUpError
 	if errors.As(err, &ge) {
 		what += fmt.Sprintf(", still failing after %s (%d attempts)", ge.After.Round(time.Second), ge.Attempts)
+		err = ge.Err // explain the last failure, not the retry bookkeeping again
 	}
 	why, fix := reason(err, f, se)
 	msg := what + ": " + why
@@ -326,6 +328,10 @@ func reason(err error, f Facts, se *SecretError) (why, fix string) {
 	case strings.Contains(msg, "doesn't match the requested domain"):
 		return "Key Vault's challenge names a resource that does not match the vault's host (" + firstLine(msg, 200) + ")",
 			"use the vault's canonical URL https://<vault-name>.vault.azure.net/ (or the sovereign cloud's) in kvinject.dev/vault"
+	}
+	if errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Sprintf("%s did not answer in time", host),
+			fmt.Sprintf("check latency and egress from the pod to %s (network policies, proxies, firewalls, private endpoint); if Key Vault itself is slow or throttled, its metrics in the Azure portal show it", host)
 	}
 	var ue *url.Error
 	if errors.As(err, &ue) || strings.Contains(msg, "dial tcp") || strings.Contains(msg, "connection") {
