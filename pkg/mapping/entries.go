@@ -108,7 +108,7 @@ func ParseEntries(s string) ([]Entry, error) {
 		probs = append(probs, "no entries: write <file>=<secret-name>[@<version>], separated by commas or newlines")
 	}
 	if len(probs) > 0 {
-		return nil, fmt.Errorf("%s", strings.Join(probs, "; "))
+		return nil, &InvalidError{Problems: probs}
 	}
 	return entries, nil
 }

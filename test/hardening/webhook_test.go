@@ -119,8 +119,7 @@ func startServer(t *testing.T, lookupTimeout time.Duration) *server {
 	port := l.Addr().(*net.TCPAddr).Port
 	l.Close()
 	s.addr = fmt.Sprintf("127.0.0.1:%d", port)
-	srv := webhook.NewServer(webhook.Options{Host: "127.0.0.1", Port: port, CertDir: s.certDir,
-		TLSOpts: []func(*tls.Config){func(c *tls.Config) { c.MinVersion = tls.VersionTLS12 }}})
+	srv := webhook.NewServer(webhook.Options{Host: "127.0.0.1", Port: port, CertDir: s.certDir, TLSOpts: injector.TLSOptions()})
 	recoverPanic := true
 	srv.Register(injector.Path, &webhook.Admission{Handler: h, RecoverPanic: &recoverPanic})
 	ctx, cancel := context.WithCancel(context.Background())
@@ -430,3 +429,37 @@ func TestSlowOrFailingAPIServer(t *testing.T) {
 }
 
 func runtimeRaw(b []byte) k8sruntime.RawExtension { return k8sruntime.RawExtension{Raw: b} }
+
+// TestTLSPolicy: TLS 1.0/1.1, weak cipher suites and HTTP/2 are refused; TLS 1.2
+// with an AEAD suite and TLS 1.3 are accepted.
+func TestTLSPolicy(t *testing.T) {
+	s := startServer(t, time.Second)
+	dial := func(cfg *tls.Config) (*tls.Conn, error) {
+		cfg.RootCAs, cfg.ServerName = s.roots, "127.0.0.1"
+		return tls.Dial("tcp", s.addr, cfg)
+	}
+	for _, v := range []uint16{tls.VersionTLS10, tls.VersionTLS11} {
+		if c, err := dial(&tls.Config{MinVersion: v, MaxVersion: v}); err == nil {
+			c.Close()
+			t.Errorf("%s was accepted", tls.VersionName(v))
+		}
+	}
+	weak := []uint16{tls.TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA, tls.TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA256, tls.TLS_RSA_WITH_AES_128_GCM_SHA256}
+	if c, err := dial(&tls.Config{MaxVersion: tls.VersionTLS12, CipherSuites: weak}); err == nil {
+		c.Close()
+		t.Errorf("a CBC or non-forward-secret suite was accepted: %s", tls.CipherSuiteName(c.ConnectionState().CipherSuite))
+	}
+	c, err := dial(&tls.Config{MaxVersion: tls.VersionTLS12, CipherSuites: []uint16{tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256}})
+	if err != nil {
+		t.Fatalf("TLS 1.2 with ECDHE-ECDSA-AES128-GCM: %v", err)
+	}
+	c.Close()
+	c, err = dial(&tls.Config{MinVersion: tls.VersionTLS13, NextProtos: []string{"h2", "http/1.1"}})
+	if err != nil {
+		t.Fatalf("TLS 1.3: %v", err)
+	}
+	if p := c.ConnectionState().NegotiatedProtocol; p == "h2" {
+		t.Errorf("HTTP/2 was negotiated")
+	}
+	c.Close()
+}
