@@ -43,8 +43,20 @@ test-integration: ## tests against a real kube-apiserver + etcd and the Key Vaul
 bench-smoke: ## run every benchmark once, so they keep working (not a measurement)
 	$(GO) test -run '^$$' -bench . -benchtime=1x ./...
 
+# The AdmissionReview targets first replay ~200 seeds (about 45 s on 2 cores)
+# before they mutate anything, so they get a longer budget.
+FUZZTIME ?= 10s
+FUZZTIME_REVIEW ?= 75s
+
+.PHONY: fuzz-smoke
+fuzz-smoke: ## run every fuzz target briefly; longer: make fuzz-smoke FUZZTIME=10m FUZZTIME_REVIEW=30m
+	for target in FuzzParseEntries FuzzAgentArgs FuzzVaultURL; do \
+	  $(GO) test -run '^$$' -fuzz "^$$target\$$" -fuzztime $(FUZZTIME) ./pkg/mapping/; done
+	for target in FuzzAdmissionReview FuzzPodAnnotations; do \
+	  $(GO) test -run '^$$' -fuzz "^$$target\$$" -fuzztime $(FUZZTIME_REVIEW) -fuzzminimizetime 3s ./internal/injector/; done
+
 .PHONY: test
-test: lint test-unit bench-smoke test-integration ## everything CI runs: lint, unit, golden, benchmark smoke and integration tests
+test: lint test-unit bench-smoke fuzz-smoke test-integration ## everything CI runs: lint, unit, golden, benchmark and fuzz smoke, integration tests
 
 .PHONY: bench
 bench: ## benchmarks of the mutation and the AdmissionReview handling (ns/op, B/op, allocs/op)
@@ -62,3 +74,44 @@ demo: ## the local end-to-end demo: control plane, emulator, webhook, agent
 .PHONY: clean
 clean: ## remove build output (the control-plane cache stays)
 	rm -rf $(BIN)
+
+# --- Installation: tools, images, chart and manifests (README, "Install") ---
+REGISTRY  ?= ghcr.io/kvinject
+# Comma-separated os/arch pairs, e.g. linux/amd64,linux/arm64.
+PLATFORMS ?= linux/$(shell $(GO) env GOARCH)
+# Every timestamp in the images; the last commit's time makes builds reproducible.
+SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
+DIST      := dist
+
+.PHONY: tools
+tools: ## install (once) the pinned kustomize and helm into the cache and print their paths
+	@hack/tools.sh kustomize helm
+
+.PHONY: images
+images: ## build the webhook and agent images as OCI tarballs into dist/images (PLATFORMS, REGISTRY, VERSION)
+	rm -rf $(DIST)/bin $(DIST)/images
+	for p in $$(echo '$(PLATFORMS)' | tr ',' ' '); do \
+	  os=$${p%%/*}; arch=$${p#*/}; \
+	  CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(DIST)/bin/$${os}_$${arch}/ ./cmd/webhook ./cmd/agent; \
+	done
+	$(GO) run ./hack/images -bindir $(DIST)/bin -platforms '$(PLATFORMS)' -registry '$(REGISTRY)' \
+	  -version '$(VERSION)' -source-date-epoch '$(SOURCE_DATE_EPOCH)' -out $(DIST)/images
+
+.PHONY: helm-lint
+helm-lint: ## helm lint --strict the chart in both certificate modes
+	helm=$$(hack/tools.sh helm); \
+	  $$helm lint --strict charts/kvinject; \
+	  $$helm lint --strict charts/kvinject --set certificates.mode=cert-manager
+
+.PHONY: render
+render: ## render the kustomize installs and package the chart into dist/install, for review or release
+	mkdir -p $(DIST)/install
+	kustomize=$$(hack/tools.sh kustomize); helm=$$(hack/tools.sh helm); \
+	  $$kustomize build manifests/install/builtin-certs > $(DIST)/install/kvinject-builtin-certs.yaml; \
+	  $$kustomize build manifests/install/cert-manager > $(DIST)/install/kvinject-cert-manager.yaml; \
+	  $$helm package charts/kvinject --destination $(DIST)/install
+
+.PHONY: test-install
+test-install: ## only the installation tests (manifests, chart, certificates) on a real kube-apiserver
+	assets=$$(hack/kube-binaries.sh); \
+	  KUBEBUILDER_ASSETS="$$assets" $(GO) test -count=1 -tags integration -timeout 20m ./test/install/

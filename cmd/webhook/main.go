@@ -1,12 +1,16 @@
 // Command webhook is kvinject's mutating admission webhook. It serves
-// /mutate-v1-pod over TLS (certificates from --cert-dir, reloaded when they change),
-// reads Namespaces and ServiceAccounts through a cache, and exposes health,
-// readiness and Prometheus metrics endpoints.
+// /mutate-v1-pod over TLS, reads Namespaces and ServiceAccounts through a cache,
+// and exposes health, readiness and Prometheus metrics endpoints.
+//
+// The serving certificate comes from --cert-dir, reloaded when it changes. With
+// --cert-mode=files something else writes it there (cert-manager through a Secret
+// volume, envtest, a person). With --cert-mode=builtin the webhook creates its own
+// CA and certificate, keeps them in a Secret, injects the CA into its
+// MutatingWebhookConfiguration and renews them (see internal/certs).
 package main
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -26,6 +30,7 @@ import (
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 	"sigs.k8s.io/controller-runtime/pkg/webhook"
 
+	"github.com/kvinject/kvinject/internal/certs"
 	"github.com/kvinject/kvinject/internal/injector"
 	"github.com/kvinject/kvinject/internal/version"
 )
@@ -41,6 +46,7 @@ func run(args []string) error {
 	fs := flag.NewFlagSet("kvinject-webhook", flag.ContinueOnError)
 	var (
 		opts        injector.Options
+		certOpts    certs.Options
 		certDir     string
 		host        string
 		port        int
@@ -49,7 +55,8 @@ func run(args []string) error {
 		showVersion bool
 	)
 	opts.BindFlags(fs)
-	fs.StringVar(&certDir, "cert-dir", "/tmp/k8s-webhook-server/serving-certs", "directory holding tls.crt and tls.key; reloaded when they change")
+	certOpts.BindFlags(fs)
+	fs.StringVar(&certDir, "cert-dir", "/tmp/k8s-webhook-server/serving-certs", "directory holding tls.crt and tls.key, reloaded when they change (with --cert-mode=builtin the webhook writes them there)")
 	fs.StringVar(&host, "host", "", "address the webhook server listens on (empty: all)")
 	fs.IntVar(&port, "port", 9443, "port of the webhook server")
 	fs.StringVar(&metricsAddr, "metrics-bind-address", ":8080", "address of the Prometheus metrics endpoint (0 disables it)")
@@ -65,7 +72,7 @@ func run(args []string) error {
 		fmt.Println(version.Version)
 		return nil
 	}
-	if err := opts.Complete(); err != nil {
+	if err := errors.Join(opts.Complete(), certOpts.Complete()); err != nil {
 		return err
 	}
 	log := zap.New(zap.UseFlagOptions(&zapOpts))
@@ -79,17 +86,23 @@ func run(args []string) error {
 	if err := corev1.AddToScheme(scheme); err != nil {
 		return err
 	}
+	// The webhook server is added to the manager below, by hand: in builtin mode it
+	// must start only once its certificate exists.
+	server := webhook.NewServer(webhook.Options{
+		Host:    host,
+		Port:    port,
+		CertDir: certDir,
+		TLSOpts: injector.TLSOptions(),
+	})
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme:                 scheme,
 		Metrics:                metricsserver.Options{BindAddress: metricsAddr},
 		HealthProbeBindAddress: probeAddr,
-		Cache:                  cache.Options{DefaultTransform: cache.TransformStripManagedFields()},
-		WebhookServer: webhook.NewServer(webhook.Options{
-			Host:    host,
-			Port:    port,
-			CertDir: certDir,
-			TLSOpts: []func(*tls.Config){func(c *tls.Config) { c.MinVersion = tls.VersionTLS12 }},
-		}),
+		Cache: cache.Options{
+			DefaultTransform: cache.TransformStripManagedFields(),
+			ByObject:         certOpts.CacheByObject(),
+		},
+		WebhookServer: server,
 	})
 	if err != nil {
 		return fmt.Errorf("creating the manager: %w", err)
@@ -101,7 +114,24 @@ func run(args []string) error {
 	h.Log = log.WithName("injector")
 	h.Metrics = injector.NewMetrics(metrics.Registry)
 	recoverPanic := true
-	mgr.GetWebhookServer().Register(injector.Path, &webhook.Admission{Handler: h, RecoverPanic: &recoverPanic})
+	server.Register(injector.Path, &webhook.Admission{Handler: h, RecoverPanic: &recoverPanic})
+	switch certOpts.Mode {
+	case certs.ModeBuiltin:
+		builtin, err := certs.SetupBuiltin(mgr, certOpts, certDir, log.WithName("certs"))
+		if err != nil {
+			return err
+		}
+		if err := mgr.Add(certs.StartWhenReady(server, builtin.Ready())); err != nil {
+			return err
+		}
+		if err := mgr.AddReadyzCheck("certificate", builtin.Checker()); err != nil {
+			return err
+		}
+	default:
+		if err := mgr.Add(server); err != nil {
+			return err
+		}
+	}
 
 	// Start the Namespace and ServiceAccount informers with the manager, not on the
 	// first pod, and report ready only once they are synced: a cold cache in a large
@@ -124,9 +154,9 @@ func run(args []string) error {
 	if err := mgr.AddHealthzCheck("ping", healthz.Ping); err != nil {
 		return err
 	}
-	if err := mgr.AddReadyzCheck("webhook", mgr.GetWebhookServer().StartedChecker()); err != nil {
+	if err := mgr.AddReadyzCheck("webhook", server.StartedChecker()); err != nil {
 		return err
 	}
-	log.Info("starting kvinject webhook", "version", version.Version, "agentImage", opts.Mutate.AgentImage, "nativeSidecars", opts.Mutate.NativeSidecars)
+	log.Info("starting kvinject webhook", "version", version.Version, "agentImage", opts.Mutate.AgentImage, "nativeSidecars", opts.Mutate.NativeSidecars, "certMode", certOpts.Mode)
 	return mgr.Start(ctrl.SetupSignalHandler())
 }

@@ -29,10 +29,20 @@ const goldenRoot = "../../internal/injector/testdata"
 // deniedPrefix is how the API server (and so kubectl) reports our denials.
 const deniedPrefix = `admission webhook "pods.kvinject.dev" denied the request: `
 
-// setupGoldenCluster creates the Namespaces and ServiceAccounts the golden cases run against.
+// setupGoldenCluster creates the Namespaces and ServiceAccounts the golden cases run
+// against: the shared testdata/cluster.yaml and every case's own cluster.yaml.
 func setupGoldenCluster(t *testing.T) {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join(goldenRoot, "cluster.yaml"))
+	files, _ := filepath.Glob(filepath.Join(goldenRoot, "golden", "*", "cluster.yaml"))
+	for _, f := range append([]string{filepath.Join(goldenRoot, "cluster.yaml")}, files...) {
+		createObjects(t, f)
+	}
+}
+
+// createObjects creates the Namespaces and ServiceAccounts of a YAML file, once.
+func createObjects(t *testing.T, file string) {
+	t.Helper()
+	b, err := os.ReadFile(file)
 	if err != nil {
 		t.Fatal(err)
 	}

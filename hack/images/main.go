@@ -1,0 +1,159 @@
+// Command images builds kvinject's container images as OCI image layout
+// tarballs from static binaries, without a container engine (see package
+// internal/images). `make images` runs it:
+//
+//	go run ./hack/images -bindir dist/bin -platforms linux/amd64,linux/arm64 \
+//	    -registry ghcr.io/kvinject -version v0.1.0 -out dist/images
+//
+// reads <bindir>/<os>_<arch>/webhook and .../agent and writes
+// <out>/webhook.tar (ghcr.io/kvinject/webhook:v0.1.0, entrypoint
+// /kvinject-webhook) and <out>/agent.tar (ghcr.io/kvinject/agent:v0.1.0,
+// entrypoint /kvinject-agent), then prints each image's digest and sizes.
+//
+//	go run ./hack/images -rootfs DIR
+//
+// only writes the files every image has besides its binary (passwd, group,
+// nsswitch.conf, CA bundle) into DIR: the Dockerfile copies them onto scratch,
+// so images built with Docker have exactly the same base.
+package main
+
+import (
+	"flag"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+
+	"github.com/kvinject/kvinject/internal/images"
+)
+
+// image is one of kvinject's images.
+type image struct {
+	name, binary, path, description string
+}
+
+var all = []image{
+	{"webhook", "webhook", "/kvinject-webhook", "kvinject's mutating admission webhook: injects the Key Vault fetcher agent into opted-in pods"},
+	{"agent", "agent", "/kvinject-agent", "kvinject's Key Vault fetcher agent, injected into pods by the webhook"},
+}
+
+func main() {
+	if err := run(os.Args[1:]); err != nil {
+		fmt.Fprintln(os.Stderr, "images:", err)
+		os.Exit(1)
+	}
+}
+
+func run(args []string) error {
+	fs := flag.NewFlagSet("images", flag.ContinueOnError)
+	var (
+		binDir    = fs.String("bindir", "dist/bin", "folder with <os>_<arch>/webhook and <os>_<arch>/agent")
+		platforms = fs.String("platforms", "linux/amd64", "comma-separated platforms, e.g. linux/amd64,linux/arm64")
+		registry  = fs.String("registry", "ghcr.io/kvinject", "registry and namespace of the image names")
+		version   = fs.String("version", "dev", "image tag and org.opencontainers.image.version")
+		out       = fs.String("out", "dist/images", "output folder")
+		source    = fs.String("source", "https://github.com/kvinject/kvinject", "org.opencontainers.image.source")
+		epoch     = fs.String("source-date-epoch", os.Getenv("SOURCE_DATE_EPOCH"), "seconds since 1970 used for every timestamp (default $SOURCE_DATE_EPOCH, else 0)")
+		rootfs    = fs.String("rootfs", "", "only write the base files into this folder and exit")
+	)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	if *rootfs != "" {
+		return writeRootFS(*rootfs)
+	}
+	sde := time.Unix(0, 0)
+	if *epoch != "" {
+		secs, err := strconv.ParseInt(*epoch, 10, 64)
+		if err != nil {
+			return fmt.Errorf("-source-date-epoch %q: %v", *epoch, err)
+		}
+		sde = time.Unix(secs, 0)
+	}
+	var plats []v1.Platform
+	for _, p := range strings.Split(*platforms, ",") {
+		plat, err := v1.ParsePlatform(strings.TrimSpace(p))
+		if err != nil || plat.OS == "" || plat.Architecture == "" {
+			return fmt.Errorf("-platforms: %q is not os/arch[/variant]", p)
+		}
+		plats = append(plats, *plat)
+	}
+	if err := os.MkdirAll(*out, 0o755); err != nil {
+		return err
+	}
+
+	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "IMAGE\tPLATFORM\tCOMPRESSED\tUNPACKED\tDIGEST\tFILE")
+	for _, im := range all {
+		var imgs []v1.Image
+		for _, p := range plats {
+			dir := p.OS + "_" + p.Architecture
+			if p.Variant != "" {
+				dir += "_" + p.Variant
+			}
+			bin, err := os.ReadFile(filepath.Join(*binDir, dir, im.binary))
+			if err != nil {
+				return fmt.Errorf("the %s binary for %s: %w (build it with `make images`, which cross-compiles with CGO_ENABLED=0)", im.name, p.String(), err)
+			}
+			img, err := images.Build(images.Spec{
+				Binary: bin, BinaryPath: im.path,
+				OS: p.OS, Arch: p.Architecture, Variant: p.Variant,
+				Title: "kvinject-" + im.name, Description: im.description,
+				Version: *version, Source: *source, SourceDateEpoch: sde,
+			})
+			if err != nil {
+				return err
+			}
+			imgs = append(imgs, img)
+		}
+		ref := *registry + "/" + im.name + ":" + *version
+		file := filepath.Join(*out, im.name+".tar")
+		f, err := os.Create(file)
+		if err != nil {
+			return err
+		}
+		sums, err := images.WriteArchive(f, ref, imgs)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return fmt.Errorf("writing %s: %w", file, err)
+		}
+		for _, s := range sums {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", ref, s.Platform, mib(s.Compressed), mib(s.Uncompressed), s.Digest, file)
+		}
+	}
+	return tw.Flush()
+}
+
+func mib(n int64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) }
+
+// writeRootFS writes the base files into dir (ownership is left to the
+// Dockerfile's COPY --chown, which only matters for home/nonroot).
+func writeRootFS(dir string) error {
+	for _, f := range images.RootFS() {
+		p := filepath.Join(dir, filepath.FromSlash(f.Path))
+		if f.Mode.IsDir() {
+			if err := os.MkdirAll(p, 0o755); err != nil {
+				return err
+			}
+			if err := os.Chmod(p, f.Mode.Perm()|(f.Mode&fs.ModeSticky)); err != nil {
+				return err
+			}
+			continue
+		}
+		if err := os.WriteFile(p, f.Data, f.Mode.Perm()); err != nil {
+			return err
+		}
+	}
+	return nil
+}
