@@ -19,8 +19,6 @@ import (
 	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
-	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 	sigsjson "sigs.k8s.io/json"
@@ -51,7 +49,7 @@ func newFuzzServer(tb testing.TB, flags []string) *fuzzServer {
 		tb.Fatalf("flags %q: %v", flags, err)
 	}
 	h := opts.NewHandler()
-	h.Reader = fake.NewClientBuilder().WithObjects(fuzzLoadObjects(tb, filepath.Join("testdata", "cluster.yaml"))...).Build()
+	h.Reader = fake.NewClientBuilder().WithObjects(loadObjects(tb, filepath.Join("testdata", "cluster.yaml"))...).Build()
 	h.Log = logr.Discard()
 	s := &fuzzServer{}
 	recoverPanic := false
@@ -64,41 +62,6 @@ func newFuzzServer(tb testing.TB, flags []string) *fuzzServer {
 		LogConstructor: func(logr.Logger, *admission.Request) logr.Logger { return logr.Discard() },
 	}
 	return s
-}
-
-// fuzzLoadObjects is loadObjects for any testing.TB.
-func fuzzLoadObjects(tb testing.TB, file string) []client.Object {
-	tb.Helper()
-	b, err := os.ReadFile(file)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	dec := utilyaml.NewYAMLOrJSONDecoder(bytes.NewReader(b), 4096)
-	var objs []client.Object
-	for {
-		var u map[string]any
-		if err := dec.Decode(&u); err != nil {
-			break
-		}
-		if u == nil {
-			continue
-		}
-		raw, _ := json.Marshal(u)
-		var obj client.Object
-		switch u["kind"] {
-		case "Namespace":
-			obj = &corev1.Namespace{}
-		case "ServiceAccount":
-			obj = &corev1.ServiceAccount{}
-		default:
-			tb.Fatalf("%s: unsupported kind %v", file, u["kind"])
-		}
-		if err := json.Unmarshal(raw, obj); err != nil {
-			tb.Fatal(err)
-		}
-		objs = append(objs, obj)
-	}
-	return objs
 }
 
 // fuzzGoldenRequests returns every golden request.json by case name.

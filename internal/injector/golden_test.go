@@ -211,7 +211,7 @@ func applyPatch(t *testing.T, raw, patch []byte) []byte {
 	return out
 }
 
-func loadObjects(t *testing.T, file string) []client.Object {
+func loadObjects(t testing.TB, file string) []client.Object {
 	t.Helper()
 	dec := utilyaml.NewYAMLOrJSONDecoder(bytes.NewReader(mustRead(t, file)), 4096)
 	var objs []client.Object
@@ -241,7 +241,7 @@ func loadObjects(t *testing.T, file string) []client.Object {
 	return objs
 }
 
-func mustRead(t *testing.T, f string) []byte {
+func mustRead(t testing.TB, f string) []byte {
 	t.Helper()
 	b, err := os.ReadFile(f)
 	if err != nil {

@@ -76,7 +76,7 @@ func Start(ctx context.Context, opts Options) (_ *Env, err error) {
 	if os.Getenv("KUBEBUILDER_ASSETS") == "" {
 		return nil, errors.New("KUBEBUILDER_ASSETS is not set: run through `make test-integration` or `make demo`, which build kube-apiserver and etcd into a cache")
 	}
-	root, err := repoRoot()
+	root, err := RepoRoot()
 	if err != nil {
 		return nil, err
 	}
@@ -282,8 +282,8 @@ func (e *Env) logf(format string, args ...any) {
 	}
 }
 
-// repoRoot finds the module root from the working directory.
-func repoRoot() (string, error) {
+// RepoRoot finds the module root from the working directory.
+func RepoRoot() (string, error) {
 	dir, err := os.Getwd()
 	if err != nil {
 		return "", err

@@ -26,8 +26,8 @@
 package install
 
 import (
-	"errors"
 	"fmt"
+	"github.com/kvinject/kvinject/internal/testenv"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -54,7 +54,7 @@ func run(m *testing.M) int {
 		return 1
 	}
 	var err error
-	if root, err = repoRoot(); err != nil {
+	if root, err = testenv.RepoRoot(); err != nil {
 		fmt.Fprintln(os.Stderr, "install:", err)
 		return 1
 	}
@@ -87,22 +87,4 @@ func run(m *testing.M) int {
 	}
 	kustomizeBin, helmBin = paths[0], paths[1]
 	return m.Run()
-}
-
-// repoRoot finds the module root from the working directory.
-func repoRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		if b, err := os.ReadFile(filepath.Join(dir, "go.mod")); err == nil && strings.Contains(string(b), "module github.com/kvinject/kvinject") {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", errors.New("not inside the kvinject repository")
-		}
-		dir = parent
-	}
 }
