@@ -49,8 +49,10 @@ import (
 const (
 	// DefaultInitTimeout bounds the retries of transient failures before the first set.
 	DefaultInitTimeout = 2 * time.Minute
-	// DefaultConcurrency is the number of secrets read at the same time.
-	DefaultConcurrency = 32
+	// DefaultConcurrency is the number of secrets read at the same time: 50
+	// secrets go out in one wave (HTTP/2 servers, Key Vault's included, allow
+	// 100 or more concurrent streams on one connection).
+	DefaultConcurrency = 64
 	// DefaultMinBackoff is the first delay after a failed attempt; it doubles
 	// with each further failure.
 	DefaultMinBackoff = time.Second
@@ -87,7 +89,9 @@ type Options struct {
 	// RoundTimeout bounds one round of reads (default DefaultRoundTimeout).
 	RoundTimeout time.Duration
 	// SDKRetry configures the Azure SDK's own retries of each request; the zero
-	// value keeps the SDK's defaults (3 retries).
+	// value keeps the SDK's defaults (3 retries), except that Key Vault's 429s
+	// are left to the agent's backoff (see keyVaultRetryStatusCodes) unless
+	// StatusCodes is set.
 	SDKRetry policy.RetryOptions
 }
 
@@ -278,6 +282,8 @@ type agent struct {
 	transport *http.Transport
 	// last is the set written last.
 	last map[secretRef]secretValue
+	// got holds the values read before the first set is complete.
+	got map[secretRef]secretValue
 }
 
 func (a *agent) run(ctx context.Context) error {
@@ -337,11 +343,13 @@ func (a *agent) connect() error {
 		return &ConfigError{Msg: fmt.Sprintf("cannot set up the %s identity: %v", a.cfg.Identity, err)}
 	}
 	scred := &serialCredential{cred: cred}
-	client, err := newSecretsClient(a.cfg.VaultURL, scred, co)
+	sig := newAuthorizedSignal()
+	client, err := newSecretsClient(a.cfg.VaultURL, scred, keyVaultOptions(co, sig))
 	if err != nil {
 		return &ConfigError{Msg: fmt.Sprintf("cannot set up the Key Vault client for %s: %v", a.cfg.VaultURL, err)}
 	}
-	a.f = &fetcher{client: client, cred: scred, scope: vaultScope(a.cfg.VaultURL), vault: a.cfg.VaultURL, concurrency: a.opts.Concurrency}
+	a.f = &fetcher{client: client, cred: scred, scope: vaultScope(a.cfg.VaultURL), vault: a.cfg.VaultURL,
+		concurrency: a.opts.Concurrency, authorized: sig.ch}
 	return nil
 }
 
@@ -391,9 +399,24 @@ func (a *agent) first(ctx context.Context) error {
 	}
 }
 
-// firstAttempt reads every secret and writes the set.
+// firstAttempt reads the secrets that earlier attempts did not get and, once
+// every one has a value, writes the set. Values read by a failed attempt are
+// kept (in memory only), so that a retry after throttling reads only what is
+// missing.
 func (a *agent) firstAttempt(ctx context.Context) error {
-	res := a.round(ctx, a.refs)
+	if a.got == nil {
+		a.got = make(map[secretRef]secretValue, len(a.refs))
+	}
+	var missing []secretRef
+	for _, r := range a.refs {
+		if _, ok := a.got[r]; !ok {
+			missing = append(missing, r)
+		}
+	}
+	res := a.round(ctx, missing)
+	for r, v := range res.values {
+		a.got[r] = v
+	}
 	if err := a.firstErr(res.errs); err != nil {
 		if n := len(res.errs); n > 1 {
 			a.log.Debug("several secrets failed", "failed", n)
@@ -401,10 +424,13 @@ func (a *agent) firstAttempt(ctx context.Context) error {
 		a.resetOnUnauthorized(err)
 		return err
 	}
-	if err := a.write(res.values); err != nil {
+	if len(a.got) < len(a.refs) {
+		return fmt.Errorf("internal error: %d of %d secrets read without an error", len(a.got), len(a.refs))
+	}
+	if err := a.write(a.got); err != nil {
 		return err
 	}
-	a.last = res.values
+	a.last, a.got = a.got, nil
 	return nil
 }
 

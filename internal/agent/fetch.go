@@ -3,7 +3,9 @@ package agent
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 
@@ -41,9 +43,18 @@ type fetcher struct {
 	scope       string
 	vault       string
 	concurrency int
+	// authorized is closed when the client sends its first request with a
+	// token (see authorizedSignal): from then on it knows the challenge's
+	// scope and tenant and has the token cached.
+	authorized <-chan struct{}
 	// warm is set once a request succeeded: the client knows the challenge's
 	// scope and tenant and holds a token.
 	warm bool
+	// cautious is set once a cold fetch failed: later cold fetches wait for
+	// their first read's answer before sending the others, so that a vault
+	// that refuses or throttles this identity gets one request per attempt,
+	// not one per secret.
+	cautious bool
 }
 
 // fetchResult is the outcome of reading a list of secrets.
@@ -53,11 +64,15 @@ type fetchResult struct {
 }
 
 // fetch reads refs. A cold client sends one request first, which pays the 401
-// challenge and the single token request, then the rest concurrently (at most
-// f.concurrency at a time) over the same HTTP/2 connection; when that first
-// request fails for a reason other than its secret being gone, the rest are
-// not tried (they have neither a value nor an error in the result). names
-// maps a ref to the name as the user wrote it, for errors.
+// challenge and the single token request (prefetched while the challenge is
+// answered); as soon as that request goes out again with the token, the client
+// knows everything the others need, and they follow concurrently (at most
+// f.concurrency at a time) over the same HTTP/2 connection, one round trip
+// after the token instead of two. After a failed cold fetch the next one is
+// cautious: the others wait for the first read's answer and are not tried
+// when it failed for a reason other than its secret being gone (they then
+// have neither a value nor an error in the result). names maps a ref to the
+// name as the user wrote it, for errors.
 func (f *fetcher) fetch(ctx context.Context, refs []secretRef, names map[secretRef]mapping.Entry) fetchResult {
 	res := fetchResult{values: make(map[secretRef]secretValue, len(refs)), errs: map[secretRef]error{}}
 	if len(refs) == 0 {
@@ -74,18 +89,50 @@ func (f *fetcher) fetch(ctx context.Context, refs []secretRef, names map[secretR
 		}
 		res.values[r] = v
 	}
-	rest := refs
-	if !f.warm {
-		done := f.prefetch(ctx)
-		get(refs[0])
-		<-done
+	firstFailed := func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		err := res.errs[refs[0]]
 		// A failure of that one secret only (deleted, disabled) says nothing
 		// about the others; any other failure would repeat for each of them.
-		if err := res.errs[refs[0]]; err != nil && !gone(err) {
-			return res
+		return err != nil && !gone(err)
+	}
+	rest := refs
+	var firstDone chan struct{}
+	if !f.warm {
+		prefetched := f.prefetch(ctx)
+		firstDone = make(chan struct{})
+		go func() {
+			defer close(firstDone)
+			get(refs[0])
+		}()
+		authorized := f.authorized
+		if f.cautious {
+			authorized = nil
 		}
-		f.warm = true
+		select {
+		case <-authorized:
+		case <-firstDone:
+		}
+		select {
+		case <-firstDone:
+			if firstFailed() {
+				<-prefetched
+				f.cautious = true
+				return res
+			}
+		default:
+		}
 		rest = refs[1:]
+		defer func() {
+			<-firstDone
+			<-prefetched
+			if firstFailed() {
+				f.cautious = true
+				return
+			}
+			f.warm = true
+		}()
 	}
 	sem := make(chan struct{}, max(1, f.concurrency))
 	var wg sync.WaitGroup
@@ -98,6 +145,51 @@ func (f *fetcher) fetch(ctx context.Context, refs []secretRef, names map[secretR
 	}
 	wg.Wait()
 	return res
+}
+
+// keyVaultRetryStatusCodes are the statuses the Azure SDK retries for Key
+// Vault requests: its defaults without 429. The SDK waits exactly what
+// Retry-After says, so a fleet throttled together would come back together,
+// three times; the agent's own backoff (which also honours Retry-After, with
+// jitter) retries throttled requests instead, and only those that failed.
+var keyVaultRetryStatusCodes = []int{
+	http.StatusRequestTimeout,
+	http.StatusInternalServerError,
+	http.StatusBadGateway,
+	http.StatusServiceUnavailable,
+	http.StatusGatewayTimeout,
+}
+
+// keyVaultOptions returns the options of the Key Vault client: co (shared with
+// the credential) with the authorized signal and, unless the caller chose its
+// own, keyVaultRetryStatusCodes.
+func keyVaultOptions(co azcore.ClientOptions, sig *authorizedSignal) azcore.ClientOptions {
+	co.PerRetryPolicies = append(slices.Clone(co.PerRetryPolicies), sig)
+	if len(co.Retry.StatusCodes) == 0 {
+		co.Retry.StatusCodes = keyVaultRetryStatusCodes
+	}
+	return co
+}
+
+// authorizedSignal is a per-retry policy of the Key Vault client, which runs
+// after the client's challenge policy: it closes ch when the first request
+// carrying a token goes out, that is once the client has answered Key Vault's
+// challenge and holds a token for the vault.
+type authorizedSignal struct {
+	once sync.Once
+	ch   chan struct{}
+}
+
+func newAuthorizedSignal() *authorizedSignal {
+	return &authorizedSignal{ch: make(chan struct{})}
+}
+
+// Do implements policy.Policy.
+func (s *authorizedSignal) Do(req *policy.Request) (*http.Response, error) {
+	if req.Raw().Header.Get("Authorization") != "" {
+		s.once.Do(func() { close(s.ch) })
+	}
+	return req.Next()
 }
 
 // prefetch gets a token for the vault's resource while the first request

@@ -124,6 +124,9 @@ func retryAfter(err error) time.Duration {
 // maxRetryAfter bounds a Retry-After the agent honours.
 const maxRetryAfter = 10 * time.Minute
 
+// retryAfterSpread bounds the jitter added to a Retry-After.
+const retryAfterSpread = 30 * time.Second
+
 // backoff computes exponentially growing, jittered delays between failed
 // attempts, at least what the service asked for with Retry-After.
 type backoff struct {
@@ -143,7 +146,10 @@ func (b *backoff) next(err error) time.Duration {
 		d = half + rand.N(half+1)
 	}
 	if ra := min(retryAfter(err), maxRetryAfter); ra > d {
-		d = ra + rand.N(ra/10+1)
+		// Never earlier than asked, but spread over up to as long again
+		// (at most retryAfterSpread more): pods throttled together are told
+		// the same Retry-After and would otherwise come back together.
+		d = ra + rand.N(min(ra, retryAfterSpread)+1)
 	}
 	b.attempt++
 	return d

@@ -105,15 +105,24 @@ func TestBackoff(t *testing.T) {
 		}
 		b.next(plain)
 	}
-	// Retry-After above the computed delay wins (with up to 10% jitter).
-	b.reset()
+	// Retry-After above the computed delay wins, spread over up to as long
+	// again, so that pods throttled together come back apart.
 	throttled := kvErr(429, "Throttled", "", "", map[string]string{"Retry-After": "3"})
-	if got := b.next(throttled); got < 3*time.Second || got > 3300*time.Millisecond {
-		t.Fatalf("delay with Retry-After 3: %s", got)
+	var lo, hi time.Duration = time.Hour, 0
+	for range 200 {
+		b.reset()
+		got := b.next(throttled)
+		if got < 3*time.Second || got > 6*time.Second {
+			t.Fatalf("delay with Retry-After 3: %s, want within [3s, 6s]", got)
+		}
+		lo, hi = min(lo, got), max(hi, got)
 	}
-	// An absurd Retry-After is bounded.
+	if hi-lo < time.Second {
+		t.Errorf("delays with Retry-After 3 span only %s..%s: not spread", lo, hi)
+	}
+	// An absurd Retry-After is bounded, and so is its spread.
 	huge := kvErr(429, "Throttled", "", "", map[string]string{"Retry-After": "86400"})
-	if got := b.next(huge); got > maxRetryAfter+maxRetryAfter/10 {
+	if got := b.next(huge); got < maxRetryAfter || got > maxRetryAfter+retryAfterSpread {
 		t.Fatalf("delay with Retry-After 1 day: %s", got)
 	}
 }

@@ -11,8 +11,9 @@ import (
 
 // CheckInvariants verifies what every injected pod must satisfy, whatever its input:
 // the secrets volume is in memory; every agent is Pod Security "restricted"
-// compliant; only agents mount the identity token (a path in an app's env grants
-// nothing without the mount) or write to the secrets volume;
+// compliant and gets no Kubernetes API token; only agents mount the identity token
+// (a path in an app's env grants nothing without the mount) or write to the secrets
+// volume;
 // and an agent runs before every init container that reads the secrets.
 func CheckInvariants(pod *corev1.Pod) error {
 	var errs []error
@@ -42,6 +43,15 @@ func CheckInvariants(pod *corev1.Pod) error {
 			agentSeen = agentSeen || init
 			if err := checkRestricted(c.SecurityContext); err != nil {
 				fail("container %q: %v", c.Name, err)
+			}
+			shadowed := false
+			for _, m := range c.VolumeMounts {
+				if m.MountPath == APITokenDir {
+					shadowed = m.Name == NoAPITokenVolumeName
+				}
+			}
+			if !shadowed {
+				fail("container %q: the Kubernetes API token directory %s is not covered by the %q volume", c.Name, APITokenDir, NoAPITokenVolumeName)
 			}
 			return
 		}

@@ -30,6 +30,15 @@ const (
 	VolumeName = "kvinject-secrets"
 	// TokenVolumeName is the projected workload-identity token, mounted only into the agent.
 	TokenVolumeName = "kvinject-azure-token"
+	// NoAPITokenVolumeName is an empty, read-only volume that the agent mounts where
+	// Kubernetes puts the API token (APITokenDir). The API server's ServiceAccount
+	// plugin does not mount the token into a container that already has a mount
+	// there, so the agent, which never talks to the Kubernetes API, gets no API
+	// token; and because the plugin then has nothing to add to the agent, the API
+	// server has no reason to call the webhook a second time for the pod.
+	NoAPITokenVolumeName = "kvinject-no-api-token"
+	// APITokenDir is where the ServiceAccount plugin mounts the Kubernetes API token.
+	APITokenDir = "/var/run/secrets/kubernetes.io/serviceaccount"
 	// AgentContainerName is the agent: a native sidecar, an init container, or a regular sidecar.
 	AgentContainerName = mapping.AgentContainerName
 	// AgentInitContainerName is the init-mode agent used with a regular (non-native) sidecar.
@@ -208,6 +217,7 @@ func Desired(pod *corev1.Pod, spec *mapping.Spec, cfg Config) Injection {
 	if spec.Identity.Kind == mapping.IdentityWorkload {
 		inj.Volumes = append(inj.Volumes, tokenVolume(cfg.TokenExpirationSeconds))
 	}
+	inj.Volumes = append(inj.Volumes, noAPITokenVolume())
 	base := mapping.AgentConfig{
 		VaultURL: spec.VaultURL,
 		Entries:  spec.Entries,
@@ -244,6 +254,7 @@ func agentContainer(name, mode string, base mapping.AgentConfig, spec *mapping.S
 	if spec.Identity.Kind == mapping.IdentityWorkload {
 		mounts = append(mounts, corev1.VolumeMount{Name: TokenVolumeName, MountPath: TokenDir, ReadOnly: true})
 	}
+	mounts = append(mounts, corev1.VolumeMount{Name: NoAPITokenVolumeName, MountPath: APITokenDir, ReadOnly: true})
 	pull := cfg.AgentImagePullPolicy
 	if pull == "" {
 		pull = corev1.PullIfNotPresent
@@ -333,6 +344,19 @@ func tokenVolume(expiration int64) corev1.Volume {
 				Path:              TokenFile,
 			}}},
 			DefaultMode: &mode,
+		}},
+	}
+}
+
+// noAPITokenVolume is the empty volume that keeps the API token out of the agent
+// (see NoAPITokenVolumeName). It is in memory like the secrets, and small.
+func noAPITokenVolume() corev1.Volume {
+	limit := resource.MustParse("4Ki")
+	return corev1.Volume{
+		Name: NoAPITokenVolumeName,
+		VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{
+			Medium:    corev1.StorageMediumMemory,
+			SizeLimit: &limit,
 		}},
 	}
 }

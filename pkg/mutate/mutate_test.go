@@ -231,9 +231,16 @@ func TestAgentAsStored(t *testing.T) {
 		own    bool
 	}{
 		{"unchanged", func(c *corev1.Container) {}, true},
-		{"api token mount", func(c *corev1.Container) {
-			c.VolumeMounts = append(c.VolumeMounts, corev1.VolumeMount{Name: "kube-api-access-x", MountPath: "/var/run/secrets/kubernetes.io/serviceaccount", ReadOnly: true})
+		{"another plugin's mount", func(c *corev1.Container) {
+			c.VolumeMounts = append(c.VolumeMounts, corev1.VolumeMount{Name: "ca-bundle", MountPath: "/etc/ssl/extra", ReadOnly: true})
 		}, true},
+		{"api token mounted instead of the empty volume", func(c *corev1.Container) {
+			for i := range c.VolumeMounts {
+				if c.VolumeMounts[i].MountPath == APITokenDir {
+					c.VolumeMounts[i].Name = "kube-api-access-x"
+				}
+			}
+		}, false},
 		{"another injector's env", func(c *corev1.Container) { c.Env = append(c.Env, corev1.EnvVar{Name: "HTTP_PROXY", Value: "x"}) }, true},
 		{"repeated own env", func(c *corev1.Container) {
 			c.Env = append(c.Env, corev1.EnvVar{Name: "AZURE_CLIENT_ID", Value: "other"})

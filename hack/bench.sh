@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# bench.sh runs kvinject's benchmarks at full size, one at a time (the machine
+# has two cores), and keeps their raw output and a description of the machine.
+# BENCHMARKS.md holds the numbers of one run and names these commands.
+#
+#   hack/bench.sh [GROUP...]   default: every group, ~20 minutes
+#
+# Groups: mutation, emulator, agent, rollout, webhook, podcreate.
+# Environment: BENCH_OUT (default $TMPDIR/kvinject-bench-results) receives <group>.txt and
+# machine.txt. The webhook group runs `hey` for the anchor commands of
+# shared/docs/performance-anchors.md and installs it with apt-get when it is
+# missing and this runs as root; without it, those two runs are skipped.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+OUT=${BENCH_OUT:-${TMPDIR:-/tmp}/kvinject-bench-results}
+mkdir -p "$OUT"
+export KVINJECT_BENCH_SCALE=full
+groups=("$@")
+[ ${#groups[@]} -gt 0 ] || groups=(mutation emulator agent rollout webhook podcreate)
+
+log() { echo "bench: $*" >&2; }
+
+machine() {
+  {
+    echo "date:    $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    echo "cpu:     $(nproc) x $(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)"
+    echo "memory:  $(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo)"
+    echo "kernel:  $(uname -sr)"
+    echo "go:      $(go version)"
+    echo "commit:  $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$([ -z "$(git status --porcelain 2>/dev/null)" ] || echo ' (with uncommitted changes)')"
+    echo "load:    $(cut -d' ' -f1-3 /proc/loadavg) (1, 5, 15 min) before the run"
+  } >"$OUT/machine.txt"
+  cat "$OUT/machine.txt" >&2
+}
+
+# run GROUP ARGS...: go test ARGS, output to the terminal and to $OUT/GROUP.txt.
+run() {
+  local group=$1
+  shift
+  log "$group: go test $*"
+  echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)" >"$OUT/$group.txt"
+  go test -run '^$' "$@" | tee -a "$OUT/$group.txt"
+  echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$OUT/$group.txt"
+}
+
+ensure_hey() {
+  command -v hey >/dev/null && return 0
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    log "installing hey (Debian package) for the anchor commands"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq hey >/dev/null; } ||
+      log "could not install hey: the anchor commands are skipped"
+  else
+    log "hey is not installed: the anchor commands are skipped"
+  fi
+}
+
+machine
+for g in "${groups[@]}"; do
+  case $g in
+  mutation) run mutation -bench . -benchmem -count=5 ./pkg/... ./internal/injector/ ;;
+  emulator) run emulator -bench . -benchmem -count=3 ./internal/emulator/ ;;
+  agent)
+    run agent -bench 'BenchmarkFirstSet' -benchtime=10x -count=3 ./internal/agent/
+    run agent-rotation -bench 'BenchmarkRotation' -benchtime=40x ./internal/agent/
+    run agent-process -bench 'BenchmarkAgentProcess' -benchtime=20x ./test/bench/
+    run agent-sidecar -bench 'BenchmarkAgentSidecarMemory' -benchtime=1x ./test/bench/
+    ;;
+  rollout) run rollout -bench 'BenchmarkKeyVaultRollout' -benchtime=1x -timeout=30m ./test/bench/ ;;
+  webhook | podcreate)
+    assets=$(hack/kube-binaries.sh)
+    [ "$g" = webhook ] && ensure_hey
+    bench=BenchmarkWebhookHTTPS
+    [ "$g" = podcreate ] && bench=BenchmarkPodCreate
+    KUBEBUILDER_ASSETS="$assets" run "$g" -tags integration -bench "$bench" -benchtime=1x -timeout=30m ./test/bench/
+    ;;
+  *)
+    log "unknown group $g (mutation, emulator, agent, rollout, webhook, podcreate)"
+    exit 2
+    ;;
+  esac
+done
+log "raw results in $OUT/"

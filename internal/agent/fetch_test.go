@@ -1,0 +1,114 @@
+package agent_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/kvinject/kvinject/internal/agent"
+	"github.com/kvinject/kvinject/internal/emulator"
+	"github.com/kvinject/kvinject/pkg/mapping"
+)
+
+// entries maps n secrets s0..s(n-1) to files of the same names and stores a
+// value for each; it returns the entries and the values.
+func (h *harness) entries(n int) ([]mapping.Entry, []string) {
+	var es []mapping.Entry
+	var values []string
+	for i := range n {
+		name := fmt.Sprintf("s%d", i)
+		v, _ := h.setSecret(name)
+		es = append(es, mapping.Entry{File: name, Name: name})
+		values = append(values, v)
+	}
+	return es, values
+}
+
+// TestColdFetchOneChallengeOneToken: a cold client reads many secrets with one
+// 401 challenge and one token request; the reads that follow the first one
+// start only once the client holds the token, so none of them is challenged.
+func TestColdFetchOneChallengeOneToken(t *testing.T) {
+	h := newHarness(t, emulator.Options{})
+	id, _ := h.workload()
+	_ = h.emu.Grant(h.vault, id, emulator.PermGet)
+	es, values := h.entries(40)
+	h.emu.ResetStats()
+	if err := h.run(context.Background(), h.config(mapping.AgentModeInit, mapping.IdentityWorkload, es...), h.options()); err != nil {
+		t.Fatal(err)
+	}
+	for i, e := range es {
+		if !h.fileIs(e.File, values[i]) {
+			t.Errorf("%s: content differs from the secret", e.File)
+		}
+	}
+	st := h.emu.Stats()
+	if st.Challenges != 1 || st.TokenRequests != 1 || st.Gets != 40 {
+		t.Errorf("challenges, token requests, gets = %d, %d, %d; want 1, 1, 40", st.Challenges, st.TokenRequests, st.Gets)
+	}
+}
+
+// TestFirstSetRetriesOnlyMissing: when some reads of the first set are
+// throttled, the retry reads only those; Key Vault's 429s are left to the
+// agent's own backoff (with the SDK's default retries, which would otherwise
+// resend them three times), which honours Retry-After.
+func TestFirstSetRetriesOnlyMissing(t *testing.T) {
+	h := newHarness(t, emulator.Options{})
+	id, _ := h.workload()
+	_ = h.emu.Grant(h.vault, id, emulator.PermGet)
+	es, values := h.entries(10)
+	if err := h.emu.InjectFault(emulator.Fault{Kind: emulator.FaultThrottle, RetryAfterSeconds: 1, Count: 3, Match: emulator.OpGet}); err != nil {
+		t.Fatal(err)
+	}
+	h.emu.ResetStats()
+	opts := h.options()
+	opts.SDKRetry.MaxRetries = 0 // the SDK's defaults, as shipped
+	if err := h.run(context.Background(), h.config(mapping.AgentModeInit, mapping.IdentityWorkload, es...), opts); err != nil {
+		t.Fatal(err)
+	}
+	for i, e := range es {
+		if !h.fileIs(e.File, values[i]) {
+			t.Errorf("%s: content differs from the secret", e.File)
+		}
+	}
+	st := h.emu.Stats()
+	if st.Throttled != 3 || st.Gets != 10 {
+		t.Errorf("throttled, gets = %d, %d; want 3, 10 (each secret read once, the throttled ones retried once)", st.Throttled, st.Gets)
+	}
+	logs := h.logs.String()
+	if n := strings.Count(logs, `"msg":"attempt failed, retrying"`); n != 1 {
+		t.Errorf("the agent retried %d times, want once (after the 429s)", n)
+	}
+	if !strings.Contains(logs, `"status":429`) || !strings.Contains(logs, `"retryAfter":"1s"`) {
+		t.Errorf("logs lack the 429 and its Retry-After:\n%s", logs)
+	}
+}
+
+// TestCautiousAfterFailedAttempt: after a cold fetch failed, each further
+// attempt sends one read until one succeeds, so that a failing or throttling
+// vault is not sent every secret again on every attempt.
+func TestCautiousAfterFailedAttempt(t *testing.T) {
+	h := newHarness(t, emulator.Options{})
+	id, _ := h.workload()
+	_ = h.emu.Grant(h.vault, id, emulator.PermGet)
+	const n = 8
+	es, _ := h.entries(n)
+	if err := h.emu.InjectFault(emulator.Fault{Kind: emulator.FaultStatus, Status: 503, Match: emulator.OpGet}); err != nil {
+		t.Fatal(err)
+	}
+	h.emu.ResetStats()
+	err := h.run(context.Background(), h.config(mapping.AgentModeInit, mapping.IdentityWorkload, es...), h.options())
+	var gu *agent.GiveUpError
+	if !errors.As(err, &gu) {
+		t.Fatalf("err = %v, want a GiveUpError", err)
+	}
+	if gu.Attempts < 2 {
+		t.Fatalf("only %d attempt(s) in the init timeout", gu.Attempts)
+	}
+	// The first attempt sends every read (the first, then the others once it
+	// went out with the token); each later one a single read.
+	if st := h.emu.Stats(); st.Faults != int64(n+gu.Attempts-1) {
+		t.Errorf("%d reads in %d attempts, want %d", st.Faults, gu.Attempts, n+gu.Attempts-1)
+	}
+}
