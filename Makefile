@@ -40,8 +40,10 @@ test-integration: ## tests against a real kube-apiserver + etcd and the Key Vaul
 	  KUBEBUILDER_ASSETS="$$assets" $(GO) test -count=1 -tags integration -timeout 20m ./test/...
 
 .PHONY: bench-smoke
-bench-smoke: ## run every benchmark once, so they keep working (not a measurement)
+bench-smoke: ## run every benchmark once, smoke-sized, so they keep working (not a measurement)
 	$(GO) test -run '^$$' -bench . -benchtime=1x ./...
+	assets=$$(hack/kube-binaries.sh); \
+	  KUBEBUILDER_ASSETS="$$assets" $(GO) test -tags integration -run '^$$' -bench . -benchtime=1x -timeout 10m ./test/bench/
 
 # The AdmissionReview targets first replay ~200 seeds (about 45 s on 2 cores)
 # before they mutate anything, so they get a longer budget.
@@ -59,12 +61,13 @@ fuzz-smoke: ## run every fuzz target briefly; longer: make fuzz-smoke FUZZTIME=1
 test: lint test-unit bench-smoke fuzz-smoke test-integration ## everything CI runs: lint, unit, golden, benchmark and fuzz smoke, integration tests
 
 .PHONY: bench
-bench: ## benchmarks of the mutation and the AdmissionReview handling (ns/op, B/op, allocs/op)
-	$(GO) test -run '^$$' -bench . -benchmem ./pkg/... ./internal/injector/
+bench: ## every benchmark at full size, as in BENCHMARKS.md (~25 min); some: make bench GROUPS="agent webhook"
+	hack/bench.sh $(GROUPS)
 
 .PHONY: golden
-golden: ## regenerate the golden AdmissionReview answers (review the diff!)
+golden: ## regenerate the golden AdmissionReview answers and offline injections (review the diff!)
 	$(GO) test ./internal/injector/ -run TestGolden -update
+	$(GO) test ./internal/offline/ -run TestGolden -update
 
 .PHONY: demo
 demo: ## the local end-to-end demo: control plane, emulator, webhook, agent

@@ -7,6 +7,7 @@
 //
 //	kvinject-agent init|sidecar --dir=... --vault=... --identity=... --secret=<file>=<name>[@<version>] ...
 //	kvinject-agent probe --dir=...
+//	kvinject-agent doctor --vault=... --secret=... | --secrets=...   (see internal/doctor)
 package main
 
 import (
@@ -16,11 +17,17 @@ import (
 	"syscall"
 
 	"github.com/kvinject/kvinject/internal/agent"
+	"github.com/kvinject/kvinject/internal/doctor"
 )
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
-	code := agent.Main(ctx, os.Args[1:], agent.Options{})
+	var code int
+	if len(os.Args) > 1 && os.Args[1] == doctor.Command {
+		code = doctor.Main(ctx, os.Args[2:], doctor.Options{})
+	} else {
+		code = agent.Main(ctx, os.Args[1:], agent.Options{})
+	}
 	stop()
 	os.Exit(code)
 }

@@ -7,6 +7,9 @@
 // volume, envtest, a person). With --cert-mode=builtin the webhook creates its own
 // CA and certificate, keeps them in a Secret, injects the CA into its
 // MutatingWebhookConfiguration and renews them (see internal/certs).
+//
+// `kvinject-webhook inject -f <file|->` applies the same mutation to manifests
+// and prints them, without a cluster (see internal/offline).
 package main
 
 import (
@@ -32,10 +35,14 @@ import (
 
 	"github.com/kvinject/kvinject/internal/certs"
 	"github.com/kvinject/kvinject/internal/injector"
+	"github.com/kvinject/kvinject/internal/offline"
 	"github.com/kvinject/kvinject/internal/version"
 )
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == offline.Command {
+		os.Exit(offline.Main(os.Args[2:], os.Stdin, os.Stdout, os.Stderr))
+	}
 	if err := run(os.Args[1:]); err != nil {
 		fmt.Fprintln(os.Stderr, "kvinject-webhook:", err)
 		os.Exit(1)

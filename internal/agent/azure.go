@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -208,6 +209,53 @@ func newCredential(kind mapping.IdentityKind, env Env, co azcore.ClientOptions) 
 		return azidentity.NewManagedIdentityCredential(&azidentity.ManagedIdentityCredentialOptions{ClientOptions: co})
 	}
 	return nil, &ConfigError{Msg: fmt.Sprintf("unknown identity kind %q", kind)}
+}
+
+// Clients are a credential and a Key Vault client of one identity and vault,
+// built from the agent's environment as the agent builds them, sharing one
+// transport.
+type Clients struct {
+	// Transport is shared by the credential and the client; close its idle
+	// connections when done.
+	Transport *http.Transport
+	// Credential is the identity's credential; concurrent token requests
+	// share one.
+	Credential azcore.TokenCredential
+	// Secrets is the Key Vault client, with production settings.
+	Secrets *azsecrets.Client
+	// Scope is the token scope of the vault's resource, e.g.
+	// https://vault.azure.net/.default; empty for a host that is not a vault's.
+	Scope string
+}
+
+// NewClients builds the credential of the identity kind from env, and a Key
+// Vault client of vaultURL, with the agent's transport (including the
+// test-only settings of env, which log warns about), User-Agent and cloud.
+// retry configures the SDK's retries (a zero TryTimeout means 30s). Its
+// errors are *ConfigError, whose messages say what to fix.
+func NewClients(vaultURL string, kind mapping.IdentityKind, env Env, retry policy.RetryOptions, log *slog.Logger) (*Clients, error) {
+	t, err := newTransport(env, log)
+	if err != nil {
+		return nil, err
+	}
+	if retry.TryTimeout == 0 {
+		retry.TryTimeout = 30 * time.Second
+	}
+	co := clientOptions(&http.Client{Transport: t}, env, retry)
+	cred, err := newCredential(kind, env, co)
+	if err != nil {
+		var ce *ConfigError
+		if errors.As(err, &ce) {
+			return nil, err
+		}
+		return nil, &ConfigError{Msg: fmt.Sprintf("cannot set up the %s identity: %v", kind, err)}
+	}
+	scred := &serialCredential{cred: cred}
+	client, err := newSecretsClient(vaultURL, scred, co)
+	if err != nil {
+		return nil, &ConfigError{Msg: fmt.Sprintf("cannot set up the Key Vault client for %s: %v", vaultURL, err)}
+	}
+	return &Clients{Transport: t, Credential: scred, Secrets: client, Scope: vaultScope(vaultURL)}, nil
 }
 
 // newSecretsClient returns a Key Vault client with production settings:

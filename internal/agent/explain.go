@@ -151,6 +151,50 @@ func Explain(err error, f Facts) string {
 	return truncate(msg, MaxMessage)
 }
 
+// Reason returns why err happened and how to fix it, as Explain phrases them
+// but without Explain's head ("kvinject-agent: cannot read secret ... from
+// vault ..."), for callers that name the secret and the vault themselves (the
+// doctor). A *ConfigError's message is split at its ". Fix: ".
+func Reason(err error, f Facts) (why, fix string) {
+	if err == nil {
+		return "", ""
+	}
+	var ce *ConfigError
+	if errors.As(err, &ce) {
+		why, fix, _ = strings.Cut(ce.Msg, ". Fix: ")
+		return why, fix
+	}
+	var ge *GiveUpError
+	if errors.As(err, &ge) {
+		err = ge.Err
+	}
+	var se *SecretError
+	errors.As(err, &se)
+	return reason(err, f, se)
+}
+
+// IsSecretNotFound reports whether err is Key Vault's answer that a secret,
+// or the pinned version of one, does not exist (404 SecretNotFound).
+func IsSecretNotFound(err error) bool {
+	var re *azcore.ResponseError
+	return errors.As(err, &re) && re.StatusCode == http.StatusNotFound && re.ErrorCode == "SecretNotFound"
+}
+
+// IsSecretDisabled reports whether err is Key Vault's answer that a secret
+// version is disabled (403 with inner error SecretDisabled).
+func IsSecretDisabled(err error) bool {
+	var re *azcore.ResponseError
+	if !errors.As(err, &re) || re.StatusCode != http.StatusForbidden {
+		return false
+	}
+	for _, c := range parseKVError(re.RawResponse).Inner {
+		if c == "SecretDisabled" {
+			return true
+		}
+	}
+	return false
+}
+
 // kvError is Key Vault's error body.
 type kvError struct {
 	Code, Message string
@@ -228,6 +272,13 @@ var (
 	otherTenantRE = regexp.MustCompile(`tokens for tenant "([^"]+)"`)
 	assertionRE   = regexp.MustCompile(`Assertion (Issuer|Subject|Audience): '([^']*)'`)
 	hostRE        = regexp.MustCompile(`https://([^/\s"':]+)`)
+	// policyPermRE finds the permission an access-policy denial names.
+	policyPermRE = regexp.MustCompile(`does not have secrets (\w+) permission`)
+	// rbacActionRE finds the data action an RBAC denial names.
+	rbacActionRE = regexp.MustCompile(`Action: '(Microsoft\.KeyVault/vaults/secrets/[^']+)'`)
+	// resourcePrincipalRE finds the resource of AADSTS500011: "The resource
+	// principal named https://vault.usgovcloudapi.net was not found".
+	resourcePrincipalRE = regexp.MustCompile(`resource principal named (\S+) was not found`)
 )
 
 // principal names the identity in commands: --spn/--assignee take a client
@@ -363,6 +414,12 @@ func keyVaultReason(re *azcore.ResponseError, f Facts, se *SecretError) (why, fi
 	vaultScope := "$(az keyvault show --name " + vault + " --query id --output tsv)"
 	switch {
 	case re.StatusCode == http.StatusForbidden && (inner == "AccessDenied" || inner == "ForbiddenByPolicy"):
+		// The message names the missing permission: get, or list for listing versions.
+		if m := policyPermRE.FindStringSubmatch(kv.Message); m != nil && strings.EqualFold(m[1], "list") {
+			return head + ": the vault uses access policies and " + p.desc + " may not list its secrets",
+				fmt.Sprintf("grant the identity %s 'get' and 'list' on secrets with an access policy (az keyvault set-policy --name %s %s --secret-permissions get list), or the 'Key Vault Secrets User' role (az role assignment create --role 'Key Vault Secrets User' %s --scope %s)",
+					p.id(), vault, p.policyArg(), p.assigneeArg(), vaultScope)
+		}
 		return head + ": the vault uses access policies and " + p.desc + " may not get its secrets",
 			fmt.Sprintf("grant the identity %s 'get' on secrets with an access policy (az keyvault set-policy --name %s %s --secret-permissions get), or the 'Key Vault Secrets User' role (az role assignment create --role 'Key Vault Secrets User' %s --scope %s)",
 				p.id(), vault, p.policyArg(), p.assigneeArg(), vaultScope)
@@ -371,7 +428,11 @@ func keyVaultReason(re *azcore.ResponseError, f Facts, se *SecretError) (why, fi
 		if m := resourceRE.FindStringSubmatch(kv.Message); m != nil {
 			scope = m[1]
 		}
-		return head + ": the vault uses Azure RBAC and " + p.desc + " has no role assignment that allows reading secrets (Microsoft.KeyVault/vaults/secrets/getSecret/action)",
+		what, action := "reading secrets", "Microsoft.KeyVault/vaults/secrets/getSecret/action"
+		if m := rbacActionRE.FindStringSubmatch(kv.Message); m != nil && strings.HasSuffix(m[1], "/readMetadata/action") {
+			what, action = "listing secrets", m[1]
+		}
+		return head + ": the vault uses Azure RBAC and " + p.desc + " has no role assignment that allows " + what + " (" + action + ")",
 			fmt.Sprintf("assign the identity %s the 'Key Vault Secrets User' role (az role assignment create --role 'Key Vault Secrets User' %s --scope %s); new role assignments take a few minutes to apply",
 				p.id(), p.assigneeArg(), scope)
 	case re.StatusCode == http.StatusForbidden && inner == "ForbiddenByFirewall":
@@ -486,6 +547,13 @@ func aadReason(afe *azidentity.AuthenticationFailedError, f Facts) (why, fix str
 		why += ", audience " + orPlaceholder(seen["Audience"], "api://AzureADTokenExchange") + ")"
 		return why, fmt.Sprintf("create a federated credential with issuer %s and subject %s on the identity %s (az identity federated-credential create --name kvinject-%s-%s --identity-name <identity name> --resource-group <resource group> --issuer %s --subject %s --audiences api://AzureADTokenExchange)",
 			issuer, subject, id, orPlaceholder(f.Namespace, "ns"), orPlaceholder(f.ServiceAccount, "sa"), issuer, subject)
+	case 500011:
+		resource := "the vault's resource"
+		if m := resourcePrincipalRE.FindStringSubmatch(a.Description); m != nil {
+			resource = m[1]
+		}
+		return head + ": Azure AD of this cloud does not know " + resource + ", so the vault and the identity are in different Azure clouds",
+			"sign in to the vault's cloud: set kvinject.dev/cloud to the vault's cloud (AzurePublicCloud, AzureUSGovernmentCloud or AzureChinaCloud), which sets AZURE_AUTHORITY_HOST, or use a vault of the identity's cloud"
 	case 700016:
 		return head + ": Azure AD knows no application with client ID " + id + " in tenant " + orPlaceholder(f.TenantID, "<tenant>"),
 			"check the client ID (the ServiceAccount's azure.workload.identity/client-id) and the tenant ID (azure.workload.identity/tenant-id or kvinject.dev/tenant-id); az identity show --name <identity name> --resource-group <resource group> --query \"{clientId:clientId,tenantId:tenantId}\" shows both"

@@ -110,6 +110,18 @@ func TestExplain(t *testing.T) {
 			want:  `kvinject-agent: cannot read secret "API-KEY" from vault myvault: HTTP 403 Forbidden, Key Vault error Forbidden (inner error ForbiddenByRbac): the vault uses Azure RBAC and managed identity 2f1e5b7c-9a3d-4e8f-b6c1-0d2a4e6f8a1b has no role assignment that allows reading secrets (Microsoft.KeyVault/vaults/secrets/getSecret/action). Fix: assign the identity 2f1e5b7c-9a3d-4e8f-b6c1-0d2a4e6f8a1b the 'Key Vault Secrets User' role (az role assignment create --role 'Key Vault Secrets User' --assignee 2f1e5b7c-9a3d-4e8f-b6c1-0d2a4e6f8a1b --scope /subscriptions/00000000-0000-0000-0000-000000000000/resourcegroups/rg-app/providers/microsoft.keyvault/vaults/myvault); new role assignments take a few minutes to apply`,
 		},
 		{
+			name:  "access policy without list",
+			err:   secretErr("", kvErr(403, "Forbidden", strings.Replace(policyMsg, "secrets get permission", "secrets list permission", 1), "AccessDenied", nil)),
+			facts: workload,
+			want:  `kvinject-agent: cannot read secret "API-KEY" from vault myvault: HTTP 403 Forbidden, Key Vault error Forbidden (inner error AccessDenied): the vault uses access policies and workload identity 2f1e5b7c-9a3d-4e8f-b6c1-0d2a4e6f8a1b may not list its secrets. Fix: grant the identity 2f1e5b7c-9a3d-4e8f-b6c1-0d2a4e6f8a1b 'get' and 'list' on secrets with an access policy (az keyvault set-policy --name myvault --spn 2f1e5b7c-9a3d-4e8f-b6c1-0d2a4e6f8a1b --secret-permissions get list), or the 'Key Vault Secrets User' role (az role assignment create --role 'Key Vault Secrets User' --assignee 2f1e5b7c-9a3d-4e8f-b6c1-0d2a4e6f8a1b --scope $(az keyvault show --name myvault --query id --output tsv))`,
+		},
+		{
+			name:  "rbac without readMetadata",
+			err:   secretErr("", kvErr(403, "Forbidden", strings.Replace(rbacMsg, "getSecret/action", "readMetadata/action", 1), "ForbiddenByRbac", nil)),
+			facts: managed,
+			want:  `kvinject-agent: cannot read secret "API-KEY" from vault myvault: HTTP 403 Forbidden, Key Vault error Forbidden (inner error ForbiddenByRbac): the vault uses Azure RBAC and managed identity 2f1e5b7c-9a3d-4e8f-b6c1-0d2a4e6f8a1b has no role assignment that allows listing secrets (Microsoft.KeyVault/vaults/secrets/readMetadata/action). Fix: assign the identity 2f1e5b7c-9a3d-4e8f-b6c1-0d2a4e6f8a1b the 'Key Vault Secrets User' role (az role assignment create --role 'Key Vault Secrets User' --assignee 2f1e5b7c-9a3d-4e8f-b6c1-0d2a4e6f8a1b --scope /subscriptions/00000000-0000-0000-0000-000000000000/resourcegroups/rg-app/providers/microsoft.keyvault/vaults/myvault); new role assignments take a few minutes to apply`,
+		},
+		{
 			name:  "firewall",
 			err:   secretErr("", kvErr(403, "Forbidden", "Client address is not authorized and caller is not a trusted service.\r\nClient address: 20.50.1.7\r\nCaller: "+callerMsg+"\r\nVault: myvault;location=westeurope", "ForbiddenByFirewall", nil)),
 			facts: workload,
@@ -185,6 +197,13 @@ func TestExplain(t *testing.T) {
 			err:   aadErr(400, "invalid_request", 90002, "AADSTS90002: Tenant '"+exTenant+"' not found."),
 			facts: workload,
 			want:  `kvinject-agent: cannot read secrets from vault myvault: Azure AD refused the token request of workload identity 2f1e5b7c-9a3d-4e8f-b6c1-0d2a4e6f8a1b (HTTP 400 Bad Request invalid_request, AADSTS90002): tenant 72f988bf-86f1-41af-91ab-2d7cd011db47 does not exist in this cloud. Fix: check the tenant ID (azure.workload.identity/tenant-id or kvinject.dev/tenant-id) and the cloud (kvinject.dev/cloud)`,
+		},
+		{
+			name: "vault of another cloud",
+			err: aadErr(400, "invalid_resource", 500011,
+				"AADSTS500011: The resource principal named https://vault.usgovcloudapi.net was not found in the tenant named Contoso. This can happen if the application has not been installed by the administrator of the tenant or consented to by any user in the tenant. You might have sent your authentication request to the wrong tenant."),
+			facts: workload,
+			want:  `kvinject-agent: cannot read secrets from vault myvault: Azure AD refused the token request of workload identity 2f1e5b7c-9a3d-4e8f-b6c1-0d2a4e6f8a1b (HTTP 400 Bad Request invalid_resource, AADSTS500011): Azure AD of this cloud does not know https://vault.usgovcloudapi.net, so the vault and the identity are in different Azure clouds. Fix: sign in to the vault's cloud: set kvinject.dev/cloud to the vault's cloud (AzurePublicCloud, AzureUSGovernmentCloud or AzureChinaCloud), which sets AZURE_AUTHORITY_HOST, or use a vault of the identity's cloud`,
 		},
 		{
 			name:  "expired assertion",
@@ -299,3 +318,60 @@ func TestExplainTruncates(t *testing.T) {
 }
 
 func utf8Valid(s string) bool { return strings.ToValidUTF8(s, "\uFFFD") == s }
+
+// TestReason checks that Reason says what Explain says, without its head.
+func TestReason(t *testing.T) {
+	facts := Facts{VaultURL: exVault, Identity: mapping.IdentityWorkload, ClientID: exClient, TenantID: exTenant}
+	notFound := secretErr("", kvErr(404, "SecretNotFound", "A secret with (name/id) API-KEY was not found in this key vault.", "", nil))
+	disabled := secretErr("", kvErr(403, "Forbidden", "Operation get is not allowed on a disabled secret.", "SecretDisabled", nil))
+	for _, tc := range []struct {
+		name               string
+		err                error
+		why, fix           string
+		notFound, disabled bool
+	}{
+		{name: "nil"},
+		{
+			name: "config error is split at its fix",
+			err:  &ConfigError{Msg: "workload identity needs AZURE_CLIENT_ID in the agent's environment. Fix: annotate the ServiceAccount"},
+			why:  "workload identity needs AZURE_CLIENT_ID in the agent's environment",
+			fix:  "annotate the ServiceAccount",
+		},
+		{
+			name:     "not found",
+			err:      notFound,
+			why:      `HTTP 404 Not Found, Key Vault error SecretNotFound: the vault has no secret named "API-KEY" (or it was deleted)`,
+			fix:      `check the name in kvinject.dev/secrets; list the vault's secrets with az keyvault secret list --vault-name myvault --query "[].name"`,
+			notFound: true,
+		},
+		{
+			name:     "disabled, after retries",
+			err:      &GiveUpError{After: time.Minute, Attempts: 3, Err: disabled},
+			why:      "HTTP 403 Forbidden, Key Vault error Forbidden (inner error SecretDisabled): the secret's current version is disabled",
+			fix:      "enable it (az keyvault secret list-versions --vault-name myvault --name API-KEY shows it; az keyvault secret set-attributes --vault-name myvault --name API-KEY --version <version> --enabled true), set a new value, or pin an enabled version in kvinject.dev/secrets (<file>=API-KEY@<version>)",
+			disabled: true,
+		},
+		{
+			name: "other 403",
+			err:  secretErr("", kvErr(403, "Forbidden", "Caller is not authorized", "ForbiddenByFirewall", nil)),
+			why:  "HTTP 403 Forbidden, Key Vault error Forbidden (inner error ForbiddenByFirewall): the vault's firewall does not admit the pod's address",
+			fix:  "allow the cluster's egress IP or the nodes' subnet in the vault's network rules (az keyvault network-rule add --name myvault --ip-address <cluster egress IP>, or --subnet <subnet resource id>), or reach the vault through a private endpoint",
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			why, fix := Reason(tc.err, facts)
+			if why != tc.why || fix != tc.fix {
+				t.Errorf("Reason:\n got why %q\n     fix %q\nwant why %q\n     fix %q", why, fix, tc.why, tc.fix)
+			}
+			if tc.err != nil && !strings.Contains(Explain(tc.err, facts), why) {
+				t.Errorf("Explain does not say %q: %s", why, Explain(tc.err, facts))
+			}
+			if got := IsSecretNotFound(tc.err); got != tc.notFound {
+				t.Errorf("IsSecretNotFound = %v, want %v", got, tc.notFound)
+			}
+			if got := IsSecretDisabled(tc.err); got != tc.disabled {
+				t.Errorf("IsSecretDisabled = %v, want %v", got, tc.disabled)
+			}
+		})
+	}
+}

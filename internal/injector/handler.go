@@ -109,7 +109,7 @@ func (h *Handler) handle(ctx context.Context, req admission.Request) (admission.
 	if err := json.Unmarshal(req.Object.Raw, pod); err != nil {
 		return admission.Errored(http.StatusBadRequest, fmt.Errorf("decoding the pod: %w", err)), ResultError, nil
 	}
-	if pod.Labels[mapping.LabelInject] != mapping.LabelInjectValue {
+	if !OptedIn(pod) {
 		return admission.Allowed("pod does not carry " + mapping.LabelInject + "=" + mapping.LabelInjectValue), ResultSkipped, pod
 	}
 	namespace := req.Namespace
@@ -118,22 +118,18 @@ func (h *Handler) handle(ctx context.Context, req admission.Request) (admission.
 	}
 	// A pod being created may not carry its namespace yet; policy needs it.
 	pod.Namespace = namespace
-	ns, sa, err := h.lookup(ctx, namespace, serviceAccountName(pod))
+	ns, sa, err := h.lookup(ctx, namespace, ServiceAccountName(pod))
 	if err != nil {
 		return admission.Errored(http.StatusInternalServerError, err), ResultError, pod
 	}
-	spec, warnings, err := mapping.Resolve(pod, ns, sa, h.Defaults)
-	if err != nil {
-		return withWarnings(admission.Denied(err.Error()), warnings), ResultDenied, pod
+	d := Decide(pod, ns, sa, h.Defaults, h.Mutate)
+	switch d.Result {
+	case ResultDenied:
+		return withWarnings(admission.Denied(d.Denial.Error()), d.Warnings), d.Result, pod
+	case ResultUnchanged:
+		return withWarnings(admission.Allowed("already injected"), d.Warnings), d.Result, pod
 	}
-	ops, err := mutate.Patch(pod, spec, h.Mutate)
-	if err != nil {
-		return withWarnings(admission.Denied(err.Error()), warnings), ResultDenied, pod
-	}
-	if len(ops) == 0 {
-		return withWarnings(admission.Allowed("already injected"), warnings), ResultUnchanged, pod
-	}
-	return withWarnings(admission.Patched("injected", ops...), warnings), ResultInjected, pod
+	return withWarnings(admission.Patched("injected", d.Patch...), d.Warnings), d.Result, pod
 }
 
 // lookup reads the pod's Namespace and ServiceAccount; either is nil when it does not exist.
@@ -178,13 +174,6 @@ func (h *Handler) get(ctx context.Context, key client.ObjectKey, obj client.Obje
 		return false, nil
 	}
 	return err == nil, err
-}
-
-func serviceAccountName(pod *corev1.Pod) string {
-	if pod.Spec.ServiceAccountName != "" {
-		return pod.Spec.ServiceAccountName
-	}
-	return "default"
 }
 
 func podName(pod *corev1.Pod) string {

@@ -1,0 +1,582 @@
+// Package doctor is `kvinject-agent doctor`: it checks, one step at a time,
+// what the agent needs to read a pod's secrets (its identity's configuration,
+// the cloud, a token from Azure AD, then each secret) and prints a checklist
+// with the precise fix of each failure.
+//
+// It builds the credential and the Key Vault client with the agent's own code
+// (agent.NewClients, from the same environment the webhook gives the agent)
+// and phrases failures with the agent's own explanations (agent.Reason), so
+// that the doctor and a failing pod say the same thing.
+//
+// It never prints a secret value: only its length, version, whether it is
+// enabled and its activation and expiry dates.
+package doctor
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/url"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
+	"github.com/Azure/azure-sdk-for-go/sdk/security/keyvault/azsecrets"
+
+	"github.com/kvinject/kvinject/internal/agent"
+	"github.com/kvinject/kvinject/pkg/mapping"
+)
+
+// Status is the outcome of one check.
+type Status string
+
+// Check outcomes. Only StatusFail makes the doctor exit 1.
+const (
+	StatusOK   Status = "ok"
+	StatusFail Status = "FAIL"
+	StatusWarn Status = "warn"
+	StatusSkip Status = "skip"
+)
+
+// Kinds of checks, in the order they run.
+const (
+	CheckIdentity = "identity"
+	CheckCloud    = "cloud"
+	CheckToken    = "token"
+	CheckSecret   = "secret"
+	CheckList     = "list"
+)
+
+// Check is one line of the checklist.
+type Check struct {
+	// Kind is one of the Check constants.
+	Kind   string
+	Status Status
+	// Subject names what was checked, e.g. `secret "API-KEY" (apikey.txt)`.
+	Subject string
+	// Detail is what was found, or why it failed.
+	Detail string
+	// Fix is the precise fix of a failure or warning.
+	Fix string
+	// Err is the underlying error of a failure, for tests; never printed.
+	Err error `json:"-"`
+}
+
+// Report is the outcome of a run.
+type Report struct {
+	// Header describes the vault and the identity.
+	Header []string
+	Checks []Check
+}
+
+// Failed returns the number of failed checks.
+func (r *Report) Failed() int {
+	n := 0
+	for _, c := range r.Checks {
+		if c.Status == StatusFail {
+			n++
+		}
+	}
+	return n
+}
+
+func (r *Report) add(c Check) { r.Checks = append(r.Checks, c) }
+
+// Print writes the checklist.
+func (r *Report) Print(w io.Writer) {
+	fmt.Fprintln(w, "kvinject doctor")
+	for _, h := range r.Header {
+		fmt.Fprintln(w, "  "+h)
+	}
+	fmt.Fprintln(w)
+	for _, c := range r.Checks {
+		tag := "[" + string(c.Status) + "]"
+		fmt.Fprintf(w, "%-6s %s: %s\n", tag, c.Subject, c.Detail)
+		if c.Fix != "" {
+			fmt.Fprintf(w, "       fix: %s\n", c.Fix)
+		}
+	}
+	fmt.Fprintln(w)
+	switch n := r.Failed(); n {
+	case 0:
+		fmt.Fprintf(w, "All %d checks passed.\n", len(r.Checks))
+	default:
+		fmt.Fprintf(w, "%d of %d checks failed.\n", n, len(r.Checks))
+	}
+}
+
+// Config is what to check.
+type Config struct {
+	// VaultURL is the vault, e.g. https://myvault.vault.azure.net/.
+	VaultURL string
+	// Identity is the identity kind; its settings come from Env.
+	Identity mapping.IdentityKind
+	// Env is the agent's environment (identity, cloud, pod).
+	Env agent.Env
+	// Entries are the files and secrets of the mapping.
+	Entries []mapping.Entry
+	// CheckList also checks that the identity may list the versions of each
+	// secret (the 'list' permission, RBAC secrets/readMetadata/action).
+	CheckList bool
+}
+
+// Options are the doctor's settings that do not come from the command line.
+type Options struct {
+	// Getenv reads the environment; nil means os.Getenv.
+	Getenv func(string) string
+	// Stdout receives the checklist and Stderr usage errors; nil means os.Stdout and os.Stderr.
+	Stdout, Stderr io.Writer
+	// SDKRetry configures the Azure SDK's retries; nil means one retry, at
+	// most 5 seconds apart, 15 seconds per attempt: a diagnosis should not
+	// wait out a throttled or unavailable service.
+	SDKRetry *policy.RetryOptions
+	// Now is the clock, for expiry warnings; nil means time.Now.
+	Now func() time.Time
+}
+
+func (o *Options) retry() policy.RetryOptions {
+	if o.SDKRetry != nil {
+		return *o.SDKRetry
+	}
+	return policy.RetryOptions{MaxRetries: 1, RetryDelay: time.Second, MaxRetryDelay: 5 * time.Second, TryTimeout: 15 * time.Second}
+}
+
+// Run runs every check of cfg and returns the report. ctx bounds the run;
+// checks that were not reached when it ends are reported as failed.
+func Run(ctx context.Context, cfg Config, opts Options) *Report {
+	now := time.Now
+	if opts.Now != nil {
+		now = opts.Now
+	}
+	r := &Report{}
+	facts := agent.FactsFrom(mapping.AgentConfig{VaultURL: cfg.VaultURL, Identity: cfg.Identity}, cfg.Env)
+	facts = withSubject(facts)
+	vaultCloud, authCloud, authKnown := clouds(cfg.VaultURL, cfg.Env.AuthorityHost)
+	r.Header = header(cfg, facts, vaultCloud)
+
+	// 1. The identity's configuration, and the clients.
+	clients, err := agent.NewClients(cfg.VaultURL, cfg.Identity, cfg.Env, opts.retry(), newLogger(opts.Stderr))
+	if err != nil {
+		why, fix := agent.Reason(err, facts)
+		r.add(Check{Kind: CheckIdentity, Status: StatusFail, Subject: "identity", Detail: why, Fix: fix, Err: err})
+		r.skipRest(cfg, "the identity is not configured")
+		return r
+	}
+	defer clients.Transport.CloseIdleConnections()
+	r.add(Check{Kind: CheckIdentity, Status: StatusOK, Subject: "identity", Detail: identityDetail(cfg, facts)})
+
+	// 2. The cloud: the vault's and the one the identity signs in to.
+	switch {
+	case !authKnown:
+		r.add(Check{Kind: CheckCloud, Status: StatusOK, Subject: "cloud", Detail: fmt.Sprintf("the vault is in %s; Azure AD is %s (AZURE_AUTHORITY_HOST), not a known cloud's", vaultCloud.Name, cfg.Env.AuthorityHost)})
+	case authCloud.Name != vaultCloud.Name:
+		r.add(Check{Kind: CheckCloud, Status: StatusFail, Subject: "cloud",
+			Detail: fmt.Sprintf("the vault is in %s but the identity signs in to Azure AD of %s (%s)", vaultCloud.Name, authCloud.Name, authorityDesc(cfg.Env.AuthorityHost)),
+			Fix: fmt.Sprintf("set %s=%s on the pod or its namespace (the webhook then sets AZURE_AUTHORITY_HOST=%s), or use a vault of %s",
+				mapping.AnnotationCloud, vaultCloud.Name, vaultCloud.AuthorityHost, authCloud.Name)})
+		r.skipRest(cfg, "the vault and the identity are in different clouds")
+		return r
+	default:
+		r.add(Check{Kind: CheckCloud, Status: StatusOK, Subject: "cloud", Detail: fmt.Sprintf("the vault and Azure AD (%s) are both in %s", authorityDesc(cfg.Env.AuthorityHost), vaultCloud.Name)})
+	}
+
+	// 3. A token for the vault's resource.
+	tok, err := clients.Credential.GetToken(ctx, policy.TokenRequestOptions{Scopes: []string{clients.Scope}, EnableCAE: true})
+	if err != nil {
+		why, fix := agent.Reason(err, facts)
+		r.add(Check{Kind: CheckToken, Status: StatusFail, Subject: "token", Detail: why, Fix: fix, Err: err})
+		r.skipRest(cfg, "no token")
+		return r
+	}
+	r.add(Check{Kind: CheckToken, Status: StatusOK, Subject: "token",
+		Detail: fmt.Sprintf("Azure AD issued a token for %s, valid for %s", strings.TrimSuffix(clients.Scope, "/.default"), tok.ExpiresOn.Sub(now()).Round(time.Minute))})
+
+	// 4. Each secret, then the list permission if asked.
+	d := &secretChecker{r: r, client: clients.Secrets, facts: facts, vault: cfg.VaultURL, now: now}
+	for _, s := range distinct(cfg.Entries) {
+		d.check(ctx, s)
+	}
+	if cfg.CheckList {
+		for _, s := range distinct(cfg.Entries) {
+			d.checkList(ctx, s)
+		}
+	}
+	return r
+}
+
+// skipRest reports the checks that were not run.
+func (r *Report) skipRest(cfg Config, why string) {
+	for _, s := range distinct(cfg.Entries) {
+		r.add(Check{Kind: CheckSecret, Status: StatusSkip, Subject: s.subject(), Detail: "not checked: " + why})
+	}
+}
+
+// secret is one distinct secret of the mapping and the files it is for.
+type secret struct {
+	name, version string
+	files         []string
+}
+
+func (s secret) subject() string {
+	ref := fmt.Sprintf("secret %q", s.name)
+	if s.version != "" {
+		ref += " version " + s.version
+	}
+	return ref + " (" + strings.Join(s.files, ", ") + ")"
+}
+
+// distinct groups the entries by secret (names are case-insensitive), in mapping order.
+func distinct(entries []mapping.Entry) []secret {
+	var out []secret
+	idx := map[string]int{}
+	for _, e := range entries {
+		key := strings.ToLower(e.Name) + "@" + strings.ToLower(e.Version)
+		if i, ok := idx[key]; ok {
+			out[i].files = append(out[i].files, e.File)
+			continue
+		}
+		idx[key] = len(out)
+		out = append(out, secret{name: e.Name, version: e.Version, files: []string{e.File}})
+	}
+	return out
+}
+
+// secretChecker checks secrets with one client.
+type secretChecker struct {
+	r      *Report
+	client *azsecrets.Client
+	facts  agent.Facts
+	vault  string
+	now    func() time.Time
+	// lastWhy and lastFix are those of the previous failure, to say "as
+	// above" rather than repeat a long fix.
+	lastWhy, lastFix, lastSubject string
+}
+
+func (d *secretChecker) fail(kind, subject string, err error, extra string) {
+	why, fix := agent.Reason(err, d.facts)
+	if extra != "" {
+		fix = strings.TrimSuffix(fix, ".") + "; " + extra
+	}
+	c := Check{Kind: kind, Status: StatusFail, Subject: subject, Detail: why, Fix: fix, Err: err}
+	if fix != "" && fix == d.lastFix && why == d.lastWhy {
+		c.Fix = "as for " + d.lastSubject + " above"
+	} else {
+		d.lastWhy, d.lastFix, d.lastSubject = why, fix, subject
+	}
+	d.r.add(c)
+}
+
+// check reads one secret and reports its properties, never its value.
+func (d *secretChecker) check(ctx context.Context, s secret) {
+	resp, err := d.client.GetSecret(ctx, s.name, s.version, nil)
+	if err != nil {
+		err = &agent.SecretError{Name: s.name, Version: s.version, File: s.files[0], Vault: d.vault, Err: err}
+		d.fail(CheckSecret, s.subject(), err, d.hint(ctx, s, err))
+		return
+	}
+	var b strings.Builder
+	if resp.ID != nil {
+		fmt.Fprintf(&b, "version %s", resp.ID.Version())
+	}
+	n := 0
+	if resp.Value != nil {
+		n = len(*resp.Value)
+	}
+	fmt.Fprintf(&b, ", %d bytes", n)
+	if resp.ContentType != nil && *resp.ContentType != "" {
+		fmt.Fprintf(&b, ", content type %s", *resp.ContentType)
+	}
+	status, fix := StatusOK, ""
+	if a := resp.Attributes; a != nil {
+		if a.Enabled != nil && *a.Enabled {
+			b.WriteString(", enabled")
+		}
+		now := d.now()
+		if a.NotBefore != nil && a.NotBefore.After(now) {
+			fmt.Fprintf(&b, ", not valid before %s", a.NotBefore.UTC().Format(time.RFC3339))
+			status, fix = StatusWarn, "Key Vault serves it, but it is not meant to be used yet; check its activation date (az keyvault secret set-attributes --not-before)"
+		}
+		switch {
+		case a.Expires == nil:
+			b.WriteString(", no expiry")
+		case !a.Expires.After(now):
+			fmt.Fprintf(&b, ", expired %s", a.Expires.UTC().Format(time.RFC3339))
+			status, fix = StatusWarn, fmt.Sprintf("Key Vault still serves an expired secret, but it is due for rotation: set a new value (az keyvault secret set --vault-name %s --name %s ...)", vaultName(d.vault), s.name)
+		default:
+			left := a.Expires.Sub(now)
+			fmt.Fprintf(&b, ", expires %s (in %s)", a.Expires.UTC().Format(time.RFC3339), days(left))
+			if left < 7*24*time.Hour {
+				status, fix = StatusWarn, fmt.Sprintf("it expires soon: set a new value before then (az keyvault secret set --vault-name %s --name %s ...)", vaultName(d.vault), s.name)
+			}
+		}
+	}
+	d.r.add(Check{Kind: CheckSecret, Status: status, Subject: s.subject(), Detail: b.String(), Fix: fix})
+}
+
+// hint lists what the vault has when a secret or version is missing or
+// disabled, if the identity may list; "" otherwise.
+func (d *secretChecker) hint(ctx context.Context, s secret, err error) string {
+	switch {
+	case agent.IsSecretNotFound(err) && s.version == "":
+		names, lerr := d.names(ctx)
+		if lerr != nil {
+			return ""
+		}
+		switch similar := closest(s.name, names); len(similar) {
+		case 0:
+			return ""
+		case 1:
+			return "the vault has " + quoteAll(similar) + ": did you mean it?"
+		default:
+			return "the vault has " + quoteAll(similar) + ": did you mean one of them?"
+		}
+	case agent.IsSecretNotFound(err), agent.IsSecretDisabled(err):
+		versions, lerr := d.versions(ctx, s.name)
+		if lerr != nil || len(versions) == 0 {
+			return ""
+		}
+		newest := ""
+		for _, v := range versions {
+			if v.enabled {
+				newest = v.id
+			}
+		}
+		if newest == "" {
+			return fmt.Sprintf("none of its %d versions is enabled", len(versions))
+		}
+		return fmt.Sprintf("its newest enabled version is %s (to pin it: %s=%s@%s)", newest, s.files[0], s.name, newest)
+	}
+	return ""
+}
+
+// names lists the vault's secret names (metadata only).
+func (d *secretChecker) names(ctx context.Context) ([]string, error) {
+	var names []string
+	pager := d.client.NewListSecretPropertiesPager(nil)
+	for pager.More() && len(names) < 1000 {
+		page, err := pager.NextPage(ctx)
+		if err != nil {
+			return nil, err
+		}
+		for _, p := range page.Value {
+			if p.ID != nil {
+				names = append(names, p.ID.Name())
+			}
+		}
+	}
+	return names, nil
+}
+
+type versionInfo struct {
+	id      string
+	enabled bool
+	created time.Time
+}
+
+// versions lists a secret's versions (metadata only), oldest first.
+func (d *secretChecker) versions(ctx context.Context, name string) ([]versionInfo, error) {
+	var out []versionInfo
+	pager := d.client.NewListSecretPropertiesVersionsPager(name, nil)
+	for pager.More() && len(out) < 1000 {
+		page, err := pager.NextPage(ctx)
+		if err != nil {
+			return nil, err
+		}
+		for _, p := range page.Value {
+			v := versionInfo{}
+			if p.ID != nil {
+				v.id = p.ID.Version()
+			}
+			if p.Attributes != nil {
+				v.enabled = p.Attributes.Enabled != nil && *p.Attributes.Enabled
+				if p.Attributes.Created != nil {
+					v.created = *p.Attributes.Created
+				}
+			}
+			out = append(out, v)
+		}
+	}
+	sortVersions(out)
+	return out, nil
+}
+
+// checkList checks that the identity may list a secret's versions.
+func (d *secretChecker) checkList(ctx context.Context, s secret) {
+	subject := fmt.Sprintf("list versions of %q", s.name)
+	versions, err := d.versions(ctx, s.name)
+	if err != nil {
+		err = &agent.SecretError{Name: s.name, File: s.files[0], Vault: d.vault, Err: err}
+		d.fail(CheckList, subject, err, "")
+		return
+	}
+	d.r.add(Check{Kind: CheckList, Status: StatusOK, Subject: subject, Detail: fmt.Sprintf("%d versions", len(versions))})
+}
+
+// header describes the vault and the identity.
+func header(cfg Config, f agent.Facts, vaultCloud mapping.Cloud) []string {
+	return []string{
+		fmt.Sprintf("vault:    %s (%s)", cfg.VaultURL, vaultCloud.Name),
+		"identity: " + identityDesc(cfg, f),
+		"azure ad: " + authorityDesc(cfg.Env.AuthorityHost) + suffixIf(cfg.Env.AuthorityHost == "", " (AZURE_AUTHORITY_HOST unset)"),
+	}
+}
+
+func identityDesc(cfg Config, f agent.Facts) string {
+	switch cfg.Identity {
+	case mapping.IdentityWorkload:
+		return fmt.Sprintf("workload identity %s in tenant %s", orUnset(f.ClientID), orUnset(f.TenantID))
+	case mapping.IdentityManaged:
+		return "user-assigned managed identity " + orUnset(f.ClientID)
+	case mapping.IdentitySystem:
+		return "the node's system-assigned managed identity"
+	}
+	return string(cfg.Identity)
+}
+
+// identityDetail describes a usable identity configuration.
+func identityDetail(cfg Config, f agent.Facts) string {
+	d := identityDesc(cfg, f)
+	if cfg.Identity == mapping.IdentityWorkload {
+		d += ", service account token " + cfg.Env.TokenFile
+		if f.Issuer != "" || f.Subject != "" {
+			d += fmt.Sprintf(" (issuer %s, subject %s)", orUnset(f.Issuer), orUnset(f.Subject))
+		}
+	}
+	return d
+}
+
+// authorityDesc is the Azure AD that the identity signs in to.
+func authorityDesc(host string) string {
+	if host == "" {
+		return mapping.AzurePublicCloud.AuthorityHost
+	}
+	return host
+}
+
+func suffixIf(cond bool, s string) string {
+	if cond {
+		return s
+	}
+	return ""
+}
+
+func orUnset(s string) string {
+	if s == "" {
+		return "<unset>"
+	}
+	return s
+}
+
+// clouds returns the vault's cloud and the cloud of the Azure AD authority
+// host (empty: public), and whether the authority is a known cloud's.
+func clouds(vaultURL, authority string) (vault, auth mapping.Cloud, authKnown bool) {
+	vault = mapping.AzurePublicCloud
+	for _, c := range []mapping.Cloud{mapping.AzurePublicCloud, mapping.AzureUSGovernmentCloud, mapping.AzureChinaCloud} {
+		if _, err := mapping.VaultURL(vaultURL, c); err == nil {
+			vault = c
+		}
+		if authority == "" && c == mapping.AzurePublicCloud || strings.EqualFold(strings.TrimSuffix(authority, "/"), strings.TrimSuffix(c.AuthorityHost, "/")) {
+			auth, authKnown = c, true
+		}
+	}
+	return vault, auth, authKnown
+}
+
+// withSubject completes the pod's namespace and ServiceAccount, which the
+// explanations use, from the token's subject when the environment has none
+// (the doctor run outside the pod).
+func withSubject(f agent.Facts) agent.Facts {
+	rest, ok := strings.CutPrefix(f.Subject, "system:serviceaccount:")
+	if !ok {
+		return f
+	}
+	ns, sa, ok := strings.Cut(rest, ":")
+	if !ok {
+		return f
+	}
+	if f.Namespace == "" {
+		f.Namespace = ns
+	}
+	if f.ServiceAccount == "" {
+		f.ServiceAccount = sa
+	}
+	return f
+}
+
+func vaultName(vaultURL string) string {
+	u, err := url.Parse(vaultURL)
+	if err != nil || u.Host == "" {
+		return vaultURL
+	}
+	name, _, _ := strings.Cut(u.Hostname(), ".")
+	return name
+}
+
+// days renders a duration in days, or hours when shorter than two days.
+func days(d time.Duration) string {
+	if d < 48*time.Hour {
+		return d.Round(time.Hour).String()
+	}
+	return fmt.Sprintf("%d days", int(d/(24*time.Hour)))
+}
+
+// closest returns at most five names that may be what want meant: equal but
+// for case, one containing the other, or within a small edit distance.
+func closest(want string, names []string) []string {
+	var out []string
+	lw := strings.ToLower(want)
+	for _, n := range names {
+		ln := strings.ToLower(n)
+		contains := strings.Contains(ln, lw) && len(lw) >= 4 || strings.Contains(lw, ln) && len(ln) >= 4
+		if ln == lw || contains || editDistance(ln, lw) <= max(1, len(lw)/5) {
+			out = append(out, n)
+		}
+		if len(out) == 5 {
+			break
+		}
+	}
+	return out
+}
+
+// editDistance is the Levenshtein distance of two short strings.
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
+}
+
+func quoteAll(ss []string) string {
+	q := make([]string, len(ss))
+	for i, s := range ss {
+		q[i] = fmt.Sprintf("%q", s)
+	}
+	return strings.Join(q, ", ")
+}
+
+// sortVersions orders versions by creation, oldest first.
+func sortVersions(vs []versionInfo) {
+	slices.SortStableFunc(vs, func(a, b versionInfo) int { return a.created.Compare(b.created) })
+}
+
+// newLogger returns the logger of the agent's client construction: its
+// warnings (the test-only settings) go to w.
+func newLogger(w io.Writer) *slog.Logger {
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelWarn}))
+}

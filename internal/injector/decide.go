@@ -1,0 +1,57 @@
+package injector
+
+import (
+	"gomodules.xyz/jsonpatch/v2"
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/kvinject/kvinject/pkg/mapping"
+	"github.com/kvinject/kvinject/pkg/mutate"
+)
+
+// Decision is what the webhook does with one opted-in pod.
+type Decision struct {
+	// Result is ResultInjected, ResultUnchanged or ResultDenied.
+	Result string
+	// Patch holds the add operations that inject the pod (ResultInjected only).
+	Patch []jsonpatch.Operation
+	// Warnings are for the user whatever the result (unknown annotation keys,
+	// likely mistakes).
+	Warnings []string
+	// Denial says why the pod is refused (ResultDenied only); its message is
+	// what kubectl shows, naming every bad annotation.
+	Denial error
+}
+
+// OptedIn reports whether pod carries the opt-in label; only such pods are
+// decided on (and only they are sent to the webhook).
+func OptedIn(pod *corev1.Pod) bool {
+	return pod.Labels[mapping.LabelInject] == mapping.LabelInjectValue
+}
+
+// ServiceAccountName is the pod's ServiceAccount, "default" when it names none.
+func ServiceAccountName(pod *corev1.Pod) string {
+	if pod.Spec.ServiceAccountName != "" {
+		return pod.Spec.ServiceAccountName
+	}
+	return "default"
+}
+
+// Decide is the webhook's decision for an opted-in pod, given its Namespace
+// and ServiceAccount (nil when they do not exist), the cluster defaults and
+// the mutation's configuration: mapping.Resolve, then mutate.Patch. pod.Namespace
+// must be set, as policy depends on it. The admission handler and the offline
+// injector (package offline) both decide through it, so they cannot disagree.
+func Decide(pod *corev1.Pod, ns *corev1.Namespace, sa *corev1.ServiceAccount, d mapping.Defaults, cfg mutate.Config) Decision {
+	spec, warnings, err := mapping.Resolve(pod, ns, sa, d)
+	if err != nil {
+		return Decision{Result: ResultDenied, Warnings: warnings, Denial: err}
+	}
+	ops, err := mutate.Patch(pod, spec, cfg)
+	switch {
+	case err != nil:
+		return Decision{Result: ResultDenied, Warnings: warnings, Denial: err}
+	case len(ops) == 0:
+		return Decision{Result: ResultUnchanged, Warnings: warnings}
+	}
+	return Decision{Result: ResultInjected, Patch: ops, Warnings: warnings}
+}

@@ -1,0 +1,133 @@
+package offline
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"github.com/kvinject/kvinject/internal/injector"
+)
+
+// Command is the webhook's subcommand that runs Main.
+const Command = "inject"
+
+// Main runs `kvinject-webhook inject` with the arguments after "inject" and
+// returns the exit code: 0 when the documents were printed to stdout, 1 when
+// a pod template was refused or a document could not be read (nothing is
+// printed then), 2 for bad usage. Warnings and errors go to stderr.
+//
+// It takes the webhook's injection flags (injector.Options: --agent-image,
+// --default-*, policy, resources...), exactly as the server does, plus:
+//
+//	-f, --filename                 a file of YAML documents, or - for stdin (repeatable, required)
+//	-n, --namespace                namespace of objects that name none (default "default")
+//	--namespace-annotation k=v     annotation of every Namespace not in the input (repeatable)
+//	--service-account-annotation k=v  annotation of every ServiceAccount not in the input (repeatable)
+func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	const name = "kvinject-webhook " + Command
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var (
+		iopts injector.Options
+		files []string
+		opts  Options
+	)
+	iopts.BindFlags(fs)
+	addFile := func(s string) error {
+		if s == "" {
+			return errors.New("empty file name (use - for stdin)")
+		}
+		files = append(files, s)
+		return nil
+	}
+	fs.Func("f", "a file of YAML or JSON documents, or - for stdin (repeatable)", addFile)
+	fs.Func("filename", "same as -f", addFile)
+	fs.StringVar(&opts.Namespace, "n", "default", "namespace of objects that name none")
+	fs.StringVar(&opts.Namespace, "namespace", "default", "same as -n")
+	fs.Func("namespace-annotation", "key=value: an annotation of every Namespace that the input does not hold, e.g. kvinject.dev/vault=contoso-shop (repeatable; without any, such Namespaces do not exist)",
+		annotationFlag(&opts.NamespaceAnnotations))
+	fs.Func("service-account-annotation", "key=value: an annotation of every ServiceAccount that the input does not hold, e.g. azure.workload.identity/client-id=<client-id> (repeatable; without any, such ServiceAccounts do not exist)",
+		annotationFlag(&opts.ServiceAccountAnnotations))
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "Usage: %s -f <file|-> [-f ...] --agent-image=<image> [the webhook's flags] [flags]\n\n"+
+			"Prints the documents with every opted-in pod template injected exactly as the webhook would inject it.\n"+
+			"Namespaces and ServiceAccounts are read from the input, else from --namespace-annotation and\n"+
+			"--service-account-annotation. Exit code: 0 printed, 1 refused (nothing printed), 2 bad usage.\n\nFlags:\n", name)
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "%s: unexpected argument %q (files are given with -f)\n", name, fs.Arg(0))
+		return 2
+	}
+	if len(files) == 0 {
+		fmt.Fprintf(stderr, "%s: no input: give -f <file> or -f - for stdin\n", name)
+		return 2
+	}
+	if err := iopts.Complete(); err != nil {
+		fmt.Fprintf(stderr, "%s: %v\n", name, err)
+		return 2
+	}
+	opts.Defaults, opts.Mutate = iopts.Defaults, iopts.Mutate
+
+	var inputs []Input
+	for _, f := range files {
+		in := Input{Name: f}
+		var err error
+		if f == "-" {
+			in.Name = "<stdin>"
+			in.Data, err = io.ReadAll(stdin)
+		} else {
+			in.Data, err = os.ReadFile(f)
+		}
+		if err != nil {
+			fmt.Fprintf(stderr, "%s: reading %s: %v\n", name, in.Name, err)
+			return 1
+		}
+		inputs = append(inputs, in)
+	}
+	res, err := Inject(inputs, opts)
+	for _, w := range res.Warnings {
+		fmt.Fprintln(stderr, "warning:", w)
+	}
+	if err != nil {
+		var e *Error
+		if errors.As(err, &e) {
+			fmt.Fprintf(stderr, "%s: refused, nothing printed:\n", name)
+			for _, p := range e.Problems {
+				fmt.Fprintln(stderr, "  "+p)
+			}
+		} else {
+			fmt.Fprintf(stderr, "%s: %v\n", name, err)
+		}
+		return 1
+	}
+	if _, err := stdout.Write(res.Output); err != nil {
+		fmt.Fprintf(stderr, "%s: writing the output: %v\n", name, err)
+		return 1
+	}
+	return 0
+}
+
+// annotationFlag parses key=value into *m.
+func annotationFlag(m *map[string]string) func(string) error {
+	return func(s string) error {
+		k, v, ok := strings.Cut(s, "=")
+		if k = strings.TrimSpace(k); !ok || k == "" {
+			return fmt.Errorf("%q is not key=value", s)
+		}
+		if *m == nil {
+			*m = map[string]string{}
+		}
+		(*m)[k] = v
+		return nil
+	}
+}

@@ -1,0 +1,503 @@
+// Package offline applies the webhook's mutation to manifests instead of
+// admission requests: `kvinject-webhook inject -f <file|->` reads Pods and
+// workloads (Deployments, StatefulSets, DaemonSets, ReplicaSets, Jobs,
+// CronJobs, ReplicationControllers) from multi-document YAML, also inside a
+// `kind: List`, and prints them as the cluster would run them.
+//
+// Each pod template is decided by injector.Decide, the admission handler's own
+// decision (mapping.Resolve, then mutate.Patch), with the same defaults from
+// the same flags. The Namespace and ServiceAccount that the webhook reads from
+// the API come from objects of the input, or else from flags. The returned
+// patch is applied to the document as the API server applies it to the pod,
+// so fields this build does not know are kept.
+//
+// Documents that are not workloads, and workloads whose template is not opted
+// in or is already injected, are printed byte for byte as they came. Any
+// refusal or unreadable document fails the whole run, naming the document and
+// the field, and nothing is printed.
+package offline
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+
+	jsonpatch "github.com/evanphx/json-patch/v5"
+	corev1 "k8s.io/api/core/v1"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	"sigs.k8s.io/yaml"
+
+	"github.com/kvinject/kvinject/internal/injector"
+	"github.com/kvinject/kvinject/pkg/mapping"
+	"github.com/kvinject/kvinject/pkg/mutate"
+)
+
+// Options configure an offline injection.
+type Options struct {
+	// Defaults and Mutate are the webhook's settings (injector.Options after Complete).
+	Defaults mapping.Defaults
+	Mutate   mutate.Config
+	// Namespace is the namespace of objects that name none (kubectl's default: "default").
+	Namespace string
+	// NamespaceAnnotations are the annotations of every Namespace that the
+	// input does not hold; nil means such a Namespace does not exist.
+	NamespaceAnnotations map[string]string
+	// ServiceAccountAnnotations are the annotations of every ServiceAccount
+	// that the input does not hold; nil means such a ServiceAccount does not exist.
+	ServiceAccountAnnotations map[string]string
+}
+
+// Input is one named stream of YAML (or JSON) documents.
+type Input struct {
+	// Name names the stream in messages, e.g. a file name or "<stdin>".
+	Name string
+	Data []byte
+}
+
+// Result is the output of a successful run.
+type Result struct {
+	// Output is every document, in input order, separated by "---".
+	Output []byte
+	// Warnings are for the user (stderr): unknown annotation keys and other
+	// likely mistakes, and decisions made without a Namespace or
+	// ServiceAccount that the cluster may have.
+	Warnings []string
+	// Injected counts the pod templates that were injected.
+	Injected int
+}
+
+// Error lists every problem of a failed run; nothing was printed.
+type Error struct {
+	Problems []string
+}
+
+// Error returns the problems, one per line.
+func (e *Error) Error() string { return strings.Join(e.Problems, "\n") }
+
+// templatePaths are the JSON pointers of the pod template of each workload
+// kind, by "<group>/<kind>"; "" is the pod itself.
+var templatePaths = map[string]string{
+	"/Pod":                   "",
+	"/ReplicationController": "/spec/template",
+	"apps/Deployment":        "/spec/template",
+	"apps/StatefulSet":       "/spec/template",
+	"apps/DaemonSet":         "/spec/template",
+	"apps/ReplicaSet":        "/spec/template",
+	"batch/Job":              "/spec/template",
+	"batch/CronJob":          "/spec/jobTemplate/spec/template",
+}
+
+// object is the part of a Kubernetes object that the injector reads.
+type object struct {
+	APIVersion string
+	Kind       string
+	Metadata   struct {
+		Name         string `json:"name"`
+		GenerateName string `json:"generateName"`
+		Namespace    string `json:"namespace"`
+	}
+}
+
+// typeOf returns the apiVersion and kind of an object, or false when they are
+// not both strings (then it is no Kubernetes object the injector knows).
+func typeOf(raw []byte) (apiVersion, kind string, ok bool) {
+	var t struct {
+		APIVersion any `json:"apiVersion"`
+		Kind       any `json:"kind"`
+	}
+	if json.Unmarshal(raw, &t) != nil {
+		return "", "", false
+	}
+	apiVersion, ok1 := t.APIVersion.(string)
+	kind, ok2 := t.Kind.(string)
+	return apiVersion, kind, ok1 && ok2
+}
+
+func (o *object) group() string {
+	g, _, found := strings.Cut(o.APIVersion, "/")
+	if !found {
+		return "" // the core group: "v1"
+	}
+	return g
+}
+
+// document is one YAML document of an input.
+type document struct {
+	seq   int    // position in the whole input, from 1
+	where string // "<input>: document N"
+	raw   []byte // as read
+	json  []byte // nil when the document is empty (comments only)
+	// patch holds the operations on json, with paths from its root.
+	patch []map[string]any
+}
+
+// run is the state of one Inject call.
+type run struct {
+	opts     Options
+	nss      map[string]*corev1.Namespace
+	sas      map[string]*corev1.ServiceAccount // by "<namespace>/<name>"
+	warned   map[string]bool
+	reported map[string]bool
+	res      Result
+	problems []problem
+}
+
+func newRun(opts Options) *run {
+	return &run{opts: opts, nss: map[string]*corev1.Namespace{}, sas: map[string]*corev1.ServiceAccount{},
+		warned: map[string]bool{}, reported: map[string]bool{}}
+}
+
+// Inject reads every document of inputs and returns them, with the pod
+// templates that opt in injected as the webhook would inject them.
+func Inject(inputs []Input, opts Options) (Result, error) {
+	if opts.Namespace == "" {
+		opts.Namespace = "default"
+	}
+	r := newRun(opts)
+	var docs []*document
+	for _, in := range inputs {
+		d, err := split(in)
+		if err != nil {
+			r.problem(nil, err.Error())
+			continue
+		}
+		docs = append(docs, d...)
+	}
+	for i, d := range docs {
+		d.seq = i + 1
+	}
+	// The Namespaces and ServiceAccounts first: a workload may come before them.
+	for _, d := range docs {
+		r.visit(d, "", d.where, d.json, r.collect)
+	}
+	for _, d := range docs {
+		r.visit(d, "", d.where, d.json, r.inject)
+	}
+	if len(r.problems) > 0 {
+		return Result{Warnings: r.res.Warnings}, r.err()
+	}
+	var out bytes.Buffer
+	for i, d := range docs {
+		if i > 0 {
+			out.WriteString("---\n")
+		}
+		b, err := d.render()
+		if err != nil {
+			r.problem(d, fmt.Sprintf("%s: %v", d.where, err))
+			return Result{Warnings: r.res.Warnings}, r.err()
+		}
+		out.Write(b)
+	}
+	r.res.Output = out.Bytes()
+	return r.res, nil
+}
+
+// split reads the documents of an input.
+func split(in Input) ([]*document, error) {
+	rd := utilyaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(in.Data)))
+	var docs []*document
+	for n := 1; ; n++ {
+		raw, err := rd.Read()
+		if err == io.EOF {
+			return docs, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%s: reading document %d: %w", in.Name, n, err)
+		}
+		d := &document{where: fmt.Sprintf("%s: document %d", in.Name, n), raw: raw}
+		j, err := yaml.YAMLToJSON(raw)
+		if err != nil {
+			return nil, fmt.Errorf("%s: not valid YAML: %w", d.where, err)
+		}
+		if t := bytes.TrimSpace(j); !bytes.Equal(t, []byte("null")) {
+			d.json = t
+		}
+		docs = append(docs, d)
+	}
+}
+
+// visitor is called for each object: the document, the JSON pointer of the
+// object in it ("" for the document itself), its name for messages, and its JSON.
+type visitor func(d *document, at, where string, obj *object, raw []byte)
+
+// visit calls fn for the object raw at pointer at of d, and for each item of a List.
+func (r *run) visit(d *document, at, where string, raw []byte, fn visitor) {
+	if len(raw) == 0 || raw[0] != '{' {
+		return // empty, or not an object: not a Kubernetes object, printed as it is
+	}
+	apiVersion, kind, ok := typeOf(raw)
+	if !ok {
+		return // no Kubernetes object: printed as it is
+	}
+	obj := object{APIVersion: apiVersion, Kind: kind}
+	if strings.HasSuffix(kind, "List") {
+		var list struct {
+			Items []json.RawMessage `json:"items"`
+		}
+		if json.Unmarshal(raw, &list) != nil {
+			r.problem(d, fmt.Sprintf("%s (%s): items: not a list", where, kind))
+			return
+		}
+		for i, item := range list.Items {
+			r.visit(d, fmt.Sprintf("%s/items/%d", at, i), fmt.Sprintf("%s, item %d", where, i+1), item, fn)
+		}
+		return
+	}
+	if _, workload := templatePaths[obj.group()+"/"+kind]; !workload && (obj.group() != "" || kind != "Namespace" && kind != "ServiceAccount") {
+		return // neither a workload nor an object a decision reads
+	}
+	var meta struct {
+		Metadata json.RawMessage `json:"metadata"`
+	}
+	_ = json.Unmarshal(raw, &meta) // an object: cannot fail
+	if len(meta.Metadata) > 0 {
+		if json.Unmarshal(meta.Metadata, &obj.Metadata) != nil {
+			r.problem(d, fmt.Sprintf("%s (%s): metadata: not an object with string name, generateName and namespace", where, kind))
+			return
+		}
+	}
+	fn(d, at, where, &obj, raw)
+}
+
+// collect records the Namespaces and ServiceAccounts of the input.
+func (r *run) collect(d *document, _, where string, obj *object, raw []byte) {
+	if obj.group() != "" || (obj.Kind != "Namespace" && obj.Kind != "ServiceAccount") {
+		return
+	}
+	switch obj.Kind {
+	case "Namespace":
+		ns := &corev1.Namespace{}
+		if err := json.Unmarshal(raw, ns); err != nil {
+			r.problem(d, fmt.Sprintf("%s (Namespace %s): %v", where, obj.Metadata.Name, err))
+			return
+		}
+		r.nss[ns.Name] = ns
+	case "ServiceAccount":
+		sa := &corev1.ServiceAccount{}
+		if err := json.Unmarshal(raw, sa); err != nil {
+			r.problem(d, fmt.Sprintf("%s (ServiceAccount %s): %v", where, obj.Metadata.Name, err))
+			return
+		}
+		if sa.Namespace == "" {
+			sa.Namespace = r.opts.Namespace
+		}
+		r.sas[sa.Namespace+"/"+sa.Name] = sa
+	}
+}
+
+// inject decides on the pod template of a workload and records its patch.
+func (r *run) inject(d *document, at, where string, obj *object, raw []byte) {
+	tmplPath, ok := templatePaths[obj.group()+"/"+obj.Kind]
+	if !ok {
+		return
+	}
+	namespace := obj.Metadata.Namespace
+	if namespace == "" {
+		namespace = r.opts.Namespace
+	}
+	name := obj.Metadata.Name
+	if name == "" && obj.Metadata.GenerateName != "" {
+		name = obj.Metadata.GenerateName + "*"
+	}
+	where = fmt.Sprintf("%s (%s %s/%s)", where, obj.Kind, namespace, name)
+	field := strings.ReplaceAll(strings.TrimPrefix(tmplPath, "/"), "/", ".")
+	fail := func(format string, args ...any) {
+		msg := fmt.Sprintf(format, args...)
+		if field != "" {
+			msg = field + ": " + msg
+		}
+		r.problem(d, where+": "+msg)
+	}
+
+	podJSON, err := podOf(raw, tmplPath)
+	if err != nil {
+		fail("%v", err)
+		return
+	}
+	pod := &corev1.Pod{}
+	if err := json.Unmarshal(podJSON, pod); err != nil {
+		fail("not a pod template: %v", err)
+		return
+	}
+	if !injector.OptedIn(pod) {
+		return
+	}
+	// As in the handler: a pod being created may not carry its namespace yet.
+	pod.Namespace = namespace
+	ns, sa := r.lookup(where, pod)
+	dec := injector.Decide(pod, ns, sa, r.opts.Defaults, r.opts.Mutate)
+	for _, w := range dec.Warnings {
+		r.res.Warnings = append(r.res.Warnings, where+": "+prefixed(field, w))
+	}
+	switch dec.Result {
+	case injector.ResultDenied:
+		var inv *mapping.InvalidError
+		if errors.As(dec.Denial, &inv) {
+			for _, p := range inv.Problems {
+				fail("%s", p)
+			}
+			return
+		}
+		fail("%v", dec.Denial)
+		return
+	case injector.ResultUnchanged:
+		return
+	}
+	for _, op := range dec.Patch {
+		v, err := json.Marshal(op.Value)
+		if err != nil {
+			fail("internal error: encoding the patch: %v", err)
+			return
+		}
+		d.patch = append(d.patch, map[string]any{"op": op.Operation, "path": at + tmplPath + op.Path, "value": json.RawMessage(v)})
+	}
+	r.res.Injected++
+}
+
+// prefixed puts the template's field before a warning that names an annotation.
+func prefixed(field, msg string) string {
+	if field == "" {
+		return msg
+	}
+	return field + ": " + msg
+}
+
+// lookup returns the pod's Namespace and ServiceAccount as the cluster would
+// have them: from the input, else from the flags' annotations, else none
+// (which the run warns about once, since the cluster may have them).
+func (r *run) lookup(where string, pod *corev1.Pod) (*corev1.Namespace, *corev1.ServiceAccount) {
+	ns, found := r.nss[pod.Namespace]
+	switch {
+	case found:
+	case r.opts.NamespaceAnnotations != nil:
+		ns = &corev1.Namespace{}
+		ns.Name, ns.Annotations = pod.Namespace, r.opts.NamespaceAnnotations
+	default:
+		r.warnOnce("ns/"+pod.Namespace, fmt.Sprintf("%s: Namespace %q is not in the input and no --namespace-annotation is given: decided without its defaults and policy (add it to the input: kubectl get namespace %s -o yaml)",
+			where, pod.Namespace, pod.Namespace))
+	}
+	saName := injector.ServiceAccountName(pod)
+	sa, found := r.sas[pod.Namespace+"/"+saName]
+	switch {
+	case found:
+	case r.opts.ServiceAccountAnnotations != nil:
+		sa = &corev1.ServiceAccount{}
+		sa.Namespace, sa.Name, sa.Annotations = pod.Namespace, saName, r.opts.ServiceAccountAnnotations
+	case !choosesIdentity(pod, ns):
+		r.warnOnce("sa/"+pod.Namespace+"/"+saName, fmt.Sprintf("%s: ServiceAccount %s/%s is not in the input and no --service-account-annotation is given: decided without its workload identity (add it to the input: kubectl get serviceaccount -n %s %s -o yaml)",
+			where, pod.Namespace, saName, pod.Namespace, saName))
+	}
+	return ns, sa
+}
+
+// choosesIdentity reports whether the pod or its namespace names the identity,
+// so that the ServiceAccount does not matter to the decision.
+func choosesIdentity(pod *corev1.Pod, ns *corev1.Namespace) bool {
+	if _, ok := pod.Annotations[mapping.AnnotationIdentity]; ok {
+		return true
+	}
+	if ns != nil {
+		_, ok := ns.Annotations[mapping.AnnotationIdentity]
+		return ok
+	}
+	return false
+}
+
+// problem is a reason to refuse the run, in the document it is about.
+type problem struct {
+	seq int // the document's position in the whole input
+	msg string
+}
+
+// problem records a problem of d (nil: of no document) once: the objects
+// are visited twice.
+func (r *run) problem(d *document, msg string) {
+	if r.reported[msg] {
+		return
+	}
+	r.reported[msg] = true
+	p := problem{msg: msg}
+	if d != nil {
+		p.seq = d.seq
+	}
+	r.problems = append(r.problems, p)
+}
+
+// err returns the problems in input order.
+func (r *run) err() *Error {
+	sort.SliceStable(r.problems, func(i, j int) bool { return r.problems[i].seq < r.problems[j].seq })
+	e := &Error{}
+	for _, p := range r.problems {
+		e.Problems = append(e.Problems, p.msg)
+	}
+	return e
+}
+
+func (r *run) warnOnce(key, msg string) {
+	if !r.warned[key] {
+		r.warned[key] = true
+		r.res.Warnings = append(r.res.Warnings, msg)
+	}
+}
+
+// podOf returns the pod that a workload's template at pointer path stands for,
+// as JSON: its metadata and spec, as the API server would send the pod.
+func podOf(raw []byte, path string) ([]byte, error) {
+	if path == "" {
+		return raw, nil
+	}
+	var cur json.RawMessage = raw
+	for _, key := range strings.Split(strings.TrimPrefix(path, "/"), "/") {
+		var m map[string]json.RawMessage
+		if err := json.Unmarshal(cur, &m); err != nil || m == nil {
+			return nil, fmt.Errorf("not an object")
+		}
+		next, ok := m[key]
+		if !ok || bytes.Equal(next, []byte("null")) {
+			return nil, errors.New("missing: a workload needs a pod template")
+		}
+		cur = next
+	}
+	var tmpl struct {
+		Metadata json.RawMessage `json:"metadata,omitempty"`
+		Spec     json.RawMessage `json:"spec,omitempty"`
+	}
+	if err := json.Unmarshal(cur, &tmpl); err != nil {
+		return nil, fmt.Errorf("not a pod template: %v", err)
+	}
+	return json.Marshal(struct {
+		APIVersion string          `json:"apiVersion"`
+		Kind       string          `json:"kind"`
+		Metadata   json.RawMessage `json:"metadata,omitempty"`
+		Spec       json.RawMessage `json:"spec,omitempty"`
+	}{"v1", "Pod", tmpl.Metadata, tmpl.Spec})
+}
+
+// render returns the document as it is printed: as it came when nothing
+// changed, else the patched document as YAML.
+func (d *document) render() ([]byte, error) {
+	if len(d.patch) == 0 {
+		if len(d.raw) > 0 && d.raw[len(d.raw)-1] != '\n' {
+			return append(append([]byte(nil), d.raw...), '\n'), nil
+		}
+		return d.raw, nil
+	}
+	ops, err := json.Marshal(d.patch)
+	if err != nil {
+		return nil, err
+	}
+	p, err := jsonpatch.DecodePatch(ops)
+	if err != nil {
+		return nil, fmt.Errorf("internal error: decoding the patch: %w", err)
+	}
+	patched, err := p.Apply(d.json)
+	if err != nil {
+		return nil, fmt.Errorf("internal error: applying the patch: %w", err)
+	}
+	return yaml.JSONToYAML(patched)
+}
