@@ -33,16 +33,6 @@ import (
 	"github.com/kvinject/kvinject/internal/images"
 )
 
-// image is one of kvinject's images.
-type image struct {
-	name, binary, path, description string
-}
-
-var all = []image{
-	{"webhook", "webhook", "/kvinject-webhook", "kvinject's mutating admission webhook: injects the Key Vault fetcher agent into opted-in pods"},
-	{"agent", "agent", "/kvinject-agent", "kvinject's Key Vault fetcher agent, injected into pods by the webhook"},
-}
-
 func main() {
 	if err := run(os.Args[1:]); err != nil {
 		fmt.Fprintln(os.Stderr, "images:", err)
@@ -93,40 +83,28 @@ func run(args []string) error {
 
 	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "IMAGE\tPLATFORM\tCOMPRESSED\tUNPACKED\tDIGEST\tFILE")
-	for _, im := range all {
+	for _, im := range images.All() {
 		var imgs []v1.Image
 		for _, p := range plats {
 			dir := p.OS + "_" + p.Architecture
 			if p.Variant != "" {
 				dir += "_" + p.Variant
 			}
-			bin, err := os.ReadFile(filepath.Join(*binDir, dir, im.binary))
+			bin, err := os.ReadFile(filepath.Join(*binDir, dir, im.Name))
 			if err != nil {
-				return fmt.Errorf("the %s binary for %s: %w (build it with `make images`, which cross-compiles with CGO_ENABLED=0)", im.name, p.String(), err)
+				return fmt.Errorf("the %s binary for %s: %w (build it with `make images`, which cross-compiles with CGO_ENABLED=0)", im.Name, p.String(), err)
 			}
-			img, err := images.Build(images.Spec{
-				Binary: bin, BinaryPath: im.path,
-				OS: p.OS, Arch: p.Architecture, Variant: p.Variant,
-				Title: "kvinject-" + im.name, Description: im.description,
-				Version: *version, Source: *source, SourceDateEpoch: sde,
-			})
+			img, err := images.Build(im.Spec(bin, p, *version, *source, sde))
 			if err != nil {
 				return err
 			}
 			imgs = append(imgs, img)
 		}
-		ref := *registry + "/" + im.name + ":" + *version
-		file := filepath.Join(*out, im.name+".tar")
-		f, err := os.Create(file)
+		ref := *registry + "/" + im.Name + ":" + *version
+		file := filepath.Join(*out, im.Name+".tar")
+		sums, err := images.WriteArchiveFile(file, ref, imgs)
 		if err != nil {
 			return err
-		}
-		sums, err := images.WriteArchive(f, ref, imgs)
-		if cerr := f.Close(); err == nil {
-			err = cerr
-		}
-		if err != nil {
-			return fmt.Errorf("writing %s: %w", file, err)
 		}
 		for _, s := range sums {
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", ref, s.Platform, mib(s.Compressed), mib(s.Uncompressed), s.Digest, file)
