@@ -25,6 +25,7 @@ lint: ## gofmt and go vet
 	  if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	$(GO) vet -tags integration ./test/...
+	$(GO) vet -tags e2e ./test/e2e/...
 
 .PHONY: test-unit
 test-unit: ## unit and golden tests (fast, no control plane)
@@ -38,6 +39,11 @@ kube-binaries: ## build (once) and print the cached kube-apiserver/etcd folder
 test-integration: ## tests against a real kube-apiserver + etcd and the Key Vault emulator
 	assets=$$(hack/kube-binaries.sh); \
 	  KUBEBUILDER_ASSETS="$$assets" $(GO) test -count=1 -tags integration -timeout 20m ./test/...
+
+.PHONY: e2e-kubelet
+e2e-kubelet: ## real pods on a real kubelet + containerd on this machine (root; builds the kubelet, installs containerd/runc)
+	assets=$$(hack/kubelet.sh); \
+	  KUBEBUILDER_ASSETS="$$assets" $(GO) test -count=1 -tags e2e -timeout 20m -v ./test/e2e/
 
 .PHONY: bench-smoke
 bench-smoke: ## run every benchmark once, smoke-sized, so they keep working (not a measurement)

@@ -45,8 +45,23 @@ func main() {
 	}
 	if err := run(os.Args[1:]); err != nil {
 		fmt.Fprintln(os.Stderr, "kvinject-webhook:", err)
-		os.Exit(1)
+		os.Exit(exitCode(err))
 	}
+}
+
+// usageError is a mistake on the command line: exit code 2, as for bad usage
+// of the inject subcommand.
+type usageError struct{ msg string }
+
+func (e usageError) Error() string { return e.msg }
+
+// exitCode is the exit code of a failed run: 2 for bad usage, else 1.
+func exitCode(err error) int {
+	var u usageError
+	if errors.As(err, &u) {
+		return 2
+	}
+	return 1
 }
 
 func run(args []string) error {
@@ -74,6 +89,12 @@ func run(args []string) error {
 	zapOpts.BindFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	// The server takes no arguments. A subcommand after a flag (kvinject-webhook
+	// --agent-image=x inject -f d.yaml) ends the flags there: refuse it rather
+	// than start the server.
+	if fs.NArg() > 0 {
+		return usageError{fmt.Sprintf("unexpected argument %q (subcommands such as %s come first)", fs.Arg(0), offline.Command)}
 	}
 	if showVersion {
 		fmt.Println(version.Version)

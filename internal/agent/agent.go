@@ -1,9 +1,10 @@
 // Package agent is kvinject's fetcher agent: the container the webhook injects
 // into opted-in pods. It gets an Azure AD token for the pod's identity
 // (workload identity, a user-assigned or the system-assigned managed identity),
-// reads the mapped Key Vault secrets with the unmodified Azure SDK, writes them
-// atomically into the pod's in-memory volume (package atomicdir) and, as a
-// sidecar, keeps them current.
+// reads the mapped Key Vault secrets, certificates and keys with the
+// unmodified Azure SDK, renders them as the mapping's typed entries ask
+// (render.go), writes them atomically into the pod's in-memory volume
+// (package atomicdir) and, as a sidecar, keeps them current.
 //
 // Modes (the first argument):
 //
@@ -24,7 +25,6 @@
 package agent
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"flag"
@@ -273,22 +273,22 @@ type agent struct {
 	env  Env
 	log  *slog.Logger
 
-	refs    []secretRef // distinct secrets, in mapping order
-	entries map[secretRef]mapping.Entry
+	refs    []objectRef // distinct secrets, in mapping order
+	entries map[objectRef]mapping.Entry
 	f       *fetcher
 	writer  *atomicdir.Writer
 	// transport is shared by the credential and the client, and survives
 	// their renewal.
 	transport *http.Transport
 	// last is the set written last.
-	last map[secretRef]secretValue
+	last map[objectRef]objectValue
 	// got holds the values read before the first set is complete.
-	got map[secretRef]secretValue
+	got map[objectRef]objectValue
 }
 
 func (a *agent) run(ctx context.Context) error {
 	start := time.Now()
-	a.entries = map[secretRef]mapping.Entry{}
+	a.entries = map[objectRef]mapping.Entry{}
 	for _, e := range a.cfg.Entries {
 		r := refOf(e)
 		if _, dup := a.entries[r]; !dup {
@@ -320,7 +320,8 @@ func (a *agent) run(ctx context.Context) error {
 	return nil
 }
 
-// connect builds the transport, the credential and the Key Vault client.
+// connect builds the transport (once), the credential and the Key Vault
+// clients (newFetcher).
 func (a *agent) connect() error {
 	if a.transport == nil {
 		t, err := newTransport(a.env, a.log)
@@ -329,39 +330,27 @@ func (a *agent) connect() error {
 		}
 		a.transport = t
 	}
-	retry := a.opts.SDKRetry
-	if retry.TryTimeout == 0 {
-		retry.TryTimeout = 30 * time.Second
-	}
-	co := clientOptions(&http.Client{Transport: a.transport}, a.env, retry)
-	cred, err := newCredential(a.cfg.Identity, a.env, co)
+	f, err := newFetcher(a.cfg.VaultURL, a.cfg.Identity, a.env, a.transport, a.opts.SDKRetry, a.opts.Concurrency)
 	if err != nil {
-		var ce *ConfigError
-		if errors.As(err, &ce) {
-			return err
-		}
-		return &ConfigError{Msg: fmt.Sprintf("cannot set up the %s identity: %v", a.cfg.Identity, err)}
+		return err
 	}
-	scred := &serialCredential{cred: cred}
-	sig := newAuthorizedSignal()
-	client, err := newSecretsClient(a.cfg.VaultURL, scred, keyVaultOptions(co, sig))
-	if err != nil {
-		return &ConfigError{Msg: fmt.Sprintf("cannot set up the Key Vault client for %s: %v", a.cfg.VaultURL, err)}
+	if a.f != nil {
+		// Versions read by history entries stay valid with a new credential.
+		f.history = a.f.history
 	}
-	a.f = &fetcher{client: client, cred: scred, scope: vaultScope(a.cfg.VaultURL), vault: a.cfg.VaultURL,
-		concurrency: a.opts.Concurrency, authorized: sig.ch}
+	a.f = f
 	return nil
 }
 
 // round reads refs once, bounded by RoundTimeout.
-func (a *agent) round(ctx context.Context, refs []secretRef) fetchResult {
+func (a *agent) round(ctx context.Context, refs []objectRef) fetchResult {
 	ctx, cancel := context.WithTimeout(ctx, a.opts.RoundTimeout)
 	defer cancel()
 	return a.f.fetch(ctx, refs, a.entries)
 }
 
 // firstErr returns the error of the first failed ref in mapping order.
-func (a *agent) firstErr(errs map[secretRef]error) error {
+func (a *agent) firstErr(errs map[objectRef]error) error {
 	for _, r := range a.refs {
 		if err, ok := errs[r]; ok {
 			return err
@@ -405,9 +394,9 @@ func (a *agent) first(ctx context.Context) error {
 // missing.
 func (a *agent) firstAttempt(ctx context.Context) error {
 	if a.got == nil {
-		a.got = make(map[secretRef]secretValue, len(a.refs))
+		a.got = make(map[objectRef]objectValue, len(a.refs))
 	}
-	var missing []secretRef
+	var missing []objectRef
 	for _, r := range a.refs {
 		if _, ok := a.got[r]; !ok {
 			missing = append(missing, r)
@@ -434,15 +423,21 @@ func (a *agent) firstAttempt(ctx context.Context) error {
 	return nil
 }
 
-// write writes a complete set: the value of each entry's secret.
-func (a *agent) write(values map[secretRef]secretValue) error {
+// write writes a complete set: the files of every entry, rendered from the
+// values of their objects, swapped in together. An entry whose object cannot
+// become its files (a *ContentError) fails the whole set.
+func (a *agent) write(values map[objectRef]objectValue) error {
 	files := make([]atomicdir.File, 0, len(a.cfg.Entries))
 	for _, e := range a.cfg.Entries {
 		v, ok := values[refOf(e)]
 		if !ok {
 			return fmt.Errorf("internal error: no value for %s", e.File)
 		}
-		files = append(files, atomicdir.File{Path: e.File, Data: v.value})
+		fs, err := render(e, v, a.cfg.VaultURL)
+		if err != nil {
+			return err
+		}
+		files = append(files, fs...)
 	}
 	if err := a.writer.Write(files); err != nil {
 		if errors.Is(err, atomicdir.ErrVolumeFull) {
@@ -456,14 +451,14 @@ func (a *agent) write(values map[secretRef]secretValue) error {
 // rotate polls until ctx is done, swapping in changed sets.
 func (a *agent) rotate(ctx context.Context) {
 	// Pinned versions never change; only the latest ones are polled.
-	var polled []secretRef
+	var polled []objectRef
 	for _, r := range a.refs {
 		if r.version == "" {
 			polled = append(polled, r)
 		}
 	}
 	if len(polled) == 0 {
-		a.log.Info("every secret is pinned to a version; nothing to poll")
+		a.log.Info("every object is pinned to a version; nothing to poll")
 		<-ctx.Done()
 		return
 	}
@@ -489,9 +484,9 @@ func (a *agent) rotate(ctx context.Context) {
 }
 
 // poll reads the polled secrets once and writes a new set if any changed.
-func (a *agent) poll(ctx context.Context, polled []secretRef) error {
+func (a *agent) poll(ctx context.Context, polled []objectRef) error {
 	res := a.round(ctx, polled)
-	next := make(map[secretRef]secretValue, len(a.last))
+	next := make(map[objectRef]objectValue, len(a.last))
 	for r, v := range a.last {
 		next[r] = v
 	}
@@ -507,7 +502,7 @@ func (a *agent) poll(ctx context.Context, polled []secretRef) error {
 		}
 		if gone(err) {
 			e := a.entries[r]
-			a.log.Warn("secret unavailable; keeping its last value", append(errAttrs(err), "secret", e.Name, "file", e.File, "keptVersion", a.last[r].version)...)
+			a.log.Warn("secret unavailable; keeping its last value", append(errAttrs(err), "secret", e.Name, "file", e.File, "keptVersion", a.last[r].versionDesc())...)
 			continue
 		}
 		if hard == nil {
@@ -521,9 +516,9 @@ func (a *agent) poll(ctx context.Context, polled []secretRef) error {
 	var changed []any
 	for _, r := range polled {
 		old, cur := a.last[r], next[r]
-		if old.version != cur.version || !bytes.Equal(old.value, cur.value) {
+		if !old.same(cur) {
 			e := a.entries[r]
-			changed = append(changed, slog.Group(e.Name, "from", old.version, "to", cur.version))
+			changed = append(changed, slog.Group(e.Name, "from", old.versionDesc(), "to", cur.versionDesc()))
 		}
 	}
 	if len(changed) == 0 {
@@ -538,13 +533,14 @@ func (a *agent) poll(ctx context.Context, polled []secretRef) error {
 	return nil
 }
 
-// gone reports whether err says that a secret was deleted or disabled.
+// gone reports whether err says that a secret, certificate or key was
+// deleted, or a secret disabled.
 func gone(err error) bool {
 	var re *azcore.ResponseError
 	if !errors.As(err, &re) {
 		return false
 	}
-	if re.StatusCode == 404 && re.ErrorCode == "SecretNotFound" {
+	if re.StatusCode == 404 && (re.ErrorCode == "SecretNotFound" || re.ErrorCode == "CertificateNotFound" || re.ErrorCode == "KeyNotFound") {
 		return true
 	}
 	if re.StatusCode == 403 {
@@ -597,11 +593,12 @@ func (a *agent) resetOnUnauthorized(err error) {
 	}
 }
 
-// versions returns file -> secret version, for logs.
-func (a *agent) versions(values map[secretRef]secretValue) map[string]string {
+// versions returns file -> object version (history: the versions, newest
+// first), for logs.
+func (a *agent) versions(values map[objectRef]objectValue) map[string]string {
 	m := make(map[string]string, len(a.cfg.Entries))
 	for _, e := range a.cfg.Entries {
-		m[e.File] = values[refOf(e)].version
+		m[e.File] = values[refOf(e)].versionDesc()
 	}
 	return m
 }

@@ -17,6 +17,8 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/cloud"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
 	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
+	"github.com/Azure/azure-sdk-for-go/sdk/security/keyvault/azcertificates"
+	"github.com/Azure/azure-sdk-for-go/sdk/security/keyvault/azkeys"
 	"github.com/Azure/azure-sdk-for-go/sdk/security/keyvault/azsecrets"
 
 	"github.com/kvinject/kvinject/internal/version"
@@ -211,33 +213,56 @@ func newCredential(kind mapping.IdentityKind, env Env, co azcore.ClientOptions) 
 	return nil, &ConfigError{Msg: fmt.Sprintf("unknown identity kind %q", kind)}
 }
 
-// Clients are a credential and a Key Vault client of one identity and vault,
-// built from the agent's environment as the agent builds them, sharing one
-// transport.
+// Clients are a credential and the Key Vault clients (secrets, certificates,
+// keys) of one identity and vault, built from the agent's environment as the
+// agent builds them (newFetcher), sharing one transport.
 type Clients struct {
-	// Transport is shared by the credential and the client; close its idle
+	// Transport is shared by the credential and the clients; close its idle
 	// connections when done.
 	Transport *http.Transport
 	// Credential is the identity's credential; concurrent token requests
 	// share one.
 	Credential azcore.TokenCredential
-	// Secrets is the Key Vault client, with production settings.
-	Secrets *azsecrets.Client
+	// Secrets, Certificates and Keys are the Key Vault clients, with the
+	// agent's production settings.
+	Secrets      *azsecrets.Client
+	Certificates *azcertificates.Client
+	Keys         *azkeys.Client
 	// Scope is the token scope of the vault's resource, e.g.
 	// https://vault.azure.net/.default; empty for a host that is not a vault's.
 	Scope string
+
+	// f reads objects as the agent does (see Read).
+	f *fetcher
 }
 
-// NewClients builds the credential of the identity kind from env, and a Key
-// Vault client of vaultURL, with the agent's transport (including the
-// test-only settings of env, which log warns about), User-Agent and cloud.
-// retry configures the SDK's retries (a zero TryTimeout means 30s). Its
-// errors are *ConfigError, whose messages say what to fix.
+// NewClients builds the credential of the identity kind from env, and the Key
+// Vault clients of vaultURL, with the agent's transport (including the
+// test-only settings of env, which log warns about), User-Agent, cloud and
+// Key Vault client options: the same builder as the agent's (newFetcher).
+// retry configures the SDK's retries (a zero TryTimeout means 30s; empty
+// StatusCodes mean keyVaultRetryStatusCodes). Its errors are *ConfigError,
+// whose messages say what to fix.
 func NewClients(vaultURL string, kind mapping.IdentityKind, env Env, retry policy.RetryOptions, log *slog.Logger) (*Clients, error) {
 	t, err := newTransport(env, log)
 	if err != nil {
 		return nil, err
 	}
+	f, err := newFetcher(vaultURL, kind, env, t, retry, DefaultConcurrency)
+	if err != nil {
+		t.CloseIdleConnections()
+		return nil, err
+	}
+	return &Clients{Transport: t, Credential: f.cred, Secrets: f.secrets, Certificates: f.certs, Keys: f.keys, Scope: f.scope, f: f}, nil
+}
+
+// newFetcher builds the credential of the identity kind from env and the Key
+// Vault clients of vaultURL over t: the one place that builds them, for the
+// agent (connect) and the doctor (NewClients). Each client gets
+// keyVaultOptions, with its own lane's authorized signal. retry configures
+// the SDK's retries (a zero TryTimeout means 30s). Its errors are
+// *ConfigError.
+func newFetcher(vaultURL string, kind mapping.IdentityKind, env Env, t *http.Transport, retry policy.RetryOptions, concurrency int) (*fetcher, error) {
 	if retry.TryTimeout == 0 {
 		retry.TryTimeout = 30 * time.Second
 	}
@@ -251,11 +276,21 @@ func NewClients(vaultURL string, kind mapping.IdentityKind, env Env, retry polic
 		return nil, &ConfigError{Msg: fmt.Sprintf("cannot set up the %s identity: %v", kind, err)}
 	}
 	scred := &serialCredential{cred: cred}
-	client, err := newSecretsClient(vaultURL, scred, co)
+	f := &fetcher{cred: scred, scope: vaultScope(vaultURL), vault: vaultURL, concurrency: concurrency}
+	var sigs [numLanes]*authorizedSignal
+	for i := range sigs {
+		sigs[i] = newAuthorizedSignal()
+		f.lanes[i].authorized = sigs[i].ch
+	}
+	if f.secrets, err = newSecretsClient(vaultURL, scred, keyVaultOptions(co, sigs[laneSecrets])); err == nil {
+		if f.certs, err = newCertificatesClient(vaultURL, scred, keyVaultOptions(co, sigs[laneCertificates])); err == nil {
+			f.keys, err = newKeysClient(vaultURL, scred, keyVaultOptions(co, sigs[laneKeys]))
+		}
+	}
 	if err != nil {
 		return nil, &ConfigError{Msg: fmt.Sprintf("cannot set up the Key Vault client for %s: %v", vaultURL, err)}
 	}
-	return &Clients{Transport: t, Credential: scred, Secrets: client, Scope: vaultScope(vaultURL)}, nil
+	return f, nil
 }
 
 // newSecretsClient returns a Key Vault client with production settings:

@@ -411,10 +411,10 @@ func TestFetchStopsOnlyForSharedFailures(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		return &fetcher{client: client, cred: sc, scope: vaultScope(emu.VaultURL("fvault")), vault: emu.VaultURL("fvault"), concurrency: 4}
+		return &fetcher{secrets: client, cred: sc, scope: vaultScope(emu.VaultURL("fvault")), vault: emu.VaultURL("fvault"), concurrency: 4}
 	}
-	refs := []secretRef{{name: "gone"}, {name: "a"}, {name: "b"}}
-	names := map[secretRef]mapping.Entry{}
+	refs := []objectRef{{name: "gone"}, {name: "a"}, {name: "b"}}
+	names := map[objectRef]mapping.Entry{}
 	for _, r := range refs {
 		names[r] = mapping.Entry{File: r.name, Name: r.name}
 	}
@@ -429,8 +429,8 @@ func TestFetchStopsOnlyForSharedFailures(t *testing.T) {
 	refs[0], refs[1] = refs[1], refs[0]
 	f := newFetcher()
 	res = f.fetch(context.Background(), refs, names)
-	if len(res.errs) != 1 || len(res.values) != 0 || f.warm {
-		t.Errorf("500 first: values %d, errors %v, warm %v", len(res.values), res.errs, f.warm)
+	if len(res.errs) != 1 || len(res.values) != 0 || f.lanes[laneSecrets].warm {
+		t.Errorf("500 first: values %d, errors %v, warm %v", len(res.values), res.errs, f.lanes[laneSecrets].warm)
 	}
 	if st := emu.Stats(); st.Faults != 1 || st.Gets != 0 {
 		t.Errorf("500 first: %d faults, %d gets; want 1 and 0 (the rest not tried)", st.Faults, st.Gets)

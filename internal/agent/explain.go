@@ -22,7 +22,8 @@ import (
 // longer ones.
 const MaxMessage = 4096
 
-// SecretError is a failed read of one secret.
+// SecretError is a failed read of one secret (or certificate, or key), or a
+// value that cannot become the entry's files (Err is then a *ContentError).
 type SecretError struct {
 	// Name and Version are the secret as the mapping names it; Version is
 	// empty for the latest.
@@ -31,13 +32,28 @@ type SecretError struct {
 	File string
 	// Vault is the vault URL.
 	Vault string
+	// Object is what was read: "secret" (also when empty), "certificate" or "key".
+	Object string
+	// List is set when listing the secret's versions failed (history entries).
+	List bool
 	// Err is the SDK's error.
 	Err error
 }
 
 // Error names the secret, the vault and the SDK's error.
 func (e *SecretError) Error() string {
-	return fmt.Sprintf("secret %s in %s: %v", e.ref(), e.Vault, e.Err)
+	return fmt.Sprintf("%s %s in %s: %v", e.object(), e.ref(), e.Vault, e.Err)
+}
+
+// object is e.Object, "secret" when empty.
+func (e *SecretError) object() string { return orPlaceholder(e.Object, "secret") }
+
+// what says what failed: "read secret "X"", "list the versions of secret "X"".
+func (e *SecretError) what() string {
+	if e.List {
+		return "list the versions of " + e.object() + " " + e.ref()
+	}
+	return "read " + e.object() + " " + e.ref()
 }
 
 // Unwrap returns the SDK's error.
@@ -136,7 +152,7 @@ func Explain(err error, f Facts) string {
 	what := "kvinject-agent: cannot read secrets from vault " + f.vaultName()
 	var se *SecretError
 	if errors.As(err, &se) {
-		what = fmt.Sprintf("kvinject-agent: cannot read secret %s from vault %s", se.ref(), f.vaultName())
+		what = fmt.Sprintf("kvinject-agent: cannot %s from vault %s", se.what(), f.vaultName())
 	}
 	var ge *GiveUpError
 	if errors.As(err, &ge) {
@@ -343,6 +359,10 @@ func orPlaceholder(s, placeholder string) string {
 // reason returns why err happened and how to fix it.
 func reason(err error, f Facts, se *SecretError) (why, fix string) {
 	vault := f.vaultName()
+	var ce *ContentError
+	if errors.As(err, &ce) {
+		return ce.Why, ce.Fix
+	}
 	var re *azcore.ResponseError
 	if errors.As(err, &re) {
 		return keyVaultReason(re, f, se)
@@ -412,6 +432,9 @@ func keyVaultReason(re *azcore.ResponseError, f Facts, se *SecretError) (why, fi
 	}
 	p := principalOf(f, kv.Message)
 	vaultScope := "$(az keyvault show --name " + vault + " --query id --output tsv)"
+	if why, fix, ok := objectReason(re, kv, head, inner, code, p, vault, vaultScope, se); ok {
+		return why, fix // certificates and keys: explain_objects.go
+	}
 	switch {
 	case re.StatusCode == http.StatusForbidden && (inner == "AccessDenied" || inner == "ForbiddenByPolicy"):
 		// The message names the missing permission: get, or list for listing versions.

@@ -112,3 +112,35 @@ func TestCautiousAfterFailedAttempt(t *testing.T) {
 		t.Errorf("%d reads in %d attempts, want %d", st.Faults, gu.Attempts, n+gu.Attempts-1)
 	}
 }
+
+// TestFormatAuto: format=auto, what a migrated SecretProviderClass asks for
+// objectType secret, writes a certificate's secret as format=pem does (PKCS#12
+// or PEM content type) and any other secret as stored, as the CSI driver's
+// Azure provider does.
+func TestFormatAuto(t *testing.T) {
+	h := newHarness(t, emulator.Options{})
+	id, _ := h.workload()
+	_ = h.emu.Grant(h.vault, id, emulator.PermGet)
+	h.importCert("web-cert", "RSA", nil)
+	h.importCert("pem-cert", "EC", nil, emulator.WithPEMContentType())
+	plain, _ := h.setSecret("plain")
+	es := []mapping.Entry{
+		entry(t, "web.auto=secret:web-cert;format=auto"),
+		entry(t, "web.pem=secret:web-cert;format=pem"),
+		entry(t, "pem.auto=secret:pem-cert;format=auto"),
+		entry(t, "pem.pem=secret:pem-cert;format=pem"),
+		entry(t, "plain.auto=plain;format=auto"),
+	}
+	if err := h.run(context.Background(), h.config(mapping.AgentModeInit, mapping.IdentityWorkload, es...), h.options()); err != nil {
+		t.Fatal(err)
+	}
+	for _, pair := range [][2]string{{"web.auto", "web.pem"}, {"pem.auto", "pem.pem"}} {
+		got, want := h.read(pair[0]), h.read(pair[1])
+		if got != want || !strings.Contains(got, "-----BEGIN CERTIFICATE-----") {
+			t.Errorf("%s differs from %s (or holds no PEM certificate)", pair[0], pair[1])
+		}
+	}
+	if !h.fileIs("plain.auto", plain) {
+		t.Error("plain.auto: a secret that is not a certificate's is not written as stored")
+	}
+}

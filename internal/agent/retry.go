@@ -26,7 +26,8 @@ func transient(err error) bool {
 		return false
 	}
 	var ce *ConfigError
-	if errors.As(err, &ce) {
+	var cont *ContentError
+	if errors.As(err, &ce) || errors.As(err, &cont) {
 		return false
 	}
 	var re *azcore.ResponseError

@@ -70,6 +70,8 @@ type File struct {
 	Path string
 	// Data is the file's content.
 	Data []byte
+	// Mode is the file's permission bits; 0 means the Writer's mode.
+	Mode fs.FileMode
 }
 
 // Writer writes sets of files into one directory. Its methods are safe for
@@ -87,7 +89,8 @@ type Writer struct {
 }
 
 // New returns a Writer for dir, which must exist. Files are created with mode
-// (permission bits only; the process umask does not apply).
+// (permission bits only; the process umask does not apply), unless a File
+// sets its own.
 func New(dir string, mode fs.FileMode) *Writer {
 	return &Writer{dir: dir, mode: mode.Perm(), writeFile: writeFile, now: time.Now}
 }
@@ -198,7 +201,11 @@ func (w *Writer) Write(files []File) error {
 				return abort("creating the directory of "+f.Path, err)
 			}
 		}
-		if err := w.writeFile(name, f.Data, w.mode); err != nil {
+		mode := w.mode
+		if f.Mode != 0 {
+			mode = f.Mode.Perm()
+		}
+		if err := w.writeFile(name, f.Data, mode); err != nil {
 			return abort(fmt.Sprintf("writing %s (%d bytes)", f.Path, len(f.Data)), err)
 		}
 	}

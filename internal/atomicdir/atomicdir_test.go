@@ -176,6 +176,22 @@ func TestModes(t *testing.T) {
 	}
 }
 
+// TestPerFileModes: a file's own mode wins over the writer's.
+func TestPerFileModes(t *testing.T) {
+	old := syscall.Umask(0o077)
+	defer syscall.Umask(old)
+	dir := t.TempDir()
+	if err := New(dir, 0o444).Write([]File{{Path: "a", Data: []byte("x")}, {Path: "d/b", Data: []byte("y"), Mode: 0o400}}); err != nil {
+		t.Fatal(err)
+	}
+	for p, want := range map[string]fs.FileMode{"a": 0o444, "d/b": 0o400} {
+		fi, err := os.Stat(filepath.Join(dir, p))
+		if err != nil || fi.Mode().Perm() != want {
+			t.Errorf("%s: %v, %v; want mode %04o", p, fi.Mode(), err, want)
+		}
+	}
+}
+
 func TestRefusedSets(t *testing.T) {
 	for _, tc := range []struct {
 		name  string

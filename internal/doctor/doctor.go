@@ -1,15 +1,19 @@
 // Package doctor is `kvinject-agent doctor`: it checks, one step at a time,
 // what the agent needs to read a pod's secrets (its identity's configuration,
-// the cloud, a token from Azure AD, then each secret) and prints a checklist
-// with the precise fix of each failure.
+// the cloud, a token from Azure AD, then each object of the mapping) and
+// prints a checklist with the precise fix of each failure.
 //
-// It builds the credential and the Key Vault client with the agent's own code
-// (agent.NewClients, from the same environment the webhook gives the agent)
-// and phrases failures with the agent's own explanations (agent.Reason), so
-// that the doctor and a failing pod say the same thing.
+// It builds the credential and the Key Vault clients with the agent's own
+// code (agent.NewClients, from the same environment the webhook gives the
+// agent), reads each object as the agent does (agent.Clients.Read: secrets
+// get, certificates get for cert:, keys get for key:, secrets list then get
+// for history=N), renders each entry with the agent's own code
+// (agent.Object.Render), and phrases failures with the agent's own
+// explanations (agent.Reason), so that the doctor and a failing pod say the
+// same thing.
 //
-// It never prints a secret value: only its length, version, whether it is
-// enabled and its activation and expiry dates.
+// It never prints a value: only its size, version, content type, whether it
+// is enabled and its activation and expiry dates.
 package doctor
 
 import (
@@ -18,6 +22,7 @@ import (
 	"io"
 	"log/slog"
 	"net/url"
+	"os"
 	"slices"
 	"strings"
 	"time"
@@ -146,6 +151,9 @@ func (o *Options) retry() policy.RetryOptions {
 // Run runs every check of cfg and returns the report. ctx bounds the run;
 // checks that were not reached when it ends are reported as failed.
 func Run(ctx context.Context, cfg Config, opts Options) *Report {
+	if opts.Stderr == nil {
+		opts.Stderr = os.Stderr
+	}
 	now := time.Now
 	if opts.Now != nil {
 		now = opts.Now
@@ -193,13 +201,14 @@ func Run(ctx context.Context, cfg Config, opts Options) *Report {
 	r.add(Check{Kind: CheckToken, Status: StatusOK, Subject: "token",
 		Detail: fmt.Sprintf("Azure AD issued a token for %s, valid for %s", strings.TrimSuffix(clients.Scope, "/.default"), tok.ExpiresOn.Sub(now()).Round(time.Minute))})
 
-	// 4. Each secret, then the list permission if asked.
-	d := &secretChecker{r: r, client: clients.Secrets, facts: facts, vault: cfg.VaultURL, now: now}
+	// 4. Each object, read and rendered as the agent does, then the list
+	// permission if asked.
+	d := &secretChecker{r: r, clients: clients, client: clients.Secrets, facts: facts, vault: cfg.VaultURL, now: now}
 	for _, s := range distinct(cfg.Entries) {
 		d.check(ctx, s)
 	}
 	if cfg.CheckList {
-		for _, s := range distinct(cfg.Entries) {
+		for _, s := range distinctNames(cfg.Entries) {
 			d.checkList(ctx, s)
 		}
 	}
@@ -213,43 +222,70 @@ func (r *Report) skipRest(cfg Config, why string) {
 	}
 }
 
-// secret is one distinct secret of the mapping and the files it is for.
+// secret is one distinct read of the mapping (a secret, certificate or key,
+// at a version or the latest, or a secret's history) and the entries it is for.
 type secret struct {
 	name, version string
-	files         []string
+	kind          mapping.ObjectType
+	history       int
+	entries       []mapping.Entry
 }
 
 func (s secret) subject() string {
-	ref := fmt.Sprintf("secret %q", s.name)
+	ref := fmt.Sprintf("%s %q", agent.ObjectWord(s.kind), s.name)
 	if s.version != "" {
 		ref += " version " + s.version
 	}
-	return ref + " (" + strings.Join(s.files, ", ") + ")"
+	if s.history > 0 {
+		ref += fmt.Sprintf(" history %d", s.history)
+	}
+	files := make([]string, len(s.entries))
+	for i, e := range s.entries {
+		files[i] = e.File
+	}
+	return ref + " (" + strings.Join(files, ", ") + ")"
 }
 
-// distinct groups the entries by secret (names are case-insensitive), in mapping order.
+// distinct groups the entries by what the agent reads for them (names are
+// case-insensitive), in mapping order.
 func distinct(entries []mapping.Entry) []secret {
 	var out []secret
-	idx := map[string]int{}
+next:
 	for _, e := range entries {
-		key := strings.ToLower(e.Name) + "@" + strings.ToLower(e.Version)
-		if i, ok := idx[key]; ok {
-			out[i].files = append(out[i].files, e.File)
-			continue
+		for i := range out {
+			if agent.SameObject(out[i].entries[0], e) {
+				out[i].entries = append(out[i].entries, e)
+				continue next
+			}
 		}
-		idx[key] = len(out)
-		out = append(out, secret{name: e.Name, version: e.Version, files: []string{e.File}})
+		out = append(out, secret{name: e.Name, version: e.Version, kind: e.Kind(), history: e.History, entries: []mapping.Entry{e}})
 	}
 	return out
 }
 
-// secretChecker checks secrets with one client.
+// distinctNames returns the secrets of the mapping once per name, for the
+// list check.
+func distinctNames(entries []mapping.Entry) []secret {
+	var out []secret
+	seen := map[string]bool{}
+	for _, s := range distinct(entries) {
+		if s.kind != mapping.ObjectSecret || seen[strings.ToLower(s.name)] {
+			continue
+		}
+		seen[strings.ToLower(s.name)] = true
+		out = append(out, s)
+	}
+	return out
+}
+
+// secretChecker checks objects with the agent's clients.
 type secretChecker struct {
-	r      *Report
-	client *azsecrets.Client
-	facts  agent.Facts
-	vault  string
-	now    func() time.Time
+	r       *Report
+	clients *agent.Clients
+	client  *azsecrets.Client
+	facts   agent.Facts
+	vault   string
+	now     func() time.Time
 	// lastWhy and lastFix are those of the previous failure, to say "as
 	// above" rather than repeat a long fix.
 	lastWhy, lastFix, lastSubject string
@@ -269,56 +305,87 @@ func (d *secretChecker) fail(kind, subject string, err error, extra string) {
 	d.r.add(c)
 }
 
-// check reads one secret and reports its properties, never its value.
+// check reads one object as the agent does (the permission its kind needs:
+// secrets get, certificates get, keys get, and secrets list for a history)
+// and reports its properties, never its value; then renders each of its
+// entries as the agent does and reports those that would fail.
 func (d *secretChecker) check(ctx context.Context, s secret) {
-	resp, err := d.client.GetSecret(ctx, s.name, s.version, nil)
+	o, err := d.clients.Read(ctx, s.entries[0])
 	if err != nil {
-		err = &agent.SecretError{Name: s.name, Version: s.version, File: s.files[0], Vault: d.vault, Err: err}
 		d.fail(CheckSecret, s.subject(), err, d.hint(ctx, s, err))
 		return
 	}
 	var b strings.Builder
-	if resp.ID != nil {
-		fmt.Fprintf(&b, "version %s", resp.ID.Version())
+	if len(o.Versions) > 0 {
+		fmt.Fprintf(&b, "%d versions (%s, newest first)", len(o.Versions), strings.Join(o.Versions, ", "))
+	} else if o.Version != "" {
+		fmt.Fprintf(&b, "version %s", o.Version)
 	}
-	n := 0
-	if resp.Value != nil {
-		n = len(*resp.Value)
-	}
-	fmt.Fprintf(&b, ", %d bytes", n)
-	if resp.ContentType != nil && *resp.ContentType != "" {
-		fmt.Fprintf(&b, ", content type %s", *resp.ContentType)
+	fmt.Fprintf(&b, ", %d bytes", o.Bytes)
+	if o.ContentType != "" {
+		fmt.Fprintf(&b, ", content type %s", o.ContentType)
 	}
 	status, fix := StatusOK, ""
-	if a := resp.Attributes; a != nil {
-		if a.Enabled != nil && *a.Enabled {
-			b.WriteString(", enabled")
-		}
+	if o.Enabled != nil && *o.Enabled {
+		b.WriteString(", enabled")
+	}
+	if o.Enabled != nil || o.NotBefore != nil || o.Expires != nil {
 		now := d.now()
-		if a.NotBefore != nil && a.NotBefore.After(now) {
-			fmt.Fprintf(&b, ", not valid before %s", a.NotBefore.UTC().Format(time.RFC3339))
-			status, fix = StatusWarn, "Key Vault serves it, but it is not meant to be used yet; check its activation date (az keyvault secret set-attributes --not-before)"
+		if o.NotBefore != nil && o.NotBefore.After(now) {
+			fmt.Fprintf(&b, ", not valid before %s", o.NotBefore.UTC().Format(time.RFC3339))
+			status, fix = StatusWarn, fmt.Sprintf("Key Vault serves it, but it is not meant to be used yet; check its activation date (az keyvault %s set-attributes --not-before)", azNoun(s.kind))
 		}
 		switch {
-		case a.Expires == nil:
+		case o.Expires == nil:
 			b.WriteString(", no expiry")
-		case !a.Expires.After(now):
-			fmt.Fprintf(&b, ", expired %s", a.Expires.UTC().Format(time.RFC3339))
-			status, fix = StatusWarn, fmt.Sprintf("Key Vault still serves an expired secret, but it is due for rotation: set a new value (az keyvault secret set --vault-name %s --name %s ...)", vaultName(d.vault), s.name)
+		case !o.Expires.After(now):
+			fmt.Fprintf(&b, ", expired %s", o.Expires.UTC().Format(time.RFC3339))
+			status, fix = StatusWarn, fmt.Sprintf("Key Vault still serves an expired %s, but it is due for rotation: %s", agent.ObjectWord(s.kind), d.renewal(s))
 		default:
-			left := a.Expires.Sub(now)
-			fmt.Fprintf(&b, ", expires %s (in %s)", a.Expires.UTC().Format(time.RFC3339), days(left))
+			left := o.Expires.Sub(now)
+			fmt.Fprintf(&b, ", expires %s (in %s)", o.Expires.UTC().Format(time.RFC3339), days(left))
 			if left < 7*24*time.Hour {
-				status, fix = StatusWarn, fmt.Sprintf("it expires soon: set a new value before then (az keyvault secret set --vault-name %s --name %s ...)", vaultName(d.vault), s.name)
+				status, fix = StatusWarn, "it expires soon: "+d.renewal(s)+" before then"
 			}
 		}
 	}
 	d.r.add(Check{Kind: CheckSecret, Status: status, Subject: s.subject(), Detail: b.String(), Fix: fix})
+	// The content: what the agent would fail on after a successful read.
+	for _, e := range s.entries {
+		if _, err := o.Render(e); err != nil {
+			d.fail(CheckSecret, fmt.Sprintf("entry %s", e.String()), err, "")
+		}
+	}
+}
+
+// azNoun is the az keyvault command group of a kind of object.
+func azNoun(kind mapping.ObjectType) string {
+	switch kind {
+	case mapping.ObjectCert:
+		return "certificate"
+	case mapping.ObjectKey:
+		return "key"
+	}
+	return "secret"
+}
+
+// renewal says how to renew s.
+func (d *secretChecker) renewal(s secret) string {
+	switch s.kind {
+	case mapping.ObjectCert:
+		return fmt.Sprintf("renew the certificate (az keyvault certificate create or import --vault-name %s --name %s ...)", vaultName(d.vault), s.name)
+	case mapping.ObjectKey:
+		return fmt.Sprintf("rotate the key (az keyvault key rotate --vault-name %s --name %s)", vaultName(d.vault), s.name)
+	}
+	return fmt.Sprintf("set a new value (az keyvault secret set --vault-name %s --name %s ...)", vaultName(d.vault), s.name)
 }
 
 // hint lists what the vault has when a secret or version is missing or
 // disabled, if the identity may list; "" otherwise.
 func (d *secretChecker) hint(ctx context.Context, s secret, err error) string {
+	if s.kind != mapping.ObjectSecret || s.history > 0 {
+		return ""
+	}
 	switch {
 	case agent.IsSecretNotFound(err) && s.version == "":
 		names, lerr := d.names(ctx)
@@ -347,7 +414,7 @@ func (d *secretChecker) hint(ctx context.Context, s secret, err error) string {
 		if newest == "" {
 			return fmt.Sprintf("none of its %d versions is enabled", len(versions))
 		}
-		return fmt.Sprintf("its newest enabled version is %s (to pin it: %s=%s@%s)", newest, s.files[0], s.name, newest)
+		return fmt.Sprintf("its newest enabled version is %s (to pin it: %s=%s@%s)", newest, s.entries[0].File, s.name, newest)
 	}
 	return ""
 }
@@ -408,7 +475,7 @@ func (d *secretChecker) checkList(ctx context.Context, s secret) {
 	subject := fmt.Sprintf("list versions of %q", s.name)
 	versions, err := d.versions(ctx, s.name)
 	if err != nil {
-		err = &agent.SecretError{Name: s.name, File: s.files[0], Vault: d.vault, Err: err}
+		err = &agent.SecretError{Name: s.name, File: s.entries[0].File, Vault: d.vault, List: true, Err: err}
 		d.fail(CheckList, subject, err, "")
 		return
 	}

@@ -3,7 +3,10 @@ package doctor_test
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
@@ -19,6 +22,7 @@ import (
 	"github.com/kvinject/kvinject/internal/agent"
 	"github.com/kvinject/kvinject/internal/doctor"
 	"github.com/kvinject/kvinject/internal/emulator"
+	"github.com/kvinject/kvinject/pkg/mapping"
 )
 
 const (
@@ -93,6 +97,29 @@ func (k *c) secret(name string, opts ...emulator.SecretOption) string {
 	v := "VALUE-" + name + "-" + randHex(12)
 	k.values = append(k.values, v)
 	return k.emu.SetSecret(k.vault, name, v, opts...)
+}
+
+// cert imports a certificate (a new test chain) and records its secret's
+// value and private key for the leak check.
+func (k *c) cert(name string) {
+	k.t.Helper()
+	ch, err := emulator.NewTestChain(name+".contoso.example", "RSA")
+	k.must(err)
+	_, err = k.emu.ImportCertificate(k.vault, name, ch.LeafKey, ch.Chain())
+	k.must(err)
+	der, err := x509.MarshalPKCS8PrivateKey(ch.LeafKey)
+	k.must(err)
+	s, _ := k.emu.Secret(k.vault, name)
+	k.values = append(k.values, base64.StdEncoding.EncodeToString(der)[40:100], s.Value)
+}
+
+// key sets an EC key.
+func (k *c) key(name string) {
+	k.t.Helper()
+	priv, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	k.must(err)
+	_, err = k.emu.SetKey(k.vault, name, priv.Public())
+	k.must(err)
 }
 
 // workload registers a workload identity federated with subject and gives
@@ -495,6 +522,95 @@ func TestDoctor(t *testing.T) {
 			},
 		},
 		{
+			name: "certificate and key entries need certificates get and keys get, not secrets get",
+			setup: func(k *c) []string {
+				id := k.workload(testSubject, testSubject)
+				k.grant(id, emulator.PermCertificatesGet, emulator.PermKeysGet)
+				k.cert("web-cert")
+				k.key("signing-key")
+				return []string{"--vault", k.vault, "--secret", "tls.crt=cert:web-cert", "--secret", "sig.pem=key:signing-key"}
+			},
+			code: 0,
+			want: []string{
+				`[ok]   certificate "web-cert" (tls.crt): version `,
+				`[ok]   key "signing-key" (sig.pem): version `,
+				"All 5 checks passed.",
+			},
+			notWant: []string{"secret \"web-cert\"", "secret \"signing-key\""},
+		},
+		{
+			name: "certificate entry without certificates get",
+			setup: func(k *c) []string {
+				id := k.workload(testSubject, testSubject)
+				k.grant(id, emulator.PermGet, emulator.PermKeysGet)
+				k.cert("web-cert")
+				return []string{"--vault", k.vault, "--secret", "tls.crt=cert:web-cert"}
+			},
+			code: 1,
+			want: []string{
+				`[FAIL] certificate "web-cert" (tls.crt): HTTP 403 Forbidden`,
+				"may not get its certificates",
+				"--certificate-permissions get",
+			},
+		},
+		{
+			name: "certificate-backed secret as pem and pfx",
+			setup: func(k *c) []string {
+				id := k.workload(testSubject, testSubject)
+				k.grant(id, emulator.PermGet)
+				k.cert("web-cert")
+				return []string{"--vault", k.vault, "--secret", "web=secret:web-cert;format=pem;split", "--secret", "web.pfx=secret:web-cert;format=pfx", "--secret", "auto.pem=secret:web-cert;format=auto"}
+			},
+			code: 0,
+			want: []string{`[ok]   secret "web-cert" (web, web.pfx, auto.pem): version `, "content type application/x-pkcs12", "All 4 checks passed."},
+		},
+		{
+			name: "history with the list permission",
+			setup: func(k *c) []string {
+				id := k.workload(testSubject, testSubject)
+				k.grant(id, emulator.PermGet, emulator.PermList)
+				k.secret("db-pass")
+				k.secret("db-pass", emulator.WithDisabled())
+				k.secret("db-pass")
+				return []string{"--vault", k.vault, "--secret", "db=secret:db-pass;history=3"}
+			},
+			code: 0,
+			want: []string{`[ok]   secret "db-pass" history 3 (db): 2 versions (`, ", newest first), ", "All 4 checks passed."},
+		},
+		{
+			name: "history without the list permission",
+			setup: func(k *c) []string {
+				id := k.workload(testSubject, testSubject)
+				k.grant(id, emulator.PermGet)
+				k.secret("db-pass")
+				return []string{"--vault", k.vault, "--secret", "db=secret:db-pass;history=3"}
+			},
+			code: 1,
+			want: []string{
+				`[FAIL] secret "db-pass" history 3 (db): HTTP 403 Forbidden, Key Vault error Forbidden (inner error AccessDenied): the vault uses access policies and workload identity `,
+				"may not list its secrets",
+				"--secret-permissions get list)",
+				"1 of 4 checks failed.",
+			},
+		},
+		{
+			name: "format=pem on a secret that is not certificate-backed",
+			setup: func(k *c) []string {
+				id := k.workload(testSubject, testSubject)
+				k.grant(id, emulator.PermGet)
+				k.secret("A")
+				return []string{"--vault", k.vault, "--secret", "a=A", "--secret", "a.pem=A;format=pem", "--secret", "a.bin=A;encoding=hex"}
+			},
+			code: 1,
+			want: []string{
+				`[ok]   secret "A" (a, a.pem, a.bin): version `,
+				"[FAIL] entry a.pem=A;format=pem: the secret is not certificate-backed (content type none), so format=pem has no certificate to convert",
+				"fix: write the plain form a.pem=A to get its value as it is",
+				"[FAIL] entry a.bin=A;encoding=hex: the value is not valid hex (a character that is not a hexadecimal digit at byte 1 of ",
+				"2 of 6 checks failed.",
+			},
+		},
+		{
 			name: "system-assigned identity",
 			setup: func(k *c) []string {
 				id := newClientID()
@@ -607,4 +723,27 @@ func jwt(iss, sub string, exp time.Time) string {
 		"iss": iss, "sub": sub, "aud": []string{emulator.DefaultAudience}, "exp": exp.Unix(),
 		"iat": time.Now().Unix(), "nbf": time.Now().Add(-time.Minute).Unix(),
 	}) + ".c2lnbmF0dXJl"
+}
+
+// TestRunNilStderr checks that Run, called without Main, defaults Stderr:
+// the agent's client construction warns about the test-only settings there.
+func TestRunNilStderr(t *testing.T) {
+	fx := newFixture(t)
+	k := fx.newCase(t, emulator.VaultOptions{})
+	id := k.managed()
+	k.grant(id, emulator.PermGet)
+	k.secret("A")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	r := doctor.Run(ctx, doctor.Config{
+		VaultURL: k.vaultURL(),
+		Identity: mapping.IdentityManaged,
+		Env:      agent.ReadEnv(func(key string) string { return k.env[key] }),
+		Entries:  []mapping.Entry{{File: "a", Name: "A"}},
+	}, doctor.Options{SDKRetry: &policy.RetryOptions{MaxRetries: -1, TryTimeout: 10 * time.Second}})
+	if n := r.Failed(); n != 0 {
+		var b bytes.Buffer
+		r.Print(&b)
+		t.Errorf("%d checks failed:\n%s", n, b.String())
+	}
 }

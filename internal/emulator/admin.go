@@ -34,6 +34,9 @@ type VaultConfig struct {
 	FirewallBlocked bool           `json:"firewallBlocked,omitempty"`
 	Secrets         []SecretConfig `json:"secrets,omitempty"`
 	Grants          []GrantConfig  `json:"grants,omitempty"`
+	// Certificates and Keys are imported after the secrets.
+	Certificates []CertificateConfig `json:"certificates,omitempty"`
+	Keys         []KeyConfig         `json:"keys,omitempty"`
 }
 
 // SecretConfig is a secret in a VaultConfig: each entry adds a version.
@@ -80,6 +83,16 @@ func (e *Emulator) Apply(c Config) error {
 				return err
 			}
 		}
+		for _, c := range v.Certificates {
+			if _, err := c.importInto(e, v.Name, c.Name); err != nil {
+				return err
+			}
+		}
+		for _, k := range v.Keys {
+			if _, err := k.importInto(e, v.Name, k.Name); err != nil {
+				return err
+			}
+		}
 		for _, g := range v.Grants {
 			if err := e.Grant(v.Name, g.ClientID, g.Permissions...); err != nil {
 				return err
@@ -120,6 +133,8 @@ type AdminStats struct {
 //	POST   /_emulator/vaults/{vault}/secrets/{name}/disable
 //	POST   /_emulator/vaults/{vault}/secrets/{name}/enable
 //	DELETE /_emulator/vaults/{vault}/secrets/{name}
+//	PUT    /_emulator/vaults/{vault}/certificates/{name}  CertificateConfig (name from the path) -> {"version":...}
+//	PUT    /_emulator/vaults/{vault}/keys/{name}          KeyConfig (name from the path) -> {"version":...}
 //	POST   /_emulator/vaults/{vault}/grants          GrantConfig
 //	PUT    /_emulator/vaults/{vault}/firewall        {"blocked":true}
 //	POST   /_emulator/identities/workload            WorkloadIdentity
@@ -204,6 +219,28 @@ func (e *Emulator) newAdminMux() *http.ServeMux {
 	})
 	handle("DELETE /vaults/{vault}/secrets/{name}", func(r *http.Request) (any, error) {
 		return nil, e.DeleteSecret(r.PathValue("vault"), r.PathValue("name"))
+	})
+	handle("PUT /vaults/{vault}/certificates/{name}", func(r *http.Request) (any, error) {
+		var c CertificateConfig
+		if err := decode(r, &c); err != nil {
+			return nil, err
+		}
+		v, err := c.importInto(e, r.PathValue("vault"), r.PathValue("name"))
+		if err != nil {
+			return nil, err
+		}
+		return map[string]string{"version": v}, nil
+	})
+	handle("PUT /vaults/{vault}/keys/{name}", func(r *http.Request) (any, error) {
+		var k KeyConfig
+		if err := decode(r, &k); err != nil {
+			return nil, err
+		}
+		v, err := k.importInto(e, r.PathValue("vault"), r.PathValue("name"))
+		if err != nil {
+			return nil, err
+		}
+		return map[string]string{"version": v}, nil
 	})
 	handle("POST /vaults/{vault}/grants", func(r *http.Request) (any, error) {
 		var g GrantConfig

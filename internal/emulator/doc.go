@@ -1,10 +1,11 @@
-// Package emulator is a local, in-memory emulator of Azure Key Vault (secrets) and the
-// parts of Azure AD (Microsoft Entra ID) that a Key Vault client needs: OpenID discovery,
-// the client-credentials token endpoint with federated (workload identity) assertions, and
-// an App Service style managed-identity endpoint.
+// Package emulator is a local, in-memory emulator of Azure Key Vault (secrets, and reads
+// of certificates and keys) and the parts of Azure AD (Microsoft Entra ID) that a Key
+// Vault client needs: OpenID discovery, the client-credentials token endpoint with
+// federated (workload identity) assertions, and an App Service style managed-identity
+// endpoint.
 //
 // It speaks the real REST protocols over HTTPS, so the unmodified Azure SDK for Go
-// (azidentity and azsecrets) works against it with production settings: challenge
+// (azidentity, azsecrets, azcertificates and azkeys) works against it with production settings: challenge
 // resource verification on and instance discovery on.
 //
 // # How clients reach it
@@ -38,4 +39,13 @@
 // firewall denials, per-vault throttling with Retry-After, AADSTS70021 for a federated
 // credential mismatch and so on. Faults (status codes, connection resets, throttling) and
 // latency can be injected. Secret values, access tokens and assertions are never logged.
+//
+// # Certificates and keys
+//
+// [Emulator.ImportCertificate] imports a certificate as Key Vault does: a certificate,
+// a secret and a key of the same name and version. The secret (managed, with a kid)
+// holds the certificate and its private key as base64 PKCS#12 with an empty password,
+// or as PEM ([WithPEMContentType]); GET /certificates/{name} returns the leaf (cer),
+// the ids and the policy, GET /keys/{name} the public JWK. [Emulator.SetKey] adds a key
+// of its own. [NewTestChain] makes a CA, intermediate and leaf for tests.
 package emulator

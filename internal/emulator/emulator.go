@@ -62,7 +62,7 @@ type Stats struct {
 	Requests          int64 `json:"requests"`          // Key Vault and Azure AD requests
 	HTTP2Requests     int64 `json:"http2Requests"`     // of those, over HTTP/2
 	Connections       int64 `json:"connections"`       // TCP connections accepted
-	Gets              int64 `json:"gets"`              // authenticated secret gets that passed throttling
+	Gets              int64 `json:"gets"`              // authenticated gets (secrets, certificates, keys) that passed throttling
 	Lists             int64 `json:"lists"`             // authenticated list pages that passed throttling
 	Throttled         int64 `json:"throttled"`         // 429 responses, injected ones included
 	Challenges        int64 `json:"challenges"`        // Key Vault 401 responses (missing or invalid bearer token)

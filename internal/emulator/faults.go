@@ -25,7 +25,7 @@ const (
 // Operations a fault can match, in Fault.Match. Empty matches every Key Vault and Azure
 // AD request.
 const (
-	OpGet      = "get"      // Key Vault: get a secret
+	OpGet      = "get"      // Key Vault: get a secret, certificate or key
 	OpList     = "list"     // Key Vault: list secrets or versions (each page)
 	OpKeyVault = "keyvault" // any Key Vault operation
 	OpToken    = "token"    // Azure AD token endpoint

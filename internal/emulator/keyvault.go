@@ -16,12 +16,13 @@ import (
 	"time"
 )
 
-// Permission is a secret permission of an access policy. In a vault that uses Azure RBAC
+// Permission is a permission of an access policy. In a vault that uses Azure RBAC
 // the same grants stand for role assignments: PermGet for the data action
-// secrets/getSecret/action, PermList for secrets/readMetadata/action.
+// secrets/getSecret/action, PermList for secrets/readMetadata/action,
+// PermCertificatesGet for certificates/read and PermKeysGet for keys/read.
 type Permission string
 
-// Secret permissions.
+// Secret permissions (certificates and keys: see PermCertificatesGet and PermKeysGet).
 const (
 	PermGet  Permission = "get"
 	PermList Permission = "list"
@@ -52,6 +53,9 @@ type secretVersion struct {
 	updated     time.Time
 	notBefore   time.Time
 	expires     time.Time
+	// certBacked marks the secret of a certificate: Key Vault manages it and
+	// names the certificate's key (kid).
+	certBacked bool
 }
 
 type secret struct {
@@ -64,6 +68,8 @@ type vault struct {
 	opts     VaultOptions
 	cloud    *cloudInfo
 	secrets  map[string]*secret // by lower-case name
+	certs    map[string]*certificate
+	keys     map[string]*vaultKey
 	grants   map[string]map[Permission]bool
 	firewall bool
 	reads    atomic.Int64
@@ -143,7 +149,7 @@ func (e *Emulator) AddVault(name string, opts VaultOptions) error {
 		return nil
 	}
 	e.vaults[key] = &vault{name: key, opts: opts, cloud: c, secrets: map[string]*secret{},
-		grants: map[string]map[Permission]bool{}}
+		certs: map[string]*certificate{}, keys: map[string]*vaultKey{}, grants: map[string]map[Permission]bool{}}
 	return nil
 }
 
@@ -187,11 +193,11 @@ func (e *Emulator) vaultLocked(name string) (*vault, error) {
 	return v, nil
 }
 
-// Grant gives an identity secret permissions on a vault (an access policy, or role
+// Grant gives an identity permissions on a vault (an access policy, or role
 // assignments in an RBAC vault).
 func (e *Emulator) Grant(vaultName, clientID string, perms ...Permission) error {
 	for _, p := range perms {
-		if p != PermGet && p != PermList {
+		if p != PermGet && p != PermList && p != PermCertificatesGet && p != PermKeysGet {
 			return fmt.Errorf("emulator: unknown permission %q", p)
 		}
 	}
@@ -259,6 +265,15 @@ func WithExpires(t time.Time) SecretOption { return func(s *secretVersion) { s.e
 
 // WithNotBefore sets the nbf attribute of the new version (not enforced, like Key Vault).
 func WithNotBefore(t time.Time) SecretOption { return func(s *secretVersion) { s.notBefore = t } }
+
+// WithCreated sets the created and updated attributes of the new version (Key Vault
+// sets them to the time of the write, in seconds), so that tests can order versions
+// without waiting.
+func WithCreated(t time.Time) SecretOption {
+	return func(s *secretVersion) {
+		s.created, s.updated = t.UTC().Truncate(time.Second), t.UTC().Truncate(time.Second)
+	}
+}
 
 // WithDisabled creates the new version disabled.
 func WithDisabled() SecretOption { return func(s *secretVersion) { s.enabled = false } }
@@ -472,28 +487,46 @@ func kvFaultBody(status int) any {
 }
 
 type kvRequest struct {
-	op      string // OpGet or OpList
-	perm    Permission
-	list    string // "versions" or "secrets"
-	name    string
-	version string
+	op         string // OpGet or OpList
+	collection string // "secrets", "certificates" or "keys"
+	perm       Permission
+	list       string // "versions" or "secrets"
+	name       string
+	version    string
 }
 
+// parseKVPath parses the path of a secret get or list, or of a certificate or key get.
 func parseKVPath(p string) (kvRequest, bool) {
 	p = strings.TrimPrefix(p, "/")
 	parts := strings.Split(p, "/")
+	if parts[0] == "certificates" || parts[0] == "keys" {
+		perm := PermCertificatesGet
+		if parts[0] == "keys" {
+			perm = PermKeysGet
+		}
+		r := kvRequest{op: OpGet, collection: parts[0], perm: perm}
+		switch {
+		case len(parts) == 2 && parts[1] != "", len(parts) == 3 && parts[1] != "" && parts[2] == "":
+			r.name = parts[1]
+			return r, true
+		case len(parts) == 3 && parts[2] != "versions", len(parts) == 4 && parts[2] != "versions" && parts[3] == "":
+			r.name, r.version = parts[1], parts[2]
+			return r, true
+		}
+		return kvRequest{}, false
+	}
 	if parts[0] != "secrets" {
 		return kvRequest{}, false
 	}
 	switch {
 	case len(parts) == 1 || len(parts) == 2 && parts[1] == "":
-		return kvRequest{op: OpList, perm: PermList, list: "secrets"}, true
+		return kvRequest{op: OpList, collection: "secrets", perm: PermList, list: "secrets"}, true
 	case len(parts) == 2 || len(parts) == 3 && parts[2] == "":
-		return kvRequest{op: OpGet, perm: PermGet, name: parts[1]}, true
+		return kvRequest{op: OpGet, collection: "secrets", perm: PermGet, name: parts[1]}, true
 	case len(parts) == 3 && parts[2] == "versions", len(parts) == 4 && parts[2] == "versions" && parts[3] == "":
-		return kvRequest{op: OpList, perm: PermList, list: "versions", name: parts[1]}, true
+		return kvRequest{op: OpList, collection: "secrets", perm: PermList, list: "versions", name: parts[1]}, true
 	case len(parts) == 3 || len(parts) == 4 && parts[3] == "":
-		return kvRequest{op: OpGet, perm: PermGet, name: parts[1], version: parts[2]}, true
+		return kvRequest{op: OpGet, collection: "secrets", perm: PermGet, name: parts[1], version: parts[2]}, true
 	}
 	return kvRequest{}, false
 }
@@ -533,7 +566,7 @@ func (e *Emulator) serveKeyVault(w http.ResponseWriter, r *http.Request, vaultNa
 	ri.op = req.op
 	if r.Method != http.MethodGet {
 		writeJSON(w, http.StatusMethodNotAllowed, kvError("MethodNotAllowed",
-			"The emulator serves only secret reads (GET); "+r.Method+" is not supported.", ""))
+			"The emulator serves only reads (GET); "+r.Method+" is not supported.", ""))
 		return
 	}
 	q := r.URL.Query()
@@ -591,12 +624,17 @@ func (e *Emulator) serveKeyVault(w http.ResponseWriter, r *http.Request, vaultNa
 	if !granted {
 		if opts.RBAC {
 			action := "Microsoft.KeyVault/vaults/secrets/getSecret/action"
-			if req.perm == PermList {
+			switch req.perm {
+			case PermList:
 				action = "Microsoft.KeyVault/vaults/secrets/readMetadata/action"
+			case PermCertificatesGet:
+				action = "Microsoft.KeyVault/vaults/certificates/read"
+			case PermKeysGet:
+				action = "Microsoft.KeyVault/vaults/keys/read"
 			}
 			resource := "/subscriptions/00000000-0000-0000-0000-000000000000/resourcegroups/rg-emulator/providers/microsoft.keyvault/vaults/" + vaultName
 			if req.name != "" {
-				resource += "/secrets/" + req.name
+				resource += "/" + req.collection + "/" + req.name
 			}
 			writeJSON(w, http.StatusForbidden, kvError("Forbidden",
 				"Caller is not authorized to perform action on resource.\r\nIf role assignments, deny assignments or role definitions were changed recently, please observe propagation time.\r\nCaller: "+caller+
@@ -604,9 +642,13 @@ func (e *Emulator) serveKeyVault(w http.ResponseWriter, r *http.Request, vaultNa
 				"ForbiddenByRbac"))
 			return
 		}
+		objects, perm, _ := strings.Cut(string(req.perm), "/")
+		if perm == "" {
+			objects, perm = "secrets", string(req.perm)
+		}
 		writeJSON(w, http.StatusForbidden, kvError("Forbidden", fmt.Sprintf(
-			"The user, group or application '%s' does not have secrets %s permission on key vault '%s'. For help resolving this issue, please see %s",
-			caller, req.perm, vaultDesc, linkForbidden), "AccessDenied"))
+			"The user, group or application '%s' does not have %s %s permission on key vault '%s'. For help resolving this issue, please see %s",
+			caller, objects, perm, vaultDesc, linkForbidden), "AccessDenied"))
 		return
 	}
 
@@ -615,7 +657,14 @@ func (e *Emulator) serveKeyVault(w http.ResponseWriter, r *http.Request, vaultNa
 		return
 	}
 	host := requestHost(r)
-	if req.op == OpGet {
+	switch {
+	case req.collection == "certificates":
+		e.serveGetCertificate(w, host, vaultName, req)
+		return
+	case req.collection == "keys":
+		e.serveGetKey(w, host, vaultName, req)
+		return
+	case req.op == OpGet:
 		e.serveGetSecret(w, host, vaultName, req)
 		return
 	}
@@ -675,6 +724,9 @@ func propertiesJSON(id string, sv *secretVersion) map[string]any {
 	if len(sv.tags) > 0 {
 		m["tags"] = sv.tags
 	}
+	if sv.certBacked {
+		m["managed"] = true
+	}
 	return m
 }
 
@@ -708,6 +760,9 @@ func (e *Emulator) serveGetSecret(w http.ResponseWriter, host, vaultName string,
 		enabled = sv.enabled
 		body = propertiesJSON("https://"+host+"/secrets/"+s.name+"/"+sv.version, sv)
 		body["value"] = sv.value
+		if sv.certBacked {
+			body["kid"] = "https://" + host + "/keys/" + s.name + "/" + sv.version
+		}
 	}
 	e.mu.RUnlock()
 	switch {

@@ -1,6 +1,8 @@
 package injector
 
 import (
+	"fmt"
+
 	"gomodules.xyz/jsonpatch/v2"
 	corev1 "k8s.io/api/core/v1"
 
@@ -28,10 +30,16 @@ func OptedIn(pod *corev1.Pod) bool {
 	return pod.Labels[mapping.LabelInject] == mapping.LabelInjectValue
 }
 
-// ServiceAccountName is the pod's ServiceAccount, "default" when it names none.
+// ServiceAccountName is the pod's ServiceAccount: spec.serviceAccountName, else
+// the deprecated spec.serviceAccount (which the API server copies into
+// serviceAccountName before admission, but a raw manifest may hold alone),
+// else "default".
 func ServiceAccountName(pod *corev1.Pod) string {
 	if pod.Spec.ServiceAccountName != "" {
 		return pod.Spec.ServiceAccountName
+	}
+	if pod.Spec.DeprecatedServiceAccount != "" {
+		return pod.Spec.DeprecatedServiceAccount
 	}
 	return "default"
 }
@@ -42,7 +50,28 @@ func ServiceAccountName(pod *corev1.Pod) string {
 // must be set, as policy depends on it. The admission handler and the offline
 // injector (package offline) both decide through it, so they cannot disagree.
 func Decide(pod *corev1.Pod, ns *corev1.Namespace, sa *corev1.ServiceAccount, d mapping.Defaults, cfg mutate.Config) Decision {
-	spec, warnings, err := mapping.Resolve(pod, ns, sa, d)
+	return DecideWithClass(pod, ns, sa, nil, d, cfg)
+}
+
+// DecideWithClass is Decide for a pod that may name a SecretProviderClass in
+// kvinject.dev/secret-provider-class: spc is that class, nil when it does not
+// exist. The class stands in for the pod's vault, identity and secrets
+// annotations (mapping.ApplySecretProviderClass) for the decision only: the
+// patch does not copy them onto the pod.
+func DecideWithClass(pod *corev1.Pod, ns *corev1.Namespace, sa *corev1.ServiceAccount, spc *mapping.SecretProviderClass, d mapping.Defaults, cfg mutate.Config) Decision {
+	var warnings []string
+	if name, ok := pod.Annotations[mapping.AnnotationSecretProviderClass]; ok {
+		if spc == nil {
+			return Decision{Result: ResultDenied, Denial: fmt.Errorf("%s: there is no SecretProviderClass %q in namespace %q: create it, or fix the name", mapping.AnnotationSecretProviderClass, name, pod.Namespace)}
+		}
+		var err error
+		pod, sa, warnings, err = mapping.ApplySecretProviderClass(pod, sa, *spc)
+		if err != nil {
+			return Decision{Result: ResultDenied, Warnings: warnings, Denial: err}
+		}
+	}
+	spec, more, err := mapping.Resolve(pod, ns, sa, d)
+	warnings = append(warnings, more...)
 	if err != nil {
 		return Decision{Result: ResultDenied, Warnings: warnings, Denial: err}
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
@@ -230,6 +231,10 @@ func loadObjects(t testing.TB, file string) []client.Object {
 			obj = &corev1.Namespace{}
 		case "ServiceAccount":
 			obj = &corev1.ServiceAccount{}
+		case SecretProviderClassGVK.Kind:
+			u := &unstructured.Unstructured{}
+			u.SetGroupVersionKind(SecretProviderClassGVK)
+			obj = u
 		default:
 			t.Fatalf("%s: unsupported kind %v", file, u["kind"])
 		}

@@ -122,7 +122,19 @@ func (h *Handler) handle(ctx context.Context, req admission.Request) (admission.
 	if err != nil {
 		return admission.Errored(http.StatusInternalServerError, err), ResultError, pod
 	}
-	d := Decide(pod, ns, sa, h.Defaults, h.Mutate)
+	var spc *mapping.SecretProviderClass
+	if name, ok := pod.Annotations[mapping.AnnotationSecretProviderClass]; ok {
+		lctx, cancel := h.lookupContext(ctx)
+		spc, err = h.readSecretProviderClass(lctx, namespace, name)
+		cancel()
+		switch {
+		case errors.Is(err, errNoSPCAPI):
+			return admission.Denied(err.Error()), ResultDenied, pod
+		case err != nil:
+			return admission.Errored(http.StatusInternalServerError, err), ResultError, pod
+		}
+	}
+	d := DecideWithClass(pod, ns, sa, spc, h.Defaults, h.Mutate)
 	switch d.Result {
 	case ResultDenied:
 		return withWarnings(admission.Denied(d.Denial.Error()), d.Warnings), d.Result, pod
@@ -134,16 +146,7 @@ func (h *Handler) handle(ctx context.Context, req admission.Request) (admission.
 
 // lookup reads the pod's Namespace and ServiceAccount; either is nil when it does not exist.
 func (h *Handler) lookup(ctx context.Context, namespace, saName string) (*corev1.Namespace, *corev1.ServiceAccount, error) {
-	// The request's context ends when the server starts shutting down, which would
-	// refuse pods whose admission is already under way. The lookups are bounded by
-	// the lookup timeout instead (and the whole call by the API server's own
-	// webhook timeout), so in-flight requests finish during a graceful shutdown.
-	ctx = context.WithoutCancel(ctx)
-	timeout := h.LookupTimeout
-	if timeout <= 0 {
-		timeout = 3 * time.Second
-	}
-	ctx, cancel := context.WithTimeout(ctx, timeout)
+	ctx, cancel := h.lookupContext(ctx)
 	defer cancel()
 	ns := &corev1.Namespace{}
 	found, err := h.get(ctx, client.ObjectKey{Name: namespace}, ns)
@@ -161,6 +164,18 @@ func (h *Handler) lookup(ctx context.Context, namespace, saName string) (*corev1
 		sa = nil
 	}
 	return ns, sa, nil
+}
+
+// lookupContext bounds a lookup by LookupTimeout (default 3s) instead of the
+// request's context, which ends when the server starts shutting down and would
+// refuse pods whose admission is already under way (the API server's own webhook
+// timeout still bounds the whole call).
+func (h *Handler) lookupContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	timeout := h.LookupTimeout
+	if timeout <= 0 {
+		timeout = 3 * time.Second
+	}
+	return context.WithTimeout(context.WithoutCancel(ctx), timeout)
 }
 
 // get reads obj from the cache and, when the cache does not have it (an object

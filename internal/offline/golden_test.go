@@ -5,8 +5,10 @@ import (
 	"context"
 	"encoding/json"
 	"flag"
+	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -16,6 +18,7 @@ import (
 	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
@@ -122,9 +125,12 @@ func runGoldenCase(t *testing.T, dir string) {
 }
 
 // checkOutput checks what every successful run must satisfy: the output reads
-// back; documents that do not change are printed byte for byte; injected
-// templates meet the injection invariants and are what the admission handler
-// makes of the same pod; a second run over the output changes nothing.
+// back; documents that do not change are printed byte for byte; every opted-in
+// template is what the admission handler makes of the same pod (injected with
+// the injection invariants, or left unchanged when the handler allows it
+// unpatched), except in the namespaces the cluster never sends to the webhook,
+// where it is left unchanged; a second run over the output changes nothing,
+// and the handler agrees that its templates need nothing more.
 func checkOutput(t *testing.T, input, output []byte, flags []string) {
 	t.Helper()
 	in, err := split(Input{Name: "input", Data: input})
@@ -138,62 +144,144 @@ func checkOutput(t *testing.T, input, output []byte, flags []string) {
 	if len(in) != len(out) {
 		t.Fatalf("%d documents in, %d out", len(in), len(out))
 	}
-	handler := newHandler(t, flags, in)
+	c := newChecker(t, flags, in)
 	for i := range in {
 		if bytes.Equal(in[i].json, out[i].json) {
 			if !bytes.Equal(bytes.TrimRight(in[i].raw, "\n"), bytes.TrimRight(out[i].raw, "\n")) {
 				t.Errorf("document %d did not change but is not printed as it came:\n%s", i+1, out[i].raw)
 			}
-			continue
 		}
-		comparePods(t, i+1, in[i].json, out[i].json, handler)
+		c.comparePods(t, "document "+strconv.Itoa(i+1), in[i].json, out[i].json)
 	}
 
 	code, again, stderr := runMain(t, append([]string{"-f", "-"}, flags...), output)
 	if code != 0 || again != string(output) {
 		t.Errorf("a second run over the output: exit %d, stderr %s, diff (-first +second):\n%s", code, stderr, cmp.Diff(string(output), again))
 	}
+	for i := range out {
+		c.comparePods(t, "output document "+strconv.Itoa(i+1), out[i].json, out[i].json)
+	}
 }
 
-// comparePods compares each pod template of a changed document with the
-// admission handler's answer for the input's template.
-func comparePods(t *testing.T, n int, in, out []byte, h *injector.Handler) {
+// checker compares the offline injector's templates with the admission
+// handler's answers, under the case's flags.
+type checker struct {
+	handler   *injector.Handler
+	namespace string          // the effective namespace of objects that name none
+	excluded  map[string]bool // the namespaces never sent to the webhook
+}
+
+// newChecker returns a checker whose admission handler is configured by the
+// case's webhook flags and reads the Namespaces and ServiceAccounts that the
+// offline injector reads: those of the input, else those that its
+// --namespace-annotation and --service-account-annotation flags describe.
+func newChecker(t *testing.T, flags []string, docs []*document) *checker {
 	t.Helper()
-	var inObj, outObj map[string]any
-	if err := json.Unmarshal(in, &inObj); err != nil {
-		t.Fatal(err)
+	var stderr bytes.Buffer
+	cmd, code, ok := parse(append([]string{"-f", "-"}, flags...), &stderr)
+	if !ok {
+		t.Fatalf("the case's flags: exit code %d: %s", code, stderr.String())
 	}
-	if err := json.Unmarshal(out, &outObj); err != nil {
-		t.Fatal(err)
+	r := newRun(cmd.opts)
+	for _, d := range docs {
+		r.visit(d, "", d.where, d.json, r.collect)
 	}
-	inPods, outPods := templates(inObj, ""), templates(outObj, "")
+	c := &checker{namespace: r.opts.Namespace, excluded: r.excluded}
+	// The objects the flags describe, for every template that needs one.
+	for _, d := range docs {
+		obj, ok := jsonObject(t, d.json)
+		if !ok {
+			continue
+		}
+		for _, tp := range templates(obj, c.namespace) {
+			if _, found := r.nss[tp.namespace]; !found && cmd.opts.NamespaceAnnotations != nil {
+				ns := &corev1.Namespace{}
+				ns.Name, ns.Annotations = tp.namespace, cmd.opts.NamespaceAnnotations
+				r.nss[ns.Name] = ns
+			}
+			saName := injector.ServiceAccountName(podOfTemplate(t, tp))
+			if _, found := r.sas[tp.namespace+"/"+saName]; !found && cmd.opts.ServiceAccountAnnotations != nil {
+				sa := &corev1.ServiceAccount{}
+				sa.Namespace, sa.Name, sa.Annotations = tp.namespace, saName, cmd.opts.ServiceAccountAnnotations
+				r.sas[sa.Namespace+"/"+sa.Name] = sa
+			}
+		}
+	}
+	var objs []client.Object
+	for _, ns := range r.nss {
+		objs = append(objs, ns)
+	}
+	for _, sa := range r.sas {
+		objs = append(objs, sa)
+	}
+	// SecretProviderClasses as the API server would serve them to the handler.
+	for _, d := range docs {
+		obj, ok := jsonObject(t, d.json)
+		if !ok || obj["kind"] != injector.SecretProviderClassGVK.Kind {
+			continue
+		}
+		u := &unstructured.Unstructured{Object: obj}
+		if u.GetNamespace() == "" {
+			u.SetNamespace(c.namespace)
+		}
+		objs = append(objs, u)
+	}
+	c.handler = cmd.iopts.NewHandler()
+	c.handler.Reader = fake.NewClientBuilder().WithObjects(objs...).Build()
+	c.handler.Log = logr.Discard()
+	return c
+}
+
+// comparePods compares each pod template of a document as printed (out) with
+// the admission handler's answer for the template as read (in).
+func (c *checker) comparePods(t *testing.T, what string, in, out []byte) {
+	t.Helper()
+	inObj, ok := jsonObject(t, in)
+	if !ok {
+		return // no object: no template
+	}
+	outObj, _ := jsonObject(t, out)
+	inPods, outPods := templates(inObj, c.namespace), templates(outObj, c.namespace)
 	if len(inPods) != len(outPods) {
-		t.Fatalf("document %d: %d templates in, %d out", n, len(inPods), len(outPods))
+		t.Fatalf("%s: %d templates in, %d out", what, len(inPods), len(outPods))
 	}
 	for i, ip := range inPods {
 		op := outPods[i]
-		if cmp.Equal(ip.pod, op.pod) {
+		where := fmt.Sprintf("%s, %s", what, ip.what)
+		changed := !cmp.Equal(ip.pod, op.pod)
+		pod := podOfTemplate(t, ip)
+		switch {
+		case !injector.OptedIn(pod):
+			if changed {
+				t.Errorf("%s: the template changed without opting in", where)
+			}
 			continue
+		case c.excluded[ip.namespace]:
+			// The API server never calls the webhook for these pods.
+			if changed {
+				t.Errorf("%s: injected, but namespace %s is never sent to the webhook", where, ip.namespace)
+			}
+			continue
+		}
+		if changed {
+			checkInjected(t, where, op.pod)
 		}
 		raw, _ := json.Marshal(ip.pod)
-		var pod corev1.Pod
-		if err := json.Unmarshal(raw, &pod); err != nil {
-			t.Fatal(err)
-		}
-		if pod.Labels["kvinject.dev/inject"] != "true" {
-			t.Errorf("document %d: template of %s changed without opting in", n, ip.what)
-			continue
-		}
-		checkInjected(t, n, ip.what, op.pod)
-		if h == nil {
-			continue
-		}
-		resp := h.Handle(context.Background(), admission.Request{AdmissionRequest: admissionv1.AdmissionRequest{
+		resp := c.handler.Handle(context.Background(), admission.Request{AdmissionRequest: admissionv1.AdmissionRequest{
 			UID: "u", Kind: metav1.GroupVersionKind{Version: "v1", Kind: "Pod"}, Resource: metav1.GroupVersionResource{Version: "v1", Resource: "pods"},
-			Operation: admissionv1.Create, Namespace: ip.namespace, Object: runtime.RawExtension{Raw: raw},
+			Operation: admissionv1.Create, Namespace: ip.namespace, Object: runtime.RawExtension{Raw: asAdmitted(t, ip.pod)},
 		}})
-		if !resp.Allowed || len(resp.Patches) == 0 {
-			t.Errorf("document %d, %s: the handler answers allowed=%v with %d operations: %v", n, ip.what, resp.Allowed, len(resp.Patches), resp.Result)
+		switch {
+		case !resp.Allowed:
+			t.Errorf("%s: the offline injector allows the template, the handler refuses it: %v", where, resp.Result)
+			continue
+		case len(resp.Patches) == 0:
+			if changed {
+				t.Errorf("%s: the offline injector changed the template, the handler leaves it unchanged: %v", where, resp.Result)
+			}
+			continue
+		case !changed:
+			t.Errorf("%s: the offline injector leaves the template unchanged, the handler patches it with %d operations", where, len(resp.Patches))
 			continue
 		}
 		patch, _ := json.Marshal(resp.Patches)
@@ -208,13 +296,56 @@ func comparePods(t *testing.T, n int, in, out []byte, h *injector.Handler) {
 		var want map[string]any
 		_ = json.Unmarshal(patched, &want)
 		if d := cmp.Diff(want, op.pod); d != "" {
-			t.Errorf("document %d, %s: differs from the admission handler's pod (-handler +offline):\n%s", n, ip.what, d)
+			t.Errorf("%s: differs from the admission handler's pod (-handler +offline):\n%s", where, d)
 		}
 	}
 }
 
+// asAdmitted returns the pod of a template as the API server sends it to the
+// webhook: the deprecated spec.serviceAccount copied into spec.serviceAccountName.
+func asAdmitted(t *testing.T, pod map[string]any) []byte {
+	t.Helper()
+	raw, _ := json.Marshal(pod)
+	var p map[string]any
+	if err := json.Unmarshal(raw, &p); err != nil {
+		t.Fatal(err)
+	}
+	if spec, ok := p["spec"].(map[string]any); ok {
+		if name, _ := spec["serviceAccountName"].(string); name == "" && spec["serviceAccount"] != nil {
+			spec["serviceAccountName"] = spec["serviceAccount"]
+		}
+	}
+	raw, _ = json.Marshal(p)
+	return raw
+}
+
+// jsonObject decodes a document's JSON; false when it is no object.
+func jsonObject(t *testing.T, raw []byte) (map[string]any, bool) {
+	t.Helper()
+	if len(raw) == 0 {
+		return nil, false
+	}
+	var v any
+	if err := json.Unmarshal(raw, &v); err != nil {
+		t.Fatal(err)
+	}
+	m, ok := v.(map[string]any)
+	return m, ok
+}
+
+// podOfTemplate decodes a template's pod.
+func podOfTemplate(t *testing.T, tp templatePod) *corev1.Pod {
+	t.Helper()
+	raw, _ := json.Marshal(tp.pod)
+	pod := &corev1.Pod{}
+	if err := json.Unmarshal(raw, pod); err != nil {
+		t.Fatalf("%s: %v", tp.what, err)
+	}
+	return pod
+}
+
 // checkInjected checks the injection invariants of an injected pod.
-func checkInjected(t *testing.T, n int, what string, pod map[string]any) {
+func checkInjected(t *testing.T, where string, pod map[string]any) {
 	t.Helper()
 	var injected corev1.Pod
 	b, _ := json.Marshal(pod)
@@ -222,7 +353,7 @@ func checkInjected(t *testing.T, n int, what string, pod map[string]any) {
 		t.Fatal(err)
 	}
 	if err := mutate.CheckInvariants(&injected); err != nil {
-		t.Errorf("document %d, %s: injection invariants: %v", n, what, err)
+		t.Errorf("%s: injection invariants: %v", where, err)
 	}
 }
 
@@ -231,9 +362,11 @@ type templatePod struct {
 	pod             map[string]any
 }
 
-// templates returns the pods of an object's templates (of each item of a List).
+// templates returns the pods of an object's templates (of each item of a
+// List), with namespace for objects that name none.
 func templates(obj map[string]any, namespace string) []templatePod {
-	if items, ok := obj["items"].([]any); ok {
+	kind, _ := obj["kind"].(string)
+	if items, ok := obj["items"].([]any); ok && strings.HasSuffix(kind, "List") {
 		var out []templatePod
 		for _, it := range items {
 			if m, ok := it.(map[string]any); ok {
@@ -242,7 +375,6 @@ func templates(obj map[string]any, namespace string) []templatePod {
 		}
 		return out
 	}
-	kind, _ := obj["kind"].(string)
 	apiVersion, _ := obj["apiVersion"].(string)
 	group, _, found := strings.Cut(apiVersion, "/")
 	if !found {
@@ -267,47 +399,6 @@ func templates(obj map[string]any, namespace string) []templatePod {
 	name, _ := md["name"].(string)
 	pod := map[string]any{"apiVersion": "v1", "kind": "Pod", "metadata": cur["metadata"], "spec": cur["spec"]}
 	return []templatePod{{what: kind + " " + name, namespace: ns, pod: pod}}
-}
-
-// newHandler returns the admission handler configured by the case's webhook
-// flags, reading the Namespaces and ServiceAccounts of the input (or nil when
-// the case gives them by flag instead, which only the offline injector reads).
-func newHandler(t *testing.T, flags []string, docs []*document) *injector.Handler {
-	t.Helper()
-	var opts injector.Options
-	fs := flag.NewFlagSet("test", flag.ContinueOnError)
-	opts.BindFlags(fs)
-	var webhookFlags []string
-	for _, f := range flags {
-		switch {
-		case strings.HasPrefix(f, "-n="), strings.HasPrefix(f, "--namespace="):
-		case strings.Contains(f, "-annotation="):
-			return nil
-		default:
-			webhookFlags = append(webhookFlags, f)
-		}
-	}
-	if err := fs.Parse(webhookFlags); err != nil {
-		t.Fatal(err)
-	}
-	if err := opts.Complete(); err != nil {
-		t.Fatal(err)
-	}
-	r := newRun(Options{Namespace: "default"})
-	for _, d := range docs {
-		r.visit(d, "", d.where, d.json, r.collect)
-	}
-	var objs []client.Object
-	for _, ns := range r.nss {
-		objs = append(objs, ns)
-	}
-	for _, sa := range r.sas {
-		objs = append(objs, sa)
-	}
-	h := opts.NewHandler()
-	h.Reader = fake.NewClientBuilder().WithObjects(objs...).Build()
-	h.Log = logr.Discard()
-	return h
 }
 
 func caseFlags(t *testing.T, dir string) []string {

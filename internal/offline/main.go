@@ -16,8 +16,9 @@ const Command = "inject"
 
 // Main runs `kvinject-webhook inject` with the arguments after "inject" and
 // returns the exit code: 0 when the documents were printed to stdout, 1 when
-// a pod template was refused or a document could not be read (nothing is
-// printed then), 2 for bad usage. Warnings and errors go to stderr.
+// a pod template was refused, a document could not be read or an input holds
+// no documents (nothing is printed then), 2 for bad usage. Warnings and
+// errors go to stderr.
 //
 // It takes the webhook's injection flags (injector.Options: --agent-image,
 // --default-*, policy, resources...), exactly as the server does, plus:
@@ -26,60 +27,15 @@ const Command = "inject"
 //	-n, --namespace                namespace of objects that name none (default "default")
 //	--namespace-annotation k=v     annotation of every Namespace not in the input (repeatable)
 //	--service-account-annotation k=v  annotation of every ServiceAccount not in the input (repeatable)
+//	--webhook-namespace ns         the webhook's own namespace, never sent to it (default "kvinject-system")
+//	--excluded-namespaces a,b      other namespaces never sent to it (default "kube-system")
 func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
-	const name = "kvinject-webhook " + Command
-	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	var (
-		iopts injector.Options
-		files []string
-		opts  Options
-	)
-	iopts.BindFlags(fs)
-	addFile := func(s string) error {
-		if s == "" {
-			return errors.New("empty file name (use - for stdin)")
-		}
-		files = append(files, s)
-		return nil
+	cmd, code, ok := parse(args, stderr)
+	if !ok {
+		return code
 	}
-	fs.Func("f", "a file of YAML or JSON documents, or - for stdin (repeatable)", addFile)
-	fs.Func("filename", "same as -f", addFile)
-	fs.StringVar(&opts.Namespace, "n", "default", "namespace of objects that name none")
-	fs.StringVar(&opts.Namespace, "namespace", "default", "same as -n")
-	fs.Func("namespace-annotation", "key=value: an annotation of every Namespace that the input does not hold, e.g. kvinject.dev/vault=contoso-shop (repeatable; without any, such Namespaces do not exist)",
-		annotationFlag(&opts.NamespaceAnnotations))
-	fs.Func("service-account-annotation", "key=value: an annotation of every ServiceAccount that the input does not hold, e.g. azure.workload.identity/client-id=<client-id> (repeatable; without any, such ServiceAccounts do not exist)",
-		annotationFlag(&opts.ServiceAccountAnnotations))
-	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: %s -f <file|-> [-f ...] --agent-image=<image> [the webhook's flags] [flags]\n\n"+
-			"Prints the documents with every opted-in pod template injected exactly as the webhook would inject it.\n"+
-			"Namespaces and ServiceAccounts are read from the input, else from --namespace-annotation and\n"+
-			"--service-account-annotation. Exit code: 0 printed, 1 refused (nothing printed), 2 bad usage.\n\nFlags:\n", name)
-		fs.PrintDefaults()
-	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		return 2
-	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "%s: unexpected argument %q (files are given with -f)\n", name, fs.Arg(0))
-		return 2
-	}
-	if len(files) == 0 {
-		fmt.Fprintf(stderr, "%s: no input: give -f <file> or -f - for stdin\n", name)
-		return 2
-	}
-	if err := iopts.Complete(); err != nil {
-		fmt.Fprintf(stderr, "%s: %v\n", name, err)
-		return 2
-	}
-	opts.Defaults, opts.Mutate = iopts.Defaults, iopts.Mutate
-
 	var inputs []Input
-	for _, f := range files {
+	for _, f := range cmd.files {
 		in := Input{Name: f}
 		var err error
 		if f == "-" {
@@ -89,32 +45,101 @@ func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 			in.Data, err = os.ReadFile(f)
 		}
 		if err != nil {
-			fmt.Fprintf(stderr, "%s: reading %s: %v\n", name, in.Name, err)
+			fmt.Fprintf(stderr, "%s: reading %s: %v\n", cmdName, in.Name, err)
 			return 1
 		}
 		inputs = append(inputs, in)
 	}
-	res, err := Inject(inputs, opts)
+	res, err := Inject(inputs, cmd.opts)
 	for _, w := range res.Warnings {
 		fmt.Fprintln(stderr, "warning:", w)
 	}
 	if err != nil {
 		var e *Error
 		if errors.As(err, &e) {
-			fmt.Fprintf(stderr, "%s: refused, nothing printed:\n", name)
+			fmt.Fprintf(stderr, "%s: refused, nothing printed:\n", cmdName)
 			for _, p := range e.Problems {
 				fmt.Fprintln(stderr, "  "+p)
 			}
 		} else {
-			fmt.Fprintf(stderr, "%s: %v\n", name, err)
+			fmt.Fprintf(stderr, "%s: %v\n", cmdName, err)
 		}
 		return 1
 	}
 	if _, err := stdout.Write(res.Output); err != nil {
-		fmt.Fprintf(stderr, "%s: writing the output: %v\n", name, err)
+		fmt.Fprintf(stderr, "%s: writing the output: %v\n", cmdName, err)
 		return 1
 	}
 	return 0
+}
+
+// cmdName is the command's name in messages.
+const cmdName = "kvinject-webhook " + Command
+
+// command is a parsed command line.
+type command struct {
+	files []string
+	// iopts are the webhook's injection flags, completed; opts.Defaults and
+	// opts.Mutate come from them.
+	iopts injector.Options
+	opts  Options
+}
+
+// parse reads the command line. When it returns false, Main exits with code;
+// the message, if any, has been written to stderr.
+func parse(args []string, stderr io.Writer) (cmd command, code int, ok bool) {
+	fs := flag.NewFlagSet(cmdName, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var webhookNamespace, otherExcluded string
+	cmd.iopts.BindFlags(fs)
+	addFile := func(s string) error {
+		if s == "" {
+			return errors.New("empty file name (use - for stdin)")
+		}
+		cmd.files = append(cmd.files, s)
+		return nil
+	}
+	opts := &cmd.opts
+	fs.Func("f", "a file of YAML or JSON documents, or - for stdin (repeatable)", addFile)
+	fs.Func("filename", "same as -f", addFile)
+	fs.StringVar(&opts.Namespace, "n", "default", "namespace of objects that name none")
+	fs.StringVar(&opts.Namespace, "namespace", "default", "same as -n")
+	fs.Func("namespace-annotation", "key=value: an annotation of every Namespace that the input does not hold, e.g. kvinject.dev/vault=contoso-shop (repeatable; without any, such Namespaces do not exist)",
+		annotationFlag(&opts.NamespaceAnnotations))
+	fs.Func("service-account-annotation", "key=value: an annotation of every ServiceAccount that the input does not hold, e.g. azure.workload.identity/client-id=<client-id> (repeatable; without any, such ServiceAccounts do not exist)",
+		annotationFlag(&opts.ServiceAccountAnnotations))
+	fs.StringVar(&webhookNamespace, "webhook-namespace", DefaultWebhookNamespace, "the webhook's own namespace (the server's --namespace, the Helm release namespace): the cluster never sends its pods to the webhook, so they are printed unchanged")
+	fs.StringVar(&otherExcluded, "excluded-namespaces", DefaultOtherExcludedNamespaces, "comma-separated namespaces besides --webhook-namespace whose pods the cluster never sends to the webhook (the Helm chart's webhook.excludedNamespaces; empty for none): printed unchanged")
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "Usage: %s -f <file|-> [-f ...] --agent-image=<image> [the webhook's flags] [flags]\n\n"+
+			"Prints the documents with every opted-in pod template injected exactly as the webhook would inject it.\n"+
+			"Namespaces and ServiceAccounts are read from the input, else from --namespace-annotation and\n"+
+			"--service-account-annotation. Pods of --webhook-namespace and --excluded-namespaces, which the\n"+
+			"cluster never sends to the webhook, are printed unchanged.\n"+
+			"Exit code: 0 printed, 1 refused or no documents (nothing printed), 2 bad usage.\n\nFlags:\n", cmdName)
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return cmd, 0, false
+		}
+		return cmd, 2, false
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "%s: unexpected argument %q (files are given with -f)\n", cmdName, fs.Arg(0))
+		return cmd, 2, false
+	}
+	if len(cmd.files) == 0 {
+		fmt.Fprintf(stderr, "%s: no input: give -f <file> or -f - for stdin\n", cmdName)
+		return cmd, 2, false
+	}
+	if err := cmd.iopts.Complete(); err != nil {
+		fmt.Fprintf(stderr, "%s: %v\n", cmdName, err)
+		return cmd, 2, false
+	}
+	opts.Defaults, opts.Mutate = cmd.iopts.Defaults, cmd.iopts.Mutate
+	opts.ExcludedNamespaces = ExcludedNamespaces(webhookNamespace, otherExcluded)
+	return cmd, 0, true
 }
 
 // annotationFlag parses key=value into *m.

@@ -30,6 +30,8 @@ spec:
       annotations: {kvinject.dev/secrets: a=A}
     spec: {containers: [{name: web, image: web:1}]}
 `)
+	empty := write("empty.yaml", "")
+	system := write("system.yaml", strings.Replace(string(mustRead(t, deploy)), "namespace: shop", "namespace: kube-system", 1))
 	bad := write("bad.yaml", strings.Replace(string(mustRead(t, deploy)), "a=A", "../a=A", 1))
 	image := "--agent-image=ghcr.io/kvinject/agent:v0.1.0"
 
@@ -48,6 +50,13 @@ spec:
 			stdout: []string{"kvinject.dev/status: injected"}},
 		{name: "refused names the file", args: []string{"-f", ns, "-f", bad, image}, code: 1, noStdout: true,
 			stderr: []string{"refused, nothing printed:", bad + `: document 1 (Deployment shop/web): spec.template: kvinject.dev/secrets: entry "../a=A"`}},
+		{name: "empty file", args: []string{"-f", ns, "-f", empty, image}, code: 1, noStdout: true,
+			stderr: []string{"refused, nothing printed:", "no documents in " + empty}},
+		{name: "empty stdin", args: []string{"-f", "-", image}, stdin: "", code: 1, noStdout: true, stderr: []string{"no documents in <stdin>"}},
+		{name: "excluded namespace", args: []string{"-f", system, image}, code: 0,
+			stdout: []string{string(mustRead(t, system))}, stderr: []string{"(Deployment kube-system/web): not injected: the webhook's namespaceSelector excludes namespace kube-system (excluded: kube-system, kvinject-system)"}},
+		{name: "webhook namespace", args: []string{"-f", ns, "-f", deploy, image, "--webhook-namespace=shop", "--excluded-namespaces="}, code: 0,
+			stdout: []string{string(mustRead(t, deploy))}, stderr: []string{"excludes namespace shop (excluded: shop)"}},
 		{name: "missing file", args: []string{"-f", filepath.Join(dir, "nope.yaml"), image}, code: 1, noStdout: true, stderr: []string{"nope.yaml"}},
 		{name: "no input", args: []string{image}, code: 2, noStdout: true, stderr: []string{"no input: give -f <file>"}},
 		{name: "no agent image", args: []string{"-f", deploy}, code: 2, noStdout: true, stderr: []string{"--agent-image is required"}},

@@ -2,7 +2,8 @@
 // admission requests: `kvinject-webhook inject -f <file|->` reads Pods and
 // workloads (Deployments, StatefulSets, DaemonSets, ReplicaSets, Jobs,
 // CronJobs, ReplicationControllers) from multi-document YAML, also inside a
-// `kind: List`, and prints them as the cluster would run them.
+// `kind: List` (or PodList...) whose items are an array, and prints them as
+// the cluster would run them.
 //
 // Each pod template is decided by injector.Decide, the admission handler's own
 // decision (mapping.Resolve, then mutate.Patch), with the same defaults from
@@ -11,10 +12,12 @@
 // patch is applied to the document as the API server applies it to the pod,
 // so fields this build does not know are kept.
 //
-// Documents that are not workloads, and workloads whose template is not opted
-// in or is already injected, are printed byte for byte as they came. Any
-// refusal or unreadable document fails the whole run, naming the document and
-// the field, and nothing is printed.
+// Documents that are not workloads, workloads whose template is not opted in
+// or is already injected, and workloads in a namespace that the cluster never
+// sends to the webhook (Options.ExcludedNamespaces; with a warning) are printed
+// byte for byte as they came. Any refusal, unreadable document or input
+// without documents fails the whole run, naming the document and the field,
+// and nothing is printed.
 package offline
 
 import (
@@ -50,6 +53,10 @@ type Options struct {
 	// ServiceAccountAnnotations are the annotations of every ServiceAccount
 	// that the input does not hold; nil means such a ServiceAccount does not exist.
 	ServiceAccountAnnotations map[string]string
+	// ExcludedNamespaces are the namespaces whose pods the cluster never sends
+	// to the webhook (its namespaceSelector); their templates are printed
+	// unchanged, with a warning. nil means DefaultExcludedNamespaces().
+	ExcludedNamespaces []string
 }
 
 // Input is one named stream of YAML (or JSON) documents.
@@ -139,8 +146,10 @@ type document struct {
 // run is the state of one Inject call.
 type run struct {
 	opts     Options
+	excluded map[string]bool
 	nss      map[string]*corev1.Namespace
-	sas      map[string]*corev1.ServiceAccount // by "<namespace>/<name>"
+	sas      map[string]*corev1.ServiceAccount       // by "<namespace>/<name>"
+	spcs     map[string]*mapping.SecretProviderClass // by "<namespace>/<name>"
 	warned   map[string]bool
 	reported map[string]bool
 	res      Result
@@ -148,22 +157,36 @@ type run struct {
 }
 
 func newRun(opts Options) *run {
-	return &run{opts: opts, nss: map[string]*corev1.Namespace{}, sas: map[string]*corev1.ServiceAccount{},
+	if opts.Namespace == "" {
+		opts.Namespace = "default"
+	}
+	if opts.ExcludedNamespaces == nil {
+		opts.ExcludedNamespaces = DefaultExcludedNamespaces()
+	}
+	r := &run{opts: opts, excluded: map[string]bool{}, nss: map[string]*corev1.Namespace{}, sas: map[string]*corev1.ServiceAccount{},
+		spcs:   map[string]*mapping.SecretProviderClass{},
 		warned: map[string]bool{}, reported: map[string]bool{}}
+	for _, ns := range opts.ExcludedNamespaces {
+		r.excluded[ns] = true
+	}
+	return r
 }
 
 // Inject reads every document of inputs and returns them, with the pod
 // templates that opt in injected as the webhook would inject them.
 func Inject(inputs []Input, opts Options) (Result, error) {
-	if opts.Namespace == "" {
-		opts.Namespace = "default"
-	}
 	r := newRun(opts)
 	var docs []*document
 	for _, in := range inputs {
 		d, err := split(in)
 		if err != nil {
 			r.problem(nil, err.Error())
+			continue
+		}
+		if !hasContent(d) {
+			// An empty input is most likely a failed upstream command in a
+			// pipe: do not make it an empty, successful render.
+			r.problem(nil, fmt.Sprintf("no documents in %s", in.Name))
 			continue
 		}
 		docs = append(docs, d...)
@@ -221,6 +244,16 @@ func split(in Input) ([]*document, error) {
 	}
 }
 
+// hasContent reports whether any of docs is more than comments and blank lines.
+func hasContent(docs []*document) bool {
+	for _, d := range docs {
+		if d.json != nil {
+			return true
+		}
+	}
+	return false
+}
+
 // visitor is called for each object: the document, the JSON pointer of the
 // object in it ("" for the document itself), its name for messages, and its JSON.
 type visitor func(d *document, at, where string, obj *object, raw []byte)
@@ -235,20 +268,13 @@ func (r *run) visit(d *document, at, where string, raw []byte, fn visitor) {
 		return // no Kubernetes object: printed as it is
 	}
 	obj := object{APIVersion: apiVersion, Kind: kind}
-	if strings.HasSuffix(kind, "List") {
-		var list struct {
-			Items []json.RawMessage `json:"items"`
-		}
-		if json.Unmarshal(raw, &list) != nil {
-			r.problem(d, fmt.Sprintf("%s (%s): items: not a list", where, kind))
-			return
-		}
-		for i, item := range list.Items {
+	if items, ok := listItems(kind, raw); ok {
+		for i, item := range items {
 			r.visit(d, fmt.Sprintf("%s/items/%d", at, i), fmt.Sprintf("%s, item %d", where, i+1), item, fn)
 		}
 		return
 	}
-	if _, workload := templatePaths[obj.group()+"/"+kind]; !workload && (obj.group() != "" || kind != "Namespace" && kind != "ServiceAccount") {
+	if _, workload := templatePaths[obj.group()+"/"+kind]; !workload && !readByDecision(&obj) {
 		return // neither a workload nor an object a decision reads
 	}
 	var meta struct {
@@ -264,12 +290,56 @@ func (r *run) visit(d *document, at, where string, raw []byte, fn visitor) {
 	fn(d, at, where, &obj, raw)
 }
 
-// collect records the Namespaces and ServiceAccounts of the input.
+// listItems returns the items of a List: an object whose kind is List or ends
+// in List (PodList, DeploymentList...) and whose items are a JSON array. Any
+// other object, such as a custom kind that only ends in List, is no List.
+func listItems(kind string, raw []byte) ([]json.RawMessage, bool) {
+	if !strings.HasSuffix(kind, "List") {
+		return nil, false
+	}
+	var list struct {
+		Items json.RawMessage `json:"items"`
+	}
+	if json.Unmarshal(raw, &list) != nil || len(list.Items) == 0 || list.Items[0] != '[' {
+		return nil, false // no items, or not an array (null included)
+	}
+	var items []json.RawMessage
+	if json.Unmarshal(list.Items, &items) != nil {
+		return nil, false // cannot happen: the array was read once already
+	}
+	return items, true
+}
+
+// readByDecision reports whether a decision reads obj: a Namespace, a
+// ServiceAccount or a SecretProviderClass.
+func readByDecision(obj *object) bool {
+	if obj.APIVersion == injector.SecretProviderClassGVK.GroupVersion().String() && obj.Kind == injector.SecretProviderClassGVK.Kind {
+		return true
+	}
+	return obj.group() == "" && (obj.Kind == "Namespace" || obj.Kind == "ServiceAccount")
+}
+
+// collect records the Namespaces, ServiceAccounts and SecretProviderClasses of the input.
 func (r *run) collect(d *document, _, where string, obj *object, raw []byte) {
-	if obj.group() != "" || (obj.Kind != "Namespace" && obj.Kind != "ServiceAccount") {
+	if !readByDecision(obj) {
 		return
 	}
 	switch obj.Kind {
+	case injector.SecretProviderClassGVK.Kind:
+		var u map[string]any
+		if err := json.Unmarshal(raw, &u); err != nil {
+			r.problem(d, fmt.Sprintf("%s (SecretProviderClass %s): %v", where, obj.Metadata.Name, err))
+			return
+		}
+		spc, err := injector.SecretProviderClassFrom(u)
+		if err != nil {
+			r.problem(d, fmt.Sprintf("%s (SecretProviderClass %s): %v", where, obj.Metadata.Name, err))
+			return
+		}
+		if spc.Namespace == "" {
+			spc.Namespace = r.opts.Namespace
+		}
+		r.spcs[spc.Namespace+"/"+spc.Name] = &spc
 	case "Namespace":
 		ns := &corev1.Namespace{}
 		if err := json.Unmarshal(raw, ns); err != nil {
@@ -327,10 +397,28 @@ func (r *run) inject(d *document, at, where string, obj *object, raw []byte) {
 	if !injector.OptedIn(pod) {
 		return
 	}
+	if r.excluded[namespace] {
+		r.res.Warnings = append(r.res.Warnings, fmt.Sprintf("%s: not injected: the webhook's namespaceSelector excludes namespace %s (excluded: %s), so the cluster never sends its pods to the webhook",
+			where, namespace, strings.Join(r.opts.ExcludedNamespaces, ", ")))
+		return
+	}
 	// As in the handler: a pod being created may not carry its namespace yet.
 	pod.Namespace = namespace
+	// As the API server does before admission: the deprecated
+	// spec.serviceAccount stands for spec.serviceAccountName.
+	if pod.Spec.ServiceAccountName == "" {
+		pod.Spec.ServiceAccountName = pod.Spec.DeprecatedServiceAccount
+	}
 	ns, sa := r.lookup(where, pod)
-	dec := injector.Decide(pod, ns, sa, r.opts.Defaults, r.opts.Mutate)
+	var spc *mapping.SecretProviderClass
+	if name, ok := pod.Annotations[mapping.AnnotationSecretProviderClass]; ok {
+		// Only from the input: there is no cluster to read it from.
+		if spc = r.spcs[namespace+"/"+name]; spc == nil {
+			r.res.Warnings = append(r.res.Warnings, fmt.Sprintf("%s: SecretProviderClass %s/%s is not in the input (add it: kubectl get secretproviderclass -n %s %s -o yaml)",
+				where, namespace, name, namespace, name))
+		}
+	}
+	dec := injector.DecideWithClass(pod, ns, sa, spc, r.opts.Defaults, r.opts.Mutate)
 	for _, w := range dec.Warnings {
 		r.res.Warnings = append(r.res.Warnings, where+": "+prefixed(field, w))
 	}

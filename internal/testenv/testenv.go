@@ -119,6 +119,9 @@ func Start(ctx context.Context, opts Options) (_ *Env, err error) {
 	e.logf("starting kube-apiserver and etcd (envtest) with the webhook configuration from manifests/webhook")
 	e.API = &envtest.Environment{
 		WebhookInstallOptions: envtest.WebhookInstallOptions{Paths: []string{filepath.Join(root, "manifests", "webhook")}},
+		// The CRDs of other projects that kvinject reads (SecretProviderClass).
+		CRDDirectoryPaths:     []string{filepath.Join(root, "test", "crds")},
+		ErrorIfCRDPathMissing: true,
 	}
 	// envtest turns the ServiceAccount admission plugin off; a real cluster has it.
 	e.API.ControlPlane.GetAPIServer().Configure().Set("disable-admission-plugins", "")

@@ -81,7 +81,7 @@ func (c *AgentConfig) RegisterFlags(fs *flag.FlagSet) {
 		c.Rotation = d
 		return nil
 	})
-	fs.Func("secret", "<file>=<secret-name>[@<version>]; repeat for each file", func(s string) error {
+	fs.Func("secret", "an entry of the mapping, <file>=[<kind>:]<name>[@<version>][;<option>...]; repeat for each entry", func(s string) error {
 		e, err := ParseEntry(s)
 		if err != nil {
 			return err
@@ -111,16 +111,9 @@ func (c *AgentConfig) Validate() error {
 		return fmt.Errorf("--identity is required: workload, managed or system")
 	}
 	if len(c.Entries) == 0 {
-		return fmt.Errorf("no --secret given: pass --secret=<file>=<secret-name>[@<version>] for each file")
+		return fmt.Errorf("no --secret given: pass --secret=<entry> for each entry of the mapping, e.g. --secret=<file>=<secret-name>[@<version>]")
 	}
-	seen := map[string]bool{}
-	for _, e := range c.Entries {
-		if seen[e.File] {
-			return fmt.Errorf("--secret: file %q is given twice", e.File)
-		}
-		seen[e.File] = true
-	}
-	if p := nestedFileProblems(c.Entries); len(p) > 0 {
+	if p := fileProblems(c.Entries, nil); len(p) > 0 {
 		return fmt.Errorf("--secret: %s", strings.Join(p, "; "))
 	}
 	if c.Mode == AgentModeSidecar && c.Rotation == 0 {

@@ -43,7 +43,7 @@ func TestParseAgentArgsErrors(t *testing.T) {
 		{[]string{"init", "--dir=/d", "--vault=https://v/", "--secret=a=B"}, "--identity is required"},
 		{[]string{"init", "--dir=/d", "--vault=https://v/", "--identity=pod"}, `"pod": use workload`},
 		{[]string{"init", "--dir=/d", "--vault=https://v/", "--identity=system"}, "no --secret given"},
-		{append([]string{"init", "--secret=a=C"}, ok...), `file "a" is given twice`},
+		{append([]string{"init", "--secret=a=C"}, ok...), `file "a" is already used by entry "a=C"`},
 		{append([]string{"init", "--secret=../x=C"}, ok...), "must not start with '..'"},
 		{append([]string{"init", "--file-mode=999"}, ok...), "not an octal mode"},
 		{append([]string{"sidecar", "--rotation=fast"}, ok...), "not a positive duration"},

@@ -26,7 +26,7 @@ const (
 	AnnotationTenantID = Prefix + "tenant-id"
 	// AnnotationCloud is the Azure cloud: AzurePublicCloud, AzureUSGovernmentCloud or AzureChinaCloud.
 	AnnotationCloud = Prefix + "cloud"
-	// AnnotationSecrets is the mapping of files to secrets: "<file>=<secret-name>[@<version>], ...".
+	// AnnotationSecrets is the mapping of files to Key Vault objects: "<file>=[<kind>:]<name>[@<version>][;<option>...], ..." (see Entry).
 	AnnotationSecrets = Prefix + "secrets"
 	// AnnotationMountPath is where the app containers see the files (default /app/secrets).
 	AnnotationMountPath = Prefix + "mount-path"
@@ -74,7 +74,7 @@ func IsAgentContainer(name string) bool {
 
 // podKeys are the annotation keys a pod may carry, in the order the README lists them.
 var podKeys = []string{
-	AnnotationVault, AnnotationSecrets, AnnotationMountPath, AnnotationContainers,
+	AnnotationVault, AnnotationSecrets, AnnotationSecretProviderClass, AnnotationMountPath, AnnotationContainers,
 	AnnotationFileMode, AnnotationRotation, AnnotationIdentity, AnnotationTenantID,
 	AnnotationCloud, AnnotationAgentCPURequest, AnnotationAgentMemoryRequest,
 	AnnotationAgentCPULimit, AnnotationAgentMemoryLimit, AnnotationStatus,

@@ -3,6 +3,7 @@ package mapping
 import (
 	"net/url"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -25,7 +26,9 @@ func checkFuzzEntries(t *testing.T, entries []Entry) {
 	if len(entries) == 0 || len(entries) > maxEntries {
 		t.Fatalf("accepted %d entries, want 1-%d", len(entries), maxEntries)
 	}
-	files := map[string]bool{}
+	// paths maps every path an entry writes to whether it is a directory whose
+	// content is only known at run time (history, JSON).
+	paths := map[string]bool{}
 	for _, e := range entries {
 		f := e.File
 		switch {
@@ -47,18 +50,84 @@ func checkFuzzEntries(t *testing.T, entries []Entry) {
 		if e.Version != "" && !fuzzVersionRE.MatchString(e.Version) {
 			t.Errorf("entry %+v: version is neither empty nor 32 lowercase hex digits", e)
 		}
-		if files[f] {
-			t.Errorf("file %q is used twice", f)
+		checkFuzzTyped(t, e)
+		dir := e.History > 0 || e.Format == FormatJSON
+		var mine []string
+		switch {
+		case dir:
+			mine = []string{f}
+		case e.Split:
+			mine = []string{f + ".key", f + ".crt"}
+		default:
+			mine = []string{f}
 		}
-		files[f] = true
+		for _, p := range mine {
+			if _, dup := paths[p]; dup {
+				t.Errorf("file %q is used twice", p)
+			}
+			paths[p] = dir
+		}
 	}
-	// No file is also the directory of another.
-	for f := range files {
-		for i := range len(f) {
-			if f[i] == '/' && files[f[:i]] {
-				t.Errorf("file %q is also the directory of %q", f[:i], f)
+	// No path is inside a file, or inside the directory of a history or JSON entry.
+	for p := range paths {
+		for i := range len(p) {
+			if p[i] != '/' {
+				continue
+			}
+			if isDir, ok := paths[p[:i]]; ok {
+				t.Errorf("%q (directory: %v) also holds %q", p[:i], isDir, p)
 			}
 		}
+	}
+}
+
+// checkFuzzTyped checks the typed fields of an accepted entry: known values
+// only, and only the combinations the README documents.
+func checkFuzzTyped(t *testing.T, e Entry) {
+	t.Helper()
+	switch e.Type {
+	case "", ObjectSecret:
+		if e.Split && e.Format != FormatPEM {
+			t.Errorf("entry %+v: split without format=pem", e)
+		}
+		if e.Encoding != "" && e.Format != "" {
+			t.Errorf("entry %+v: encoding with a format", e)
+		}
+	case ObjectCert, ObjectKey:
+		if (e.Format != "" && e.Format != FormatPEM) || e.Split || e.Encoding != "" || e.History != 0 {
+			t.Errorf("entry %+v: a %s entry with secret options", e, e.Type)
+		}
+	default:
+		t.Errorf("entry %+v: unknown type", e)
+	}
+	switch e.Format {
+	case "", FormatPEM, FormatPFX, FormatJSON:
+	default:
+		t.Errorf("entry %+v: unknown format", e)
+	}
+	switch e.Encoding {
+	case "", EncodingBase64, EncodingHex:
+	default:
+		t.Errorf("entry %+v: unknown encoding", e)
+	}
+	if e.History < 0 || e.History > MaxHistory || (e.History > 0 && e.Version != "") {
+		t.Errorf("entry %+v: history out of range or with a pinned version", e)
+	}
+	if e.Mode != 0 && (e.Mode&0o400 == 0 || e.Mode&^0o666 != 0) {
+		t.Errorf("entry %+v: mode %04o", e, e.Mode)
+	}
+	if e.History > 0 {
+		// The longest version file must fit: <file>/<History-1>[.crt].
+		longest := e.File + "/" + strconv.Itoa(e.History-1)
+		if e.Split {
+			longest += ".crt"
+		}
+		if len(longest) > maxFileLen {
+			t.Errorf("entry %+v: writes %q, longer than %d", e, longest, maxFileLen)
+		}
+	}
+	if e.Split && e.History == 0 && len(e.File)+len(".crt") > maxFileLen {
+		t.Errorf("entry %+v: writes %q.crt, longer than %d", e, e.File, maxFileLen)
 	}
 }
 
@@ -88,6 +157,27 @@ func FuzzParseEntries(f *testing.F) {
 		"x//y=A",
 		"/abs=A",
 		"cert=certificate:mycert;format=pem",
+		"tls=secret:web-cert;format=pem;split",
+		"tls=secret:web-cert;format=pem;split,tls.key=x",
+		"ca.crt=cert:web-cert",
+		"ca.crt=cert:web-cert@" + v + ";format=pem",
+		"signing.pub=key:signing-key",
+		"blob.bin=secret:blob;encoding=base64",
+		"hex=blob;encoding=hex;mode=0400",
+		"db=secret:db-pass;history=3",
+		"db=secret:db-pass;history=3,db/0=x",
+		"cfg=secret:app-config;format=json",
+		"cfg=secret:app-config;format=json,cfg/a=x",
+		"h=secret:c;format=pem;split;history=2;mode=0440",
+		" t = Secret:c ; FORMAT = Pfx ; mode = 0o600 ",
+		"a=cert:B;split",
+		"a=B;history=2@" + v,
+		"a=B@" + v + ";history=2",
+		"a=B;;",
+		"a=key:B:C",
+		"cert:web",
+		"web;format=json",
+		strings.Repeat("a", 249) + "=B;history=16",
 		"a=A@",
 		"a=A@xyz",
 		"=A",

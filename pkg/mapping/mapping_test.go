@@ -44,8 +44,8 @@ func TestParseEntries(t *testing.T) {
 		{in: strings.Repeat("a", 254) + "=B", wantErr: "longer than 253"},
 		{in: "a=B,a=C", wantErr: `file "a" is already used by entry "a=B"`},
 		{in: "a=B,a/b=C", wantErr: `file "a" cannot also be the directory of "a/b"`},
-		{in: "a=cert:B", wantErr: "typed entries"},
-		{in: "a=B;format=pem", wantErr: "typed entries"},
+		{in: "a=certificate:B", wantErr: `unknown kind "certificate"`},
+		{in: "a=B;format=yaml", wantErr: `format "yaml"`},
 		{in: "x=B_1, y=C@z", wantErr: `secret name "B_1"`},
 	}
 	for _, tt := range tests {

@@ -174,6 +174,11 @@ func Resolve(pod *corev1.Pod, ns *corev1.Namespace, sa *corev1.ServiceAccount, d
 			warnings = append(warnings, fmt.Sprintf("%s %04o: app containers cannot read the files unless they share the agent's user (all run as one non-root runAsUser) or group (securityContext.fsGroup); use 0444 or set fsGroup", AnnotationFileMode, spec.FileMode))
 		}
 	}
+	for _, e := range spec.Entries {
+		if e.Mode != 0 && !appsCanRead(e.Mode, hasFSGroup, spec.AgentUser != DefaultAgentUser) {
+			warnings = append(warnings, fmt.Sprintf("%s: entry %q, mode %04o: app containers cannot read its files unless they share the agent's user (all run as one non-root runAsUser) or group (securityContext.fsGroup); use ;mode=0444, or set fsGroup and ;mode=0440", AnnotationSecrets, e.String(), e.Mode))
+		}
+	}
 
 	spec.Rotation = d.Rotation
 	if raw, ok := podAnn[AnnotationRotation]; ok {

@@ -66,6 +66,7 @@ func expectedRBAC(in *install, builtin bool, secretName string) (cluster, namesp
 			cluster = append(cluster, rbacRule{"", "", res, "", v})
 		}
 	}
+	cluster = append(cluster, rbacRule{"", "secrets-store.csi.x-k8s.io", "secretproviderclasses", "", "get"})
 	if builtin {
 		for _, v := range []string{"get", "list", "watch"} {
 			cluster = append(cluster, rbacRule{"", "admissionregistration.k8s.io", "mutatingwebhookconfigurations", "", v})
@@ -125,6 +126,9 @@ func (c *cluster) checkRBAC(t *testing.T, in *install, sa *rest.Config, builtin 
 		{true, ra("", "", "serviceaccounts", "", "list")},
 		{false, ra(appsNamespace, "", "serviceaccounts", "app", "update")},
 		{false, ra(appsNamespace, "", "serviceaccounts", "app", "create")}, // incl. tokens
+		{true, ra(appsNamespace, "secrets-store.csi.x-k8s.io", "secretproviderclasses", "app", "get")},
+		{false, ra(appsNamespace, "secrets-store.csi.x-k8s.io", "secretproviderclasses", "", "list")},
+		{false, ra(appsNamespace, "secrets-store.csi.x-k8s.io", "secretproviderclasses", "app", "update")},
 		{false, ra(appsNamespace, "", "pods", "", "list")},
 		{false, ra(appsNamespace, "", "pods", "", "create")},
 		{false, ra(appsNamespace, "", "secrets", "", "get")},

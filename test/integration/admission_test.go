@@ -17,9 +17,11 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	"github.com/kvinject/kvinject/internal/injector"
 	"github.com/kvinject/kvinject/pkg/mapping"
 	"github.com/kvinject/kvinject/pkg/mutate"
 )
@@ -39,7 +41,8 @@ func setupGoldenCluster(t *testing.T) {
 	}
 }
 
-// createObjects creates the Namespaces and ServiceAccounts of a YAML file, once.
+// createObjects creates the Namespaces, ServiceAccounts and SecretProviderClasses
+// of a YAML file, once.
 func createObjects(t *testing.T, file string) {
 	t.Helper()
 	b, err := os.ReadFile(file)
@@ -55,8 +58,12 @@ func createObjects(t *testing.T, file string) {
 		}
 		raw, _ := json.Marshal(u)
 		var obj client.Object = &corev1.Namespace{}
-		if u["kind"] == "ServiceAccount" {
+		switch u["kind"] {
+		case "ServiceAccount":
 			obj = &corev1.ServiceAccount{}
+		case injector.SecretProviderClassGVK.Kind:
+			// Served by the CRD in test/crds, which testenv installs.
+			obj = &unstructured.Unstructured{}
 		}
 		if err := json.Unmarshal(raw, obj); err != nil {
 			t.Fatal(err)
