@@ -64,8 +64,10 @@ const (
 	initTimeout    = 10 * time.Second
 	// faultWindow bounds how long a case waits for the fault to be reported
 	// as expected; a fault that fails more than minReports+2 polls or
-	// attempts without being reported so ends the window early.
-	faultWindow = 5 * time.Second
+	// attempts without being reported so ends the window early. Two retries
+	// after a 1s Retry-After take up to 4s (the agent spreads a Retry-After
+	// over up to twice its length), plus a slow start on a loaded machine.
+	faultWindow = 10 * time.Second
 	// minReports is the number of polls (or init attempts) that must report
 	// the fault before it ends.
 	minReports = 2

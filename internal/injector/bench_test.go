@@ -9,10 +9,12 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/go-logr/logr"
 	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
 	"github.com/kvinject/kvinject/pkg/mapping"
 	"github.com/kvinject/kvinject/pkg/mutate"
@@ -40,7 +42,7 @@ func benchPod(containers, secrets int) *corev1.Pod {
 	return pod
 }
 
-var benchShapes = []struct{ containers, secrets int }{{1, 1}, {1, 10}, {1, 50}, {3, 1}, {3, 10}, {10, 1}, {10, 10}, {10, 50}}
+var benchShapes = []struct{ containers, secrets int }{{1, 1}, {1, 10}, {1, 50}, {3, 1}, {3, 10}, {3, 50}, {10, 1}, {10, 10}, {10, 50}}
 
 var benchSA = &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: "apps", Name: "orders", Annotations: map[string]string{
 	mapping.AnnotationWIClientID: "3f2a1b0c-9d8e-4f7a-b6c5-d4e3f2a1b0c9", mapping.AnnotationWITenantID: "72f988bf-86f1-41af-91ab-2d7cd011db47",
@@ -71,6 +73,9 @@ func BenchmarkResolveAndPatch(b *testing.B) {
 // BenchmarkAdmissionReview measures the whole handling as served, without TLS:
 // request JSON in, decode, look up (cached objects), resolve, patch, response JSON out.
 func BenchmarkAdmissionReview(b *testing.B) {
+	// controller-runtime's webhook logs through its global logger; without one it
+	// prints a "log.SetLogger(...) was never called" stack into the results.
+	ctrllog.SetLogger(logr.Discard())
 	t := &testing.T{}
 	srv := newTestServer(t, baseFlags, nil)
 	srv.Handler.(*admissionWebhook).h.Reader = newBenchReader()
