@@ -74,11 +74,13 @@ func TestFirstSetRetriesOnlyMissing(t *testing.T) {
 	}
 	st := h.emu.Stats()
 	if st.Throttled != 3 || st.Gets != 10 {
-		t.Errorf("throttled, gets = %d, %d; want 3, 10 (each secret read once, the throttled ones retried once)", st.Throttled, st.Gets)
+		t.Errorf("throttled, gets = %d, %d; want 3, 10 (each secret read once, the throttled ones retried)", st.Throttled, st.Gets)
 	}
 	logs := h.logs.String()
-	if n := strings.Count(logs, `"msg":"attempt failed, retrying"`); n != 1 {
-		t.Errorf("the agent retried %d times, want once (after the 429s)", n)
+	// Once when the first attempt fanned out (3 of its reads throttled), up to 3
+	// times when the first read's 429 was back before the others went out.
+	if n := strings.Count(logs, `"msg":"attempt failed, retrying"`); n < 1 || n > 3 {
+		t.Errorf("the agent retried %d times, want 1 to 3 (after the 429s)", n)
 	}
 	if !strings.Contains(logs, `"status":429`) || !strings.Contains(logs, `"retryAfter":"1s"`) {
 		t.Errorf("logs lack the 429 and its Retry-After:\n%s", logs)
@@ -106,10 +108,11 @@ func TestCautiousAfterFailedAttempt(t *testing.T) {
 	if gu.Attempts < 2 {
 		t.Fatalf("only %d attempt(s) in the init timeout", gu.Attempts)
 	}
-	// The first attempt sends every read (the first, then the others once it
-	// went out with the token); each later one a single read.
-	if st := h.emu.Stats(); st.Faults != int64(n+gu.Attempts-1) {
-		t.Errorf("%d reads in %d attempts, want %d", st.Faults, gu.Attempts, n+gu.Attempts-1)
+	// The first attempt sends at most every read (the first, then the others
+	// once it went out with the token, unless its failure was already back);
+	// each later one a single read. Without that caution it would be n per attempt.
+	if st := h.emu.Stats(); st.Faults < int64(gu.Attempts) || st.Faults > int64(n+gu.Attempts-1) {
+		t.Errorf("%d reads in %d attempts, want %d to %d", st.Faults, gu.Attempts, gu.Attempts, n+gu.Attempts-1)
 	}
 }
 
