@@ -123,10 +123,14 @@ func FactsFrom(cfg mapping.AgentConfig, env Env) Facts {
 }
 
 // vaultName is the first label of the vault's host.
-func (f Facts) vaultName() string {
-	u, err := url.Parse(f.VaultURL)
+func (f Facts) vaultName() string { return VaultName(f.VaultURL) }
+
+// VaultName is the vault's name, the first label of its URL's host, as az
+// commands take it (--vault-name); a string that is no URL is returned as it is.
+func VaultName(vaultURL string) string {
+	u, err := url.Parse(vaultURL)
 	if err != nil || u.Host == "" {
-		return f.VaultURL
+		return vaultURL
 	}
 	name, _, _ := strings.Cut(u.Hostname(), ".")
 	return name

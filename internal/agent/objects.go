@@ -54,7 +54,7 @@ func (f *fetcher) getCertificate(ctx context.Context, r objectRef, e mapping.Ent
 	if len(resp.CER) == 0 {
 		return objectValue{}, f.objectError(e, r.version, &ContentError{
 			Why: "Key Vault returned the certificate without its public certificate (cer); a certificate whose creation is still pending has none",
-			Fix: fmt.Sprintf("wait for the certificate to be issued (az keyvault certificate pending show --vault-name %s --name %s)", vaultNameOf(f.vault), e.Name),
+			Fix: fmt.Sprintf("wait for the certificate to be issued (az keyvault certificate pending show --vault-name %s --name %s)", VaultName(f.vault), e.Name),
 		})
 	}
 	if _, err := x509.ParseCertificate(resp.CER); err != nil {
@@ -187,7 +187,7 @@ func (f *fetcher) getHistory(ctx context.Context, r objectRef, e mapping.Entry) 
 	if len(listed) == 0 {
 		return objectValue{}, listErr(&ContentError{
 			Why: "the secret has no enabled version",
-			Fix: fmt.Sprintf("enable a version (az keyvault secret list-versions --vault-name %s --name %s shows them) or set a new value", vaultNameOf(f.vault), e.Name),
+			Fix: fmt.Sprintf("enable a version (az keyvault secret list-versions --vault-name %s --name %s shows them) or set a new value", VaultName(f.vault), e.Name),
 		})
 	}
 	slices.SortStableFunc(listed, func(a, b historyVersion) int {
@@ -226,9 +226,4 @@ func (f *fetcher) getHistory(ctx context.Context, r objectRef, e mapping.Entry) 
 	f.history[r] = cache
 	f.historyMu.Unlock()
 	return out, nil
-}
-
-// vaultNameOf is the first label of a vault URL's host, for az commands.
-func vaultNameOf(vaultURL string) string {
-	return Facts{VaultURL: vaultURL}.vaultName()
 }

@@ -21,7 +21,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net/url"
 	"os"
 	"slices"
 	"strings"
@@ -31,6 +30,7 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/security/keyvault/azsecrets"
 
 	"github.com/kvinject/kvinject/internal/agent"
+	"github.com/kvinject/kvinject/internal/textdist"
 	"github.com/kvinject/kvinject/pkg/mapping"
 )
 
@@ -373,11 +373,11 @@ func azNoun(kind mapping.ObjectType) string {
 func (d *secretChecker) renewal(s secret) string {
 	switch s.kind {
 	case mapping.ObjectCert:
-		return fmt.Sprintf("renew the certificate (az keyvault certificate create or import --vault-name %s --name %s ...)", vaultName(d.vault), s.name)
+		return fmt.Sprintf("renew the certificate (az keyvault certificate create or import --vault-name %s --name %s ...)", agent.VaultName(d.vault), s.name)
 	case mapping.ObjectKey:
-		return fmt.Sprintf("rotate the key (az keyvault key rotate --vault-name %s --name %s)", vaultName(d.vault), s.name)
+		return fmt.Sprintf("rotate the key (az keyvault key rotate --vault-name %s --name %s)", agent.VaultName(d.vault), s.name)
 	}
-	return fmt.Sprintf("set a new value (az keyvault secret set --vault-name %s --name %s ...)", vaultName(d.vault), s.name)
+	return fmt.Sprintf("set a new value (az keyvault secret set --vault-name %s --name %s ...)", agent.VaultName(d.vault), s.name)
 }
 
 // hint lists what the vault has when a secret or version is missing or
@@ -541,7 +541,7 @@ func orUnset(s string) string {
 // host (empty: public), and whether the authority is a known cloud's.
 func clouds(vaultURL, authority string) (vault, auth mapping.Cloud, authKnown bool) {
 	vault = mapping.AzurePublicCloud
-	for _, c := range []mapping.Cloud{mapping.AzurePublicCloud, mapping.AzureUSGovernmentCloud, mapping.AzureChinaCloud} {
+	for _, c := range mapping.Clouds() {
 		if _, err := mapping.VaultURL(vaultURL, c); err == nil {
 			vault = c
 		}
@@ -573,15 +573,6 @@ func withSubject(f agent.Facts) agent.Facts {
 	return f
 }
 
-func vaultName(vaultURL string) string {
-	u, err := url.Parse(vaultURL)
-	if err != nil || u.Host == "" {
-		return vaultURL
-	}
-	name, _, _ := strings.Cut(u.Hostname(), ".")
-	return name
-}
-
 // days renders a duration in days, or hours when shorter than two days.
 func days(d time.Duration) string {
 	if d < 48*time.Hour {
@@ -598,7 +589,7 @@ func closest(want string, names []string) []string {
 	for _, n := range names {
 		ln := strings.ToLower(n)
 		contains := strings.Contains(ln, lw) && len(lw) >= 4 || strings.Contains(lw, ln) && len(ln) >= 4
-		if ln == lw || contains || editDistance(ln, lw) <= max(1, len(lw)/5) {
+		if ln == lw || contains || textdist.Levenshtein(ln, lw) <= max(1, len(lw)/5) {
 			out = append(out, n)
 		}
 		if len(out) == 5 {
@@ -606,27 +597,6 @@ func closest(want string, names []string) []string {
 		}
 	}
 	return out
-}
-
-// editDistance is the Levenshtein distance of two short strings.
-func editDistance(a, b string) int {
-	prev := make([]int, len(b)+1)
-	cur := make([]int, len(b)+1)
-	for j := range prev {
-		prev[j] = j
-	}
-	for i := 1; i <= len(a); i++ {
-		cur[0] = i
-		for j := 1; j <= len(b); j++ {
-			cost := 1
-			if a[i-1] == b[j-1] {
-				cost = 0
-			}
-			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
-		}
-		prev, cur = cur, prev
-	}
-	return prev[len(b)]
 }
 
 func quoteAll(ss []string) string {

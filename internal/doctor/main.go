@@ -191,7 +191,7 @@ func vaultURL(v string, cloud mapping.Cloud) (string, error) {
 		return u, nil
 	}
 	if strings.Contains(v, "/") {
-		for _, c := range []mapping.Cloud{mapping.AzurePublicCloud, mapping.AzureUSGovernmentCloud, mapping.AzureChinaCloud} {
+		for _, c := range mapping.Clouds() {
 			if u, cerr := mapping.VaultURL(v, c); cerr == nil {
 				return u, nil
 			}

@@ -731,9 +731,7 @@ func propertiesJSON(id string, sv *secretVersion) map[string]any {
 }
 
 func secretNotFound(w http.ResponseWriter, nameOrID string) {
-	writeJSON(w, http.StatusNotFound, kvError("SecretNotFound", fmt.Sprintf(
-		"A secret with (name/id) %s was not found in this key vault. If you recently deleted this secret you may be able to recover it using the correct recovery command. For help resolving this issue, please see %s",
-		nameOrID, linkNotFound), ""))
+	notFound(w, "SecretNotFound", "secret", nameOrID)
 }
 
 func (e *Emulator) serveGetSecret(w http.ResponseWriter, host, vaultName string, req kvRequest) {

@@ -332,6 +332,19 @@ func notFound(w http.ResponseWriter, code, what, nameOrID string) {
 		what, nameOrID, what, linkNotFound), ""))
 }
 
+// writeObject answers a get of an object: body, or Key Vault's not-found error
+// (code, e.g. KeyNotFound) naming the object as requested, with its version if any.
+func writeObject(w http.ResponseWriter, body map[string]any, code, what string, req kvRequest) {
+	switch {
+	case body != nil:
+		writeJSON(w, http.StatusOK, body)
+	case req.version == "":
+		notFound(w, code, what, req.name)
+	default:
+		notFound(w, code, what, req.name+"/"+req.version)
+	}
+}
+
 // pickVersion returns the index of the requested version among n versions (the
 // last one when version is empty), or -1.
 func pickVersion(n int, version string, versionOf func(int) string) int {
@@ -358,14 +371,7 @@ func (e *Emulator) serveGetCertificate(w http.ResponseWriter, host, vaultName st
 		}
 	}
 	e.mu.RUnlock()
-	switch {
-	case body != nil:
-		writeJSON(w, http.StatusOK, body)
-	case req.version == "":
-		notFound(w, "CertificateNotFound", "certificate", req.name)
-	default:
-		notFound(w, "CertificateNotFound", "certificate", req.name+"/"+req.version)
-	}
+	writeObject(w, body, "CertificateNotFound", "certificate", req)
 }
 
 // certificateJSON is Key Vault's certificate bundle.
@@ -415,14 +421,7 @@ func (e *Emulator) serveGetKey(w http.ResponseWriter, host, vaultName string, re
 		}
 	}
 	e.mu.RUnlock()
-	switch {
-	case body != nil:
-		writeJSON(w, http.StatusOK, body)
-	case req.version == "":
-		notFound(w, "KeyNotFound", "key", req.name)
-	default:
-		notFound(w, "KeyNotFound", "key", req.name+"/"+req.version)
-	}
+	writeObject(w, body, "KeyNotFound", "key", req)
 }
 
 // keyJSON is Key Vault's key bundle: the public JWK and the attributes.

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/url"
 	"regexp"
+	"slices"
 	"strings"
 )
 
@@ -25,6 +26,9 @@ var (
 )
 
 var clouds = []Cloud{AzurePublicCloud, AzureUSGovernmentCloud, AzureChinaCloud}
+
+// Clouds returns the supported clouds, the public one first.
+func Clouds() []Cloud { return slices.Clone(clouds) }
 
 // ParseCloud returns the cloud with the given name (case-insensitive); empty means public.
 func ParseCloud(name string) (Cloud, error) {

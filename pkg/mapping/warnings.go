@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+
+	"github.com/kvinject/kvinject/internal/textdist"
 )
 
 // unknownKeyWarnings returns one warning for each annotation under kvinject.dev/
@@ -41,30 +43,9 @@ func closestKey(k string) string {
 		if cand == AnnotationStatus {
 			continue
 		}
-		if d := editDistance(strings.ToLower(k), cand); bestDist < 0 || d < bestDist {
+		if d := textdist.Levenshtein(strings.ToLower(k), cand); bestDist < 0 || d < bestDist {
 			best, bestDist = cand, d
 		}
 	}
 	return best
-}
-
-// editDistance is the Levenshtein distance between a and b.
-func editDistance(a, b string) int {
-	prev := make([]int, len(b)+1)
-	cur := make([]int, len(b)+1)
-	for j := range prev {
-		prev[j] = j
-	}
-	for i := 1; i <= len(a); i++ {
-		cur[0] = i
-		for j := 1; j <= len(b); j++ {
-			cost := 1
-			if a[i-1] == b[j-1] {
-				cost = 0
-			}
-			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
-		}
-		prev, cur = cur, prev
-	}
-	return prev[len(b)]
 }
