@@ -59,7 +59,7 @@ machine
 for g in "${groups[@]}"; do
   case $g in
   mutation) run mutation -bench . -benchmem -count=5 ./pkg/... ./internal/injector/ ;;
-  emulator) run emulator -bench . -benchmem -count=3 ./internal/emulator/ ;;
+  emulator) run emulator -bench . -benchmem -count=3 ./internal/testing/emulator/ ;;
   agent)
     run agent -bench 'BenchmarkFirstSet' -benchtime=10x -count=3 ./internal/agent/
     run agent-rotation -bench 'BenchmarkRotation' -benchtime=40x ./internal/agent/

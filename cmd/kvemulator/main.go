@@ -1,5 +1,5 @@
 // Command kvemulator runs the local Azure Key Vault and Azure AD emulator of
-// internal/emulator as a standalone process, for demos and scripts.
+// internal/testing/emulator as a standalone process, for demos and scripts.
 //
 //	kvemulator --config emulator.json [--ca-out ca.pem] [--port 8443]
 //
@@ -35,7 +35,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/kvinject/kvinject/internal/emulator"
+	"github.com/kvinject/kvinject/internal/testing/emulator"
 )
 
 // fileConfig is the format of the --config file.

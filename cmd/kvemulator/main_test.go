@@ -16,7 +16,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/kvinject/kvinject/internal/emulator"
+	"github.com/kvinject/kvinject/internal/testing/emulator"
 )
 
 type syncBuffer struct {

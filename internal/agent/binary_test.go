@@ -15,7 +15,7 @@ import (
 	"time"
 
 	"github.com/kvinject/kvinject/internal/agent"
-	"github.com/kvinject/kvinject/internal/emulator"
+	"github.com/kvinject/kvinject/internal/testing/emulator"
 	"github.com/kvinject/kvinject/pkg/mapping"
 )
 

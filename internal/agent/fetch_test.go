@@ -8,7 +8,7 @@ import (
 	"testing"
 
 	"github.com/kvinject/kvinject/internal/agent"
-	"github.com/kvinject/kvinject/internal/emulator"
+	"github.com/kvinject/kvinject/internal/testing/emulator"
 	"github.com/kvinject/kvinject/pkg/mapping"
 )
 

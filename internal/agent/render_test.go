@@ -15,7 +15,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"software.sslmate.com/src/go-pkcs12"
 
-	"github.com/kvinject/kvinject/internal/emulator"
+	"github.com/kvinject/kvinject/internal/testing/emulator"
 	"github.com/kvinject/kvinject/pkg/mapping"
 )
 

@@ -195,24 +195,43 @@ func TestSecretSyncFollowedByCertWatcher(t *testing.T) {
 	}
 }
 
+// TestStartWhenReady checks that the wrapped runnable starts once ready is
+// closed, whether before or while Start waits, and never when the context ends
+// first.
 func TestStartWhenReady(t *testing.T) {
+	// Not ready until the context ends: Start returns without starting it. Start
+	// returning is the barrier: had it started the runnable, started would be
+	// closed by then.
 	started := make(chan struct{})
 	r := StartWhenReady(runnableFunc(func(ctx context.Context) error { close(started); <-ctx.Done(); return nil }), make(chan struct{}))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- r.Start(ctx) }()
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
 	select {
 	case <-started:
 		t.Fatal("started before ready")
-	case <-time.After(50 * time.Millisecond):
+	default:
 	}
+
+	// Ready while Start waits: it starts, and runs until the context ends.
+	ready := make(chan struct{})
+	started = make(chan struct{})
+	r = StartWhenReady(runnableFunc(func(ctx context.Context) error { close(started); <-ctx.Done(); return nil }), ready)
+	ctx, cancel = context.WithCancel(context.Background())
+	defer cancel()
+	go func() { done <- r.Start(ctx) }()
+	close(ready)
+	<-started
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
 
-	ready := make(chan struct{})
-	close(ready)
+	// Ready before Start: it starts at once.
 	started = make(chan struct{})
 	r = StartWhenReady(runnableFunc(func(ctx context.Context) error { close(started); return nil }), ready)
 	if err := r.Start(context.Background()); err != nil {

@@ -21,7 +21,7 @@ import (
 
 	"github.com/kvinject/kvinject/internal/agent"
 	"github.com/kvinject/kvinject/internal/doctor"
-	"github.com/kvinject/kvinject/internal/emulator"
+	"github.com/kvinject/kvinject/internal/testing/emulator"
 	"github.com/kvinject/kvinject/pkg/mapping"
 )
 

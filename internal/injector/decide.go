@@ -44,20 +44,21 @@ func ServiceAccountName(pod *corev1.Pod) string {
 	return "default"
 }
 
-// Decide is the webhook's decision for an opted-in pod, given its Namespace
-// and ServiceAccount (nil when they do not exist), the cluster defaults and
-// the mutation's configuration: mapping.Resolve, then mutate.Patch. pod.Namespace
-// must be set, as policy depends on it. The admission handler and the offline
-// injector (package offline) both decide through it, so they cannot disagree.
-func Decide(pod *corev1.Pod, ns *corev1.Namespace, sa *corev1.ServiceAccount, d mapping.Defaults, cfg mutate.Config) Decision {
-	return DecideWithClass(pod, ns, sa, nil, d, cfg)
-}
-
-// DecideWithClass is Decide for a pod that may name a SecretProviderClass in
-// kvinject.dev/secret-provider-class: spc is that class, nil when it does not
-// exist. The class stands in for the pod's vault, identity and secrets
-// annotations (mapping.ApplySecretProviderClass) for the decision only: the
+// DecideWithClass is kvinject's decision for an opted-in pod, given its
+// Namespace and ServiceAccount (nil when they do not exist), the
+// SecretProviderClass it names in kvinject.dev/secret-provider-class (nil when
+// it names none or the class does not exist, which is a denial), the cluster
+// defaults and the mutation's configuration: mapping.ApplySecretProviderClass
+// when the pod names a class, then mapping.Resolve, then mutate.Patch.
+// pod.Namespace must be set, as policy depends on it. The class stands in for
+// the pod's vault, identity and secrets annotations for the decision only: the
 // patch does not copy them onto the pod.
+//
+// It is the one entry point both deciders share: the admission handler
+// (Handler.Handle, after reading the objects from the API server) and the
+// offline injector (package offline, after reading them from its input or
+// flags) call it with the same defaults and configuration, so they cannot
+// disagree.
 func DecideWithClass(pod *corev1.Pod, ns *corev1.Namespace, sa *corev1.ServiceAccount, spc *mapping.SecretProviderClass, d mapping.Defaults, cfg mutate.Config) Decision {
 	var warnings []string
 	if name, ok := pod.Annotations[mapping.AnnotationSecretProviderClass]; ok {

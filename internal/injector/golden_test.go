@@ -16,12 +16,11 @@ import (
 	"github.com/google/go-cmp/cmp"
 	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
+	"github.com/kvinject/kvinject/internal/injector/injectortest"
 	"github.com/kvinject/kvinject/pkg/mutate"
 )
 
@@ -212,36 +211,13 @@ func applyPatch(t *testing.T, raw, patch []byte) []byte {
 	return out
 }
 
+// loadObjects reads the cluster objects of a golden case (see
+// injectortest.LoadObjects); a file it cannot read whole fails the test.
 func loadObjects(t testing.TB, file string) []client.Object {
 	t.Helper()
-	dec := utilyaml.NewYAMLOrJSONDecoder(bytes.NewReader(mustRead(t, file)), 4096)
-	var objs []client.Object
-	for {
-		var u map[string]any
-		if err := dec.Decode(&u); err != nil {
-			break
-		}
-		if u == nil {
-			continue
-		}
-		b, _ := json.Marshal(u)
-		var obj client.Object
-		switch u["kind"] {
-		case "Namespace":
-			obj = &corev1.Namespace{}
-		case "ServiceAccount":
-			obj = &corev1.ServiceAccount{}
-		case SecretProviderClassGVK.Kind:
-			u := &unstructured.Unstructured{}
-			u.SetGroupVersionKind(SecretProviderClassGVK)
-			obj = u
-		default:
-			t.Fatalf("%s: unsupported kind %v", file, u["kind"])
-		}
-		if err := json.Unmarshal(b, obj); err != nil {
-			t.Fatal(err)
-		}
-		objs = append(objs, obj)
+	objs, err := injectortest.LoadObjects(file, SecretProviderClassGVK)
+	if err != nil {
+		t.Fatal(err)
 	}
 	return objs
 }

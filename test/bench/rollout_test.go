@@ -17,7 +17,7 @@ import (
 
 	"github.com/kvinject/kvinject/internal/agent"
 	"github.com/kvinject/kvinject/internal/atomicdir"
-	"github.com/kvinject/kvinject/internal/emulator"
+	"github.com/kvinject/kvinject/internal/testing/emulator"
 	"github.com/kvinject/kvinject/pkg/mapping"
 )
 

@@ -27,8 +27,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/yaml"
 
-	"github.com/kvinject/kvinject/internal/emulator"
-	"github.com/kvinject/kvinject/internal/testenv"
+	"github.com/kvinject/kvinject/internal/testing/emulator"
+	"github.com/kvinject/kvinject/internal/testing/testenv"
 	"github.com/kvinject/kvinject/pkg/mapping"
 	"github.com/kvinject/kvinject/pkg/mutate"
 )

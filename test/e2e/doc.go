@@ -1,7 +1,7 @@
 // Package e2e runs kvinject's pods on a real node: a kubelet (built from the Go
 // module proxy for the API server's Kubernetes version) with Debian's
 // containerd and runc, registered with the real kube-apiserver and etcd of
-// internal/testenv, which also runs the real webhook and the Key Vault + Azure
+// internal/testing/testenv, which also runs the real webhook and the Key Vault + Azure
 // AD emulator. The images (the agent's, a test app's and the pod sandbox's) are
 // built locally as OCI tarballs by internal/images and imported into
 // containerd; no registry is involved.

@@ -26,7 +26,7 @@ import (
 	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
 	"github.com/kvinject/kvinject/internal/images"
-	"github.com/kvinject/kvinject/internal/testenv"
+	"github.com/kvinject/kvinject/internal/testing/testenv"
 )
 
 // Image references. No registry serves them: they are imported into the

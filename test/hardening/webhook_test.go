@@ -53,13 +53,30 @@ import (
 // where SetLogger runs at start-up, does not have.
 func init() { ctrllog.SetLogger(logr.Discard()) }
 
-// reader serves Namespaces and ServiceAccounts from memory, optionally slowly or failing.
+// reader serves Namespaces and ServiceAccounts from memory, optionally slowly,
+// failing or held.
 type reader struct {
 	delay atomic.Int64 // nanoseconds
 	fail  atomic.Bool
+	// hold, when set, holds every Get until the channel is closed (or the
+	// lookup's context ends).
+	hold atomic.Pointer[chan struct{}]
+	// namespaceGets counts the Namespace lookups begun: one per admission
+	// request the handler decides on.
+	namespaceGets atomic.Int64
 }
 
 func (r *reader) Get(ctx context.Context, key client.ObjectKey, obj client.Object, _ ...client.GetOption) error {
+	if _, ok := obj.(*corev1.Namespace); ok {
+		r.namespaceGets.Add(1)
+	}
+	if h := r.hold.Load(); h != nil {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-*h:
+		}
+	}
 	if d := time.Duration(r.delay.Load()); d > 0 {
 		select {
 		case <-ctx.Done():
@@ -161,6 +178,24 @@ func (s *server) stop(t *testing.T) {
 // CA to the trusted roots and returns the certificate's serial.
 func (s *server) rotateCert(t *testing.T) *big.Int {
 	t.Helper()
+	serial, err := s.issue(s.newCA(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return serial
+}
+
+// certAuthority is a CA that the clients trust.
+type certAuthority struct {
+	cert *x509.Certificate
+	key  *ecdsa.PrivateKey
+}
+
+// newCA creates a CA and adds it to the trusted roots. The roots are shared by
+// every client and an x509.CertPool is not safe for concurrent use: call it
+// while no client connects.
+func (s *server) newCA(t *testing.T) certAuthority {
+	t.Helper()
 	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	serial, _ := rand.Int(rand.Reader, big.NewInt(1<<62))
 	caTmpl := &x509.Certificate{SerialNumber: serial, Subject: pkix.Name{CommonName: "test CA"}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
@@ -170,28 +205,37 @@ func (s *server) rotateCert(t *testing.T) *big.Int {
 	}
 	ca, _ := x509.ParseCertificate(caDER)
 	s.roots.AddCert(ca)
+	return certAuthority{cert: ca, key: caKey}
+}
+
+// issue writes a fresh serving certificate signed by ca into the cert dir the
+// way a Secret update or cert-manager renewal lands (rename into place) and
+// returns its serial. It may run on any goroutine.
+func (s *server) issue(ca certAuthority) (*big.Int, error) {
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	leafSerial, _ := rand.Int(rand.Reader, big.NewInt(1<<62))
 	leaf := &x509.Certificate{SerialNumber: leafSerial, Subject: pkix.Name{CommonName: "kvinject-webhook"}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
 		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
-	der, err := x509.CreateCertificate(rand.Reader, leaf, ca, &key.PublicKey, caKey)
+	der, err := x509.CreateCertificate(rand.Reader, leaf, ca.cert, &key.PublicKey, ca.key)
 	if err != nil {
-		t.Fatal(err)
+		return nil, fmt.Errorf("issuing the serving certificate: %w", err)
 	}
 	keyDER, _ := x509.MarshalECPrivateKey(key)
-	write := func(name string, block *pem.Block) {
+	write := func(name string, block *pem.Block) error {
 		tmp := filepath.Join(s.certDir, "."+name+".tmp")
 		if err := os.WriteFile(tmp, pem.EncodeToMemory(block), 0o600); err != nil {
-			t.Fatal(err)
+			return err
 		}
-		if err := os.Rename(tmp, filepath.Join(s.certDir, name)); err != nil {
-			t.Fatal(err)
-		}
+		return os.Rename(tmp, filepath.Join(s.certDir, name))
 	}
 	// Key first: the watcher reloads on either file and needs a matching pair.
-	write("tls.key", &pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER})
-	write("tls.crt", &pem.Block{Type: "CERTIFICATE", Bytes: der})
-	return leafSerial
+	if err := write("tls.key", &pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}); err != nil {
+		return nil, err
+	}
+	if err := write("tls.crt", &pem.Block{Type: "CERTIFICATE", Bytes: der}); err != nil {
+		return nil, err
+	}
+	return leafSerial, nil
 }
 
 func (s *server) client() *http.Client {
@@ -292,10 +336,22 @@ func TestLoadWithCertificateRotation(t *testing.T) {
 		first   error
 	)
 	start := time.Now()
-	rotated := make(chan *big.Int, 1)
+	// The certificate is replaced once half of the requests have been sent, so
+	// that the run goes on with it whatever the machine's speed. Its CA is
+	// trusted before the run: the clients share the roots, which must not
+	// change while they connect.
+	const total = clients * perClient
+	half := make(chan struct{})
+	nextCA := s.newCA(t)
+	type rotation struct {
+		serial *big.Int
+		err    error
+	}
+	rotated := make(chan rotation, 1)
 	go func() {
-		time.Sleep(500 * time.Millisecond)
-		rotated <- s.rotateCert(t)
+		<-half
+		serial, err := s.issue(nextCA)
+		rotated <- rotation{serial, err}
 	}()
 	httpClients := make([]*http.Client, clients)
 	for i := range clients {
@@ -305,7 +361,9 @@ func TestLoadWithCertificateRotation(t *testing.T) {
 			defer wg.Done()
 			for j := range perClient {
 				k := (i + j) % len(requests)
-				sent.Add(1)
+				if sent.Add(1) == total/2 {
+					close(half)
+				}
 				if err := post(c, s.addr, bodies[k], k); err != nil {
 					failed.Add(1)
 					firstMu.Lock()
@@ -328,7 +386,11 @@ func TestLoadWithCertificateRotation(t *testing.T) {
 	t.Logf("%d requests from %d clients in %s (%.0f/s), certificate rotated during the run", sent.Load(), clients, elapsed.Round(time.Millisecond), float64(sent.Load())/elapsed.Seconds())
 
 	// The new certificate is served to new connections (the watcher may take a poll).
-	newSerial := <-rotated
+	r := <-rotated
+	if r.err != nil {
+		t.Fatalf("rotating the certificate: %v", r.err)
+	}
+	newSerial := r.serial
 	deadline := time.Now().Add(15 * time.Second)
 	for {
 		conn, err := tls.Dial("tcp", s.addr, &tls.Config{RootCAs: s.roots, ServerName: "127.0.0.1"})
@@ -367,17 +429,49 @@ func TestLoadWithCertificateRotation(t *testing.T) {
 // TestGracefulShutdownFinishesInFlightRequests: requests already being handled when
 // the server is told to stop get their answers.
 func TestGracefulShutdownFinishesInFlightRequests(t *testing.T) {
-	s := startServer(t, 5*time.Second)
-	s.reader.delay.Store(int64(700 * time.Millisecond))
+	// The requests wait in their lookups until the shutdown is under way; the
+	// lookup timeout only has to outlast that on a slow machine.
+	s := startServer(t, 30*time.Second)
+	hold := make(chan struct{})
+	release := sync.OnceFunc(func() { close(hold) })
+	t.Cleanup(release) // before the server stops, should the test end early
+	s.reader.hold.Store(&hold)
 	body := reviewBody(t, 0, 0)
 	const inFlight = 20
 	errs := make(chan error, inFlight)
 	for range inFlight {
 		go func() { errs <- post(s.client(), s.addr, body, 0) }()
 	}
-	time.Sleep(300 * time.Millisecond) // all are inside the handler now
+	// Every request is inside the handler: its Namespace lookup has begun, and is held.
+	deadline := time.Now().Add(30 * time.Second)
+	for n := s.reader.namespaceGets.Load(); n < inFlight; n = s.reader.namespaceGets.Load() {
+		select {
+		case err := <-errs:
+			t.Fatalf("a request ended before the shutdown: %v", err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("only %d of %d requests reached the handler within 30s", n, inFlight)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 	stopped := make(chan struct{})
 	go func() { s.stop(t); close(stopped) }()
+	// The shutdown is under way once the listener is closed; only then do the
+	// held requests go on.
+	deadline = time.Now().Add(10 * time.Second)
+	for {
+		c, err := net.Dial("tcp", s.addr)
+		if err != nil {
+			break
+		}
+		c.Close()
+		if time.Now().After(deadline) {
+			t.Fatal("the server still accepted connections 10s after it was told to stop")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	release()
 	for range inFlight {
 		if err := <-errs; err != nil {
 			t.Errorf("an in-flight request was dropped at shutdown: %v", err)

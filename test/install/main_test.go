@@ -27,7 +27,7 @@ package install
 
 import (
 	"fmt"
-	"github.com/kvinject/kvinject/internal/testenv"
+	"github.com/kvinject/kvinject/internal/testing/testenv"
 	"os"
 	"os/exec"
 	"path/filepath"

@@ -3,7 +3,6 @@
 package integration
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"os"
@@ -17,11 +16,10 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/kvinject/kvinject/internal/injector"
+	"github.com/kvinject/kvinject/internal/injector/injectortest"
 	"github.com/kvinject/kvinject/pkg/mapping"
 	"github.com/kvinject/kvinject/pkg/mutate"
 )
@@ -42,34 +40,20 @@ func setupGoldenCluster(t *testing.T) {
 }
 
 // createObjects creates the Namespaces, ServiceAccounts and SecretProviderClasses
-// of a YAML file, once.
+// of a YAML file, once. The file is read as the unit tests read it
+// (injectortest.LoadObjects): a document that does not decode fails the test.
 func createObjects(t *testing.T, file string) {
 	t.Helper()
-	b, err := os.ReadFile(file)
+	// SecretProviderClasses are served by the CRD in test/crds, which testenv installs.
+	objs, err := injectortest.LoadObjects(file, injector.SecretProviderClassGVK)
 	if err != nil {
 		t.Fatal(err)
 	}
-	dec := utilyaml.NewYAMLOrJSONDecoder(bytes.NewReader(b), 4096)
 	ctx := context.Background()
-	for {
-		var u map[string]any
-		if err := dec.Decode(&u); err != nil {
-			break
-		}
-		raw, _ := json.Marshal(u)
-		var obj client.Object = &corev1.Namespace{}
-		switch u["kind"] {
-		case "ServiceAccount":
-			obj = &corev1.ServiceAccount{}
-		case injector.SecretProviderClassGVK.Kind:
-			// Served by the CRD in test/crds, which testenv installs.
-			obj = &unstructured.Unstructured{}
-		}
-		if err := json.Unmarshal(raw, obj); err != nil {
-			t.Fatal(err)
-		}
+	for _, obj := range objs {
+		kind := obj.GetObjectKind().GroupVersionKind().Kind
 		if err := env.Client.Create(ctx, obj); err != nil && !apierrors.IsAlreadyExists(err) {
-			t.Fatal(err)
+			t.Fatalf("%s: creating %s %s: %v", file, kind, client.ObjectKeyFromObject(obj), err)
 		}
 	}
 }

@@ -13,8 +13,8 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 
-	"github.com/kvinject/kvinject/internal/emulator"
-	"github.com/kvinject/kvinject/internal/testenv"
+	"github.com/kvinject/kvinject/internal/testing/emulator"
+	"github.com/kvinject/kvinject/internal/testing/testenv"
 	"github.com/kvinject/kvinject/pkg/mapping"
 )
 

@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/kvinject/kvinject/internal/testenv"
+	"github.com/kvinject/kvinject/internal/testing/testenv"
 )
 
 // env is shared by every test in the package: starting a control plane costs seconds.

@@ -448,7 +448,20 @@ func TestClose(t *testing.T) {
 		_, err := (&http.Client{Transport: tr}).Get(e.AuthorityHost() + "common/v2.0/.well-known/openid-configuration")
 		done <- err
 	}()
-	time.Sleep(50 * time.Millisecond) // let the request reach its latency sleep
+	// Close once the request is in its handler (the emulator counted it), where
+	// the hour of latency holds it until Close wakes it.
+	deadline := time.Now().Add(10 * time.Second)
+	for e.Stats().Requests == 0 {
+		select {
+		case err := <-done:
+			t.Fatalf("the request ended before it reached the emulator: %v", err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the request did not reach the emulator within 10s")
+		}
+		time.Sleep(time.Millisecond)
+	}
 	begin := time.Now()
 	if err := e.Close(); err != nil {
 		t.Fatal(err)

@@ -217,25 +217,6 @@ func (e *Emulator) Grant(vaultName, clientID string, perms ...Permission) error 
 	return nil
 }
 
-// Revoke removes permissions of an identity on a vault; no permissions means all.
-func (e *Emulator) Revoke(vaultName, clientID string, perms ...Permission) error {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	v, err := e.vaultLocked(vaultName)
-	if err != nil {
-		return err
-	}
-	key := strings.ToLower(clientID)
-	if len(perms) == 0 {
-		delete(v.grants, key)
-		return nil
-	}
-	for _, p := range perms {
-		delete(v.grants[key], p)
-	}
-	return nil
-}
-
 // SetFirewall blocks (true) or allows (false) all data-plane access to a vault, as a
 // network rule that does not admit the client would.
 func (e *Emulator) SetFirewall(vaultName string, blocked bool) error {

@@ -4,6 +4,9 @@
 // federated (workload identity) assertions, and an App Service style managed-identity
 // endpoint.
 //
+// It is test-only (hence internal/testing): the tests, `make demo`, the benchmarks and
+// the standalone cmd/kvemulator use it; no shipped binary links it.
+//
 // It speaks the real REST protocols over HTTPS, so the unmodified Azure SDK for Go
 // (azidentity, azsecrets, azcertificates and azkeys) works against it with production settings: challenge
 // resource verification on and instance discovery on.
