@@ -59,7 +59,7 @@ FUZZTIME_REVIEW ?= 75s
 .PHONY: fuzz-smoke
 fuzz-smoke: ## run every fuzz target briefly; longer: make fuzz-smoke FUZZTIME=10m FUZZTIME_REVIEW=30m
 	for target in FuzzParseEntries FuzzAgentArgs FuzzVaultURL; do \
-	  $(GO) test -run '^$$' -fuzz "^$$target\$$" -fuzztime $(FUZZTIME) ./pkg/mapping/; done
+	  $(GO) test -run '^$$' -fuzz "^$$target\$$" -fuzztime $(FUZZTIME) ./pkg/agentconfig/; done
 	for target in FuzzAdmissionReview FuzzPodAnnotations; do \
 	  $(GO) test -run '^$$' -fuzz "^$$target\$$" -fuzztime $(FUZZTIME_REVIEW) -fuzzminimizetime 3s ./internal/injector/; done
 

@@ -42,7 +42,7 @@ import (
 
 	"github.com/kvinject/kvinject/internal/atomicdir"
 	"github.com/kvinject/kvinject/internal/version"
-	"github.com/kvinject/kvinject/pkg/mapping"
+	"github.com/kvinject/kvinject/pkg/agentconfig"
 )
 
 // Defaults of the agent's options.
@@ -61,7 +61,7 @@ const (
 	// DefaultRoundTimeout bounds one round of reads (all secrets).
 	DefaultRoundTimeout = time.Minute
 	// DefaultTerminationLog is where Kubernetes reads a container's termination message.
-	DefaultTerminationLog = "/dev/termination-log"
+	DefaultTerminationLog = agentconfig.TerminationLog
 )
 
 // Options are the agent's settings that the webhook does not write.
@@ -146,35 +146,50 @@ type localFlags struct {
 	initTimeout    time.Duration
 }
 
-// parseArgs parses a command line: the mode, the webhook's flags (see
-// mapping.AgentConfig) and the agent's own flags, all on one flag set.
-func parseArgs(args []string) (mapping.AgentConfig, localFlags, error) {
-	var cfg mapping.AgentConfig
-	local := localFlags{terminationLog: DefaultTerminationLog, initTimeout: DefaultInitTimeout}
-	if len(args) == 0 {
-		return cfg, local, cfg.Validate()
+// Register implements agentconfig.LocalFlags.
+func (l *localFlags) Register(fs *flag.FlagSet) {
+	fs.StringVar(&l.terminationLog, "termination-log", DefaultTerminationLog, "file that receives the explanation of a failure (empty: none)")
+	fs.TextVar(&l.logLevel, "log-level", slog.LevelInfo, "log level: debug, info, warn or error")
+	fs.DurationVar(&l.initTimeout, "init-timeout", DefaultInitTimeout, "how long to retry transient failures before the first set is written")
+}
+
+// Check implements agentconfig.LocalFlags.
+func (l *localFlags) Check() error {
+	if l.initTimeout <= 0 {
+		return fmt.Errorf("--init-timeout must be positive")
 	}
-	cfg.Mode = args[0]
-	fs := flag.NewFlagSet("kvinject-agent "+cfg.Mode, flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	cfg.RegisterFlags(fs)
-	fs.StringVar(&local.terminationLog, "termination-log", DefaultTerminationLog, "file that receives the explanation of a failure (empty: none)")
-	fs.TextVar(&local.logLevel, "log-level", slog.LevelInfo, "log level: debug, info, warn or error")
-	fs.DurationVar(&local.initTimeout, "init-timeout", DefaultInitTimeout, "how long to retry transient failures before the first set is written")
-	if err := fs.Parse(args[1:]); err != nil {
+	return nil
+}
+
+// parseArgs parses a command line: the mode, the webhook's flags (see
+// agentconfig.Config) and the agent's own flags, all on one flag set
+// (agentconfig.ParseArgs).
+func parseArgs(args []string) (agentconfig.Config, localFlags, error) {
+	local := localFlags{terminationLog: DefaultTerminationLog, initTimeout: DefaultInitTimeout}
+	cfg, err := agentconfig.ParseArgs(args, &local)
+	if agentconfig.IsFlagError(err) {
 		// Parsing stops at the bad flag: still honour a later --termination-log.
 		if v, ok := lastFlagValue(args[1:], "termination-log"); ok {
 			local.terminationLog = v
 		}
-		return cfg, local, err
 	}
-	if fs.NArg() > 0 {
-		return cfg, local, fmt.Errorf("unexpected argument %q", fs.Arg(0))
-	}
-	if local.initTimeout <= 0 {
-		return cfg, local, fmt.Errorf("--init-timeout must be positive")
-	}
-	return cfg, local, cfg.Validate()
+	return cfg, local, err
+}
+
+// Flags returns the flag set of the agent's command line: the flags the webhook
+// writes (agentconfig.Config.RegisterFlags) and the agent's own, with their
+// usage. A command that accepts the agent's command line (the doctor) learns
+// the agent's flags from it.
+func Flags() *flag.FlagSet {
+	fs := flag.NewFlagSet("kvinject-agent", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	var (
+		cfg   agentconfig.Config
+		local localFlags
+	)
+	cfg.RegisterFlags(fs)
+	local.Register(fs)
+	return fs
 }
 
 // lastFlagValue returns the value of the last -name=v, --name=v, -name v or
@@ -199,7 +214,7 @@ func lastFlagValue(args []string, name string) (string, bool) {
 
 // Main runs the agent with a command line (mode first, then flags) and
 // returns the process's exit code: 0 on success, 1 on failure, 2 on bad
-// arguments. Besides the webhook's flags (mapping.AgentConfig) it accepts
+// arguments. Besides the webhook's flags (agentconfig.Config) it accepts
 // --termination-log (default /dev/termination-log), --log-level (default
 // info) and --init-timeout (default 2m). Options set by these flags are
 // overridden.
@@ -212,7 +227,7 @@ func Main(ctx context.Context, args []string, opts Options) int {
 		msg := fmt.Sprintf("kvinject-agent: bad arguments %q: %v. Fix: the webhook writes these arguments; make sure the webhook and the agent image are the same kvinject version (agent %s)",
 			strings.Join(args, " "), err, version.Version)
 		fmt.Fprintln(opts.Stderr, msg)
-		if cfg.Mode != mapping.AgentModeProbe {
+		if cfg.Mode != agentconfig.ModeProbe {
 			writeTerminationLog(local.terminationLog, msg)
 		}
 		return 2
@@ -223,7 +238,7 @@ func Main(ctx context.Context, args []string, opts Options) int {
 		opts.Logger = slog.New(slog.NewJSONHandler(opts.Stderr, &slog.HandlerOptions{Level: local.logLevel}))
 	}
 	if err := Run(ctx, cfg, opts); err != nil {
-		if cfg.Mode == mapping.AgentModeProbe {
+		if cfg.Mode == agentconfig.ModeProbe {
 			fmt.Fprintln(opts.Stderr, "kvinject-agent probe:", err)
 		}
 		return 1
@@ -235,8 +250,8 @@ func Main(ctx context.Context, args []string, opts Options) int {
 // cancelled (sidecar, which then returns nil). On failure it writes the
 // explanation to opts.TerminationLog and returns a *Failure (probe mode
 // returns atomicdir.Check's error and writes nothing).
-func Run(ctx context.Context, cfg mapping.AgentConfig, opts Options) error {
-	if cfg.Mode == mapping.AgentModeProbe {
+func Run(ctx context.Context, cfg agentconfig.Config, opts Options) error {
+	if cfg.Mode == agentconfig.ModeProbe {
 		return atomicdir.Check(cfg.Dir)
 	}
 	opts.defaults()
@@ -268,13 +283,13 @@ func writeTerminationLog(path, msg string) {
 
 // agent is one run of the agent.
 type agent struct {
-	cfg  mapping.AgentConfig
+	cfg  agentconfig.Config
 	opts Options
 	env  Env
 	log  *slog.Logger
 
 	refs    []objectRef // distinct secrets, in mapping order
-	entries map[objectRef]mapping.Entry
+	entries map[objectRef]agentconfig.Entry
 	f       *fetcher
 	writer  *atomicdir.Writer
 	// transport is shared by the credential and the client, and survives
@@ -288,7 +303,7 @@ type agent struct {
 
 func (a *agent) run(ctx context.Context) error {
 	start := time.Now()
-	a.entries = map[objectRef]mapping.Entry{}
+	a.entries = map[objectRef]agentconfig.Entry{}
 	for _, e := range a.cfg.Entries {
 		r := refOf(e)
 		if _, dup := a.entries[r]; !dup {
@@ -304,14 +319,14 @@ func (a *agent) run(ctx context.Context) error {
 		return err
 	}
 	if err := a.first(ctx); err != nil {
-		if ctx.Err() != nil && a.cfg.Mode == mapping.AgentModeSidecar {
+		if ctx.Err() != nil && a.cfg.Mode == agentconfig.ModeSidecar {
 			a.log.Info("stopped before the first set was written")
 			return nil
 		}
 		return err
 	}
 	a.log.Info("wrote secrets", "files", len(a.cfg.Entries), "versions", a.versions(a.last), "elapsed", time.Since(start).String())
-	if a.cfg.Mode == mapping.AgentModeInit {
+	if a.cfg.Mode == agentconfig.ModeInit {
 		writeTerminationLog(a.opts.TerminationLog, fmt.Sprintf("kvinject-agent: wrote %d file(s) from vault %s", len(a.cfg.Entries), a.cfg.VaultURL))
 		return nil
 	}
@@ -569,7 +584,7 @@ func (a *agent) resetOnUnauthorized(err error) {
 			return
 		}
 		a.log.Info("Key Vault rejected the token; renewed the credential")
-		if a.cfg.Identity != mapping.IdentityWorkload {
+		if a.cfg.Identity != agentconfig.IdentityWorkload {
 			// MSAL caches managed-identity tokens per process, so a new credential
 			// would get the rejected token back; a token request with claims
 			// skips that cache and stores the fresh token for the next requests.
@@ -580,7 +595,7 @@ func (a *agent) resetOnUnauthorized(err error) {
 				a.log.Warn("cannot get a new managed-identity token", errAttrs(terr)...)
 			}
 		}
-	case a.cfg.Identity == mapping.IdentityWorkload && errors.As(err, &afe) && afe.RawResponse != nil &&
+	case a.cfg.Identity == agentconfig.IdentityWorkload && errors.As(err, &afe) && afe.RawResponse != nil &&
 		afe.RawResponse.StatusCode >= 400 && afe.RawResponse.StatusCode < 500 && afe.RawResponse.StatusCode != http.StatusTooManyRequests:
 		// Azure AD refused the ServiceAccount token. azidentity keeps the file's
 		// contents for 10 minutes; a new credential reads the (perhaps fixed or

@@ -2,6 +2,7 @@ package agent_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -15,7 +16,7 @@ import (
 	"github.com/kvinject/kvinject/internal/agent"
 	"github.com/kvinject/kvinject/internal/atomicdir"
 	"github.com/kvinject/kvinject/internal/testing/emulator"
-	"github.com/kvinject/kvinject/pkg/mapping"
+	"github.com/kvinject/kvinject/pkg/agentconfig"
 )
 
 // TestSuccess fetches secrets by name and by version with workload identity
@@ -23,14 +24,14 @@ import (
 // per process, the system-assigned one under a fixed key, so the
 // system-assigned identity runs in its own process: TestBinarySystemIdentity.)
 func TestSuccess(t *testing.T) {
-	for _, kind := range []mapping.IdentityKind{mapping.IdentityWorkload, mapping.IdentityManaged} {
+	for _, kind := range []agentconfig.IdentityKind{agentconfig.IdentityWorkload, agentconfig.IdentityManaged} {
 		t.Run(string(kind), func(t *testing.T) {
 			h := newHarness(t, emulator.Options{})
 			var id string
 			switch kind {
-			case mapping.IdentityWorkload:
+			case agentconfig.IdentityWorkload:
 				id, _ = h.workload()
-			case mapping.IdentityManaged:
+			case agentconfig.IdentityManaged:
 				id = h.managed()
 			}
 			if err := h.emu.Grant(h.vault, id, emulator.PermGet); err != nil {
@@ -40,12 +41,12 @@ func TestSuccess(t *testing.T) {
 			oldKey, oldVersion := h.setSecret("API-KEY")
 			h.setSecret("API-KEY") // a newer version that the pinned entry must not get
 			pw, _ := h.setSecret("db-password")
-			cfg := h.config(mapping.AgentModeInit, kind,
-				mapping.Entry{File: "connectionstring.txt", Name: "DATABASE-CONNECTION-STRING"},
-				mapping.Entry{File: "apikey.txt", Name: "API-KEY", Version: oldVersion},
-				mapping.Entry{File: "db/password", Name: "db-password"},
+			cfg := h.config(agentconfig.ModeInit, kind,
+				agentconfig.Entry{File: "connectionstring.txt", Name: "DATABASE-CONNECTION-STRING"},
+				agentconfig.Entry{File: "apikey.txt", Name: "API-KEY", Version: oldVersion},
+				agentconfig.Entry{File: "db/password", Name: "db-password"},
 				// Names are case-insensitive: the same secret again is read once.
-				mapping.Entry{File: "db/password-again", Name: "DB-PASSWORD"},
+				agentconfig.Entry{File: "db/password-again", Name: "DB-PASSWORD"},
 			)
 			if err := h.run(context.Background(), cfg, h.options()); err != nil {
 				t.Fatalf("Run: %v\nlogs:\n%s", err, h.logs)
@@ -81,8 +82,8 @@ func TestSuccess(t *testing.T) {
 // are replaced by the case's values.
 type errorCase struct {
 	name  string
-	kind  mapping.IdentityKind
-	setup func(h *harness, id string) (entry mapping.Entry, repl map[string]string)
+	kind  agentconfig.IdentityKind
+	setup func(h *harness, id string) (entry agentconfig.Entry, repl map[string]string)
 	want  string
 }
 
@@ -92,19 +93,19 @@ func TestPermanentErrors(t *testing.T) {
 			h.t.Fatal(err)
 		}
 	}
-	entry := mapping.Entry{File: "apikey.txt", Name: "API-KEY"}
+	entry := agentconfig.Entry{File: "apikey.txt", Name: "API-KEY"}
 	cases := []errorCase{
 		{
-			name: "access policy", kind: mapping.IdentityWorkload,
-			setup: func(h *harness, id string) (mapping.Entry, map[string]string) {
+			name: "access policy", kind: agentconfig.IdentityWorkload,
+			setup: func(h *harness, id string) (agentconfig.Entry, map[string]string) {
 				h.setSecret("API-KEY")
 				return entry, nil
 			},
 			want: `kvinject-agent: cannot read secret "API-KEY" from vault {vault}: HTTP 403 Forbidden, Key Vault error Forbidden (inner error AccessDenied): the vault uses access policies and workload identity {client} may not get its secrets. Fix: grant the identity {client} 'get' on secrets with an access policy (az keyvault set-policy --name {vault} --spn {client} --secret-permissions get), or the 'Key Vault Secrets User' role (az role assignment create --role 'Key Vault Secrets User' --assignee {client} --scope $(az keyvault show --name {vault} --query id --output tsv))`,
 		},
 		{
-			name: "rbac", kind: mapping.IdentityWorkload,
-			setup: func(h *harness, id string) (mapping.Entry, map[string]string) {
+			name: "rbac", kind: agentconfig.IdentityWorkload,
+			setup: func(h *harness, id string) (agentconfig.Entry, map[string]string) {
 				if err := h.emu.AddVault(h.vault, emulator.VaultOptions{RBAC: true}); err != nil {
 					h.t.Fatal(err)
 				}
@@ -114,8 +115,8 @@ func TestPermanentErrors(t *testing.T) {
 			want: `kvinject-agent: cannot read secret "API-KEY" from vault {vault}: HTTP 403 Forbidden, Key Vault error Forbidden (inner error ForbiddenByRbac): the vault uses Azure RBAC and workload identity {client} has no role assignment that allows reading secrets (Microsoft.KeyVault/vaults/secrets/getSecret/action). Fix: assign the identity {client} the 'Key Vault Secrets User' role (az role assignment create --role 'Key Vault Secrets User' --assignee {client} --scope /subscriptions/00000000-0000-0000-0000-000000000000/resourcegroups/rg-emulator/providers/microsoft.keyvault/vaults/{vault}); new role assignments take a few minutes to apply`,
 		},
 		{
-			name: "firewall", kind: mapping.IdentityWorkload,
-			setup: func(h *harness, id string) (mapping.Entry, map[string]string) {
+			name: "firewall", kind: agentconfig.IdentityWorkload,
+			setup: func(h *harness, id string) (agentconfig.Entry, map[string]string) {
 				grant(h, id)
 				h.setSecret("API-KEY")
 				if err := h.emu.SetFirewall(h.vault, true); err != nil {
@@ -126,8 +127,8 @@ func TestPermanentErrors(t *testing.T) {
 			want: `kvinject-agent: cannot read secret "API-KEY" from vault {vault}: HTTP 403 Forbidden, Key Vault error Forbidden (inner error ForbiddenByFirewall): the vault's firewall does not admit the pod's address (127.0.0.1). Fix: allow the cluster's egress IP or the nodes' subnet in the vault's network rules (az keyvault network-rule add --name {vault} --ip-address 127.0.0.1, or --subnet <subnet resource id>), or reach the vault through a private endpoint`,
 		},
 		{
-			name: "disabled", kind: mapping.IdentityWorkload,
-			setup: func(h *harness, id string) (mapping.Entry, map[string]string) {
+			name: "disabled", kind: agentconfig.IdentityWorkload,
+			setup: func(h *harness, id string) (agentconfig.Entry, map[string]string) {
 				grant(h, id)
 				h.setSecret("API-KEY")
 				if err := h.emu.DisableSecret(h.vault, "API-KEY"); err != nil {
@@ -138,21 +139,21 @@ func TestPermanentErrors(t *testing.T) {
 			want: `kvinject-agent: cannot read secret "API-KEY" from vault {vault}: HTTP 403 Forbidden, Key Vault error Forbidden (inner error SecretDisabled): the secret's current version is disabled. Fix: enable it (az keyvault secret list-versions --vault-name {vault} --name API-KEY shows it; az keyvault secret set-attributes --vault-name {vault} --name API-KEY --version <version> --enabled true), set a new value, or pin an enabled version in kvinject.dev/secrets (<file>=API-KEY@<version>)`,
 		},
 		{
-			name: "disabled pinned version", kind: mapping.IdentityWorkload,
-			setup: func(h *harness, id string) (mapping.Entry, map[string]string) {
+			name: "disabled pinned version", kind: agentconfig.IdentityWorkload,
+			setup: func(h *harness, id string) (agentconfig.Entry, map[string]string) {
 				grant(h, id)
 				_, v := h.setSecret("API-KEY")
 				if err := h.emu.DisableSecret(h.vault, "API-KEY"); err != nil {
 					h.t.Fatal(err)
 				}
 				h.setSecret("API-KEY")
-				return mapping.Entry{File: "apikey.txt", Name: "API-KEY", Version: v}, map[string]string{"{version}": v}
+				return agentconfig.Entry{File: "apikey.txt", Name: "API-KEY", Version: v}, map[string]string{"{version}": v}
 			},
 			want: `kvinject-agent: cannot read secret "API-KEY" version {version} from vault {vault}: HTTP 403 Forbidden, Key Vault error Forbidden (inner error SecretDisabled): version {version} of the secret is disabled. Fix: enable it (az keyvault secret set-attributes --vault-name {vault} --name API-KEY --version {version} --enabled true), or pin another version in kvinject.dev/secrets`,
 		},
 		{
-			name: "not found", kind: mapping.IdentityWorkload,
-			setup: func(h *harness, id string) (mapping.Entry, map[string]string) {
+			name: "not found", kind: agentconfig.IdentityWorkload,
+			setup: func(h *harness, id string) (agentconfig.Entry, map[string]string) {
 				grant(h, id)
 				h.setSecret("OTHER")
 				return entry, nil
@@ -160,17 +161,17 @@ func TestPermanentErrors(t *testing.T) {
 			want: `kvinject-agent: cannot read secret "API-KEY" from vault {vault}: HTTP 404 Not Found, Key Vault error SecretNotFound: the vault has no secret named "API-KEY" (or it was deleted). Fix: check the name in kvinject.dev/secrets; list the vault's secrets with az keyvault secret list --vault-name {vault} --query "[].name"`,
 		},
 		{
-			name: "version not found", kind: mapping.IdentityWorkload,
-			setup: func(h *harness, id string) (mapping.Entry, map[string]string) {
+			name: "version not found", kind: agentconfig.IdentityWorkload,
+			setup: func(h *harness, id string) (agentconfig.Entry, map[string]string) {
 				grant(h, id)
 				h.setSecret("API-KEY")
-				return mapping.Entry{File: "apikey.txt", Name: "API-KEY", Version: "00000000000000000000000000000000"}, nil
+				return agentconfig.Entry{File: "apikey.txt", Name: "API-KEY", Version: "00000000000000000000000000000000"}, nil
 			},
 			want: `kvinject-agent: cannot read secret "API-KEY" version 00000000000000000000000000000000 from vault {vault}: HTTP 404 Not Found, Key Vault error SecretNotFound: the vault has no version 00000000000000000000000000000000 of secret "API-KEY". Fix: check the name and version in kvinject.dev/secrets; list the versions with az keyvault secret list-versions --vault-name {vault} --name API-KEY`,
 		},
 		{
-			name: "vault in another tenant (workload)", kind: mapping.IdentityWorkload,
-			setup: func(h *harness, id string) (mapping.Entry, map[string]string) {
+			name: "vault in another tenant (workload)", kind: agentconfig.IdentityWorkload,
+			setup: func(h *harness, id string) (agentconfig.Entry, map[string]string) {
 				other := newClientID()
 				if err := h.emu.AddVault(h.vault, emulator.VaultOptions{TenantID: other}); err != nil {
 					h.t.Fatal(err)
@@ -182,8 +183,8 @@ func TestPermanentErrors(t *testing.T) {
 			want: `kvinject-agent: cannot read secret "API-KEY" from vault {vault}: the vault belongs to tenant {other} (its 401 challenge says so), but workload identity {client} signs in to tenant {tenant} (AZURE_TENANT_ID). Fix: use a vault of tenant {tenant}, or an identity of tenant {other} with that tenant in the ServiceAccount's azure.workload.identity/tenant-id (or kvinject.dev/tenant-id)`,
 		},
 		{
-			name: "vault in another tenant (managed)", kind: mapping.IdentityManaged,
-			setup: func(h *harness, id string) (mapping.Entry, map[string]string) {
+			name: "vault in another tenant (managed)", kind: agentconfig.IdentityManaged,
+			setup: func(h *harness, id string) (agentconfig.Entry, map[string]string) {
 				other := newClientID()
 				if err := h.emu.AddVault(h.vault, emulator.VaultOptions{TenantID: other}); err != nil {
 					h.t.Fatal(err)
@@ -195,34 +196,34 @@ func TestPermanentErrors(t *testing.T) {
 			want: `kvinject-agent: cannot read secret "API-KEY" from vault {vault}: HTTP 401 Unauthorized, Key Vault error Unauthorized: Key Vault rejected the access token (AKV10032: Invalid issuer. Expected one of https://sts.windows.net/{other}/. Found: https://sts.windows.net/{tenant}/.); the vault belongs to tenant {other} but the identity's token is from tenant {tenant}. Fix: use a vault of tenant {tenant}, or an identity of tenant {other} (a managed identity gets tokens from its home tenant only)`,
 		},
 		{
-			name: "no matching federated credential", kind: mapping.IdentityWorkload,
-			setup: func(h *harness, id string) (mapping.Entry, map[string]string) {
+			name: "no matching federated credential", kind: agentconfig.IdentityWorkload,
+			setup: func(h *harness, id string) (agentconfig.Entry, map[string]string) {
 				// The identity trusts another ServiceAccount only.
-				h.env[agent.EnvClientID] = newClientID()
-				if err := h.emu.AddWorkloadIdentity(emulator.WorkloadIdentity{ClientID: h.env[agent.EnvClientID], Issuer: testIssuer,
+				h.env[agentconfig.EnvClientID] = newClientID()
+				if err := h.emu.AddWorkloadIdentity(emulator.WorkloadIdentity{ClientID: h.env[agentconfig.EnvClientID], Issuer: testIssuer,
 					Subject: "system:serviceaccount:" + testNamespace + ":other"}); err != nil {
 					h.t.Fatal(err)
 				}
 				h.setSecret("API-KEY")
-				return entry, map[string]string{"{client}": h.env[agent.EnvClientID]}
+				return entry, map[string]string{"{client}": h.env[agentconfig.EnvClientID]}
 			},
 			want: `kvinject-agent: cannot read secret "API-KEY" from vault {vault}: Azure AD refused the token request of workload identity {client} (HTTP 401 Unauthorized invalid_client, AADSTS70021): no federated identity credential of the identity matches the pod's service account token (issuer ` + testIssuer + `, subject ` + testSubject + `, audience api://AzureADTokenExchange). Fix: create a federated credential with issuer ` + testIssuer + ` and subject ` + testSubject + ` on the identity {client} (az identity federated-credential create --name kvinject-shop-checkout --identity-name <identity name> --resource-group <resource group> --issuer ` + testIssuer + ` --subject ` + testSubject + ` --audiences api://AzureADTokenExchange)`,
 		},
 		{
-			name: "unknown client id", kind: mapping.IdentityWorkload,
-			setup: func(h *harness, id string) (mapping.Entry, map[string]string) {
-				h.env[agent.EnvClientID] = newClientID()
+			name: "unknown client id", kind: agentconfig.IdentityWorkload,
+			setup: func(h *harness, id string) (agentconfig.Entry, map[string]string) {
+				h.env[agentconfig.EnvClientID] = newClientID()
 				h.setSecret("API-KEY")
-				return entry, map[string]string{"{client}": h.env[agent.EnvClientID]}
+				return entry, map[string]string{"{client}": h.env[agentconfig.EnvClientID]}
 			},
 			want: `kvinject-agent: cannot read secret "API-KEY" from vault {vault}: Azure AD refused the token request of workload identity {client} (HTTP 400 Bad Request unauthorized_client, AADSTS700016): Azure AD knows no application with client ID {client} in tenant {tenant}. Fix: check the client ID (the ServiceAccount's azure.workload.identity/client-id) and the tenant ID (azure.workload.identity/tenant-id or kvinject.dev/tenant-id); az identity show --name <identity name> --resource-group <resource group> --query "{clientId:clientId,tenantId:tenantId}" shows both`,
 		},
 		{
-			name: "managed identity not on the node", kind: mapping.IdentityManaged,
-			setup: func(h *harness, id string) (mapping.Entry, map[string]string) {
-				h.env[agent.EnvClientID] = newClientID()
+			name: "managed identity not on the node", kind: agentconfig.IdentityManaged,
+			setup: func(h *harness, id string) (agentconfig.Entry, map[string]string) {
+				h.env[agentconfig.EnvClientID] = newClientID()
 				h.setSecret("API-KEY")
-				return entry, map[string]string{"{client}": h.env[agent.EnvClientID]}
+				return entry, map[string]string{"{client}": h.env[agentconfig.EnvClientID]}
 			},
 			want: `kvinject-agent: cannot read secret "API-KEY" from vault {vault}: the managed-identity endpoint answered HTTP 400 Bad Request (Unable to load the proper Managed Identity.): managed identity {client} is not assigned to this node. Fix: assign the identity to the node pool's scale set (az vmss identity assign --resource-group <node resource group> --name <scale set> --identities <resource id of the identity with client ID {client}>), or use workload identity`,
 		},
@@ -231,7 +232,7 @@ func TestPermanentErrors(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			h := newHarness(t, emulator.Options{})
 			var id string
-			if tc.kind == mapping.IdentityWorkload {
+			if tc.kind == agentconfig.IdentityWorkload {
 				id, _ = h.workload()
 			} else {
 				id = h.managed()
@@ -246,7 +247,7 @@ func TestPermanentErrors(t *testing.T) {
 			for k, v := range repl {
 				want = strings.ReplaceAll(want, k, v)
 			}
-			for _, mode := range []string{mapping.AgentModeInit, mapping.AgentModeSidecar} {
+			for _, mode := range []string{agentconfig.ModeInit, agentconfig.ModeSidecar} {
 				opts := h.options()
 				opts.InitTimeout = 20 * time.Second // permanent errors must not wait for it
 				start := time.Now()
@@ -300,7 +301,7 @@ func TestTransientThenRecovered(t *testing.T) {
 			if err := h.emu.InjectFault(tc.fault); err != nil {
 				t.Fatal(err)
 			}
-			cfg := h.config(mapping.AgentModeInit, mapping.IdentityWorkload, mapping.Entry{File: "a", Name: "a"}, mapping.Entry{File: "b", Name: "b"})
+			cfg := h.config(agentconfig.ModeInit, agentconfig.IdentityWorkload, agentconfig.Entry{File: "a", Name: "a"}, agentconfig.Entry{File: "b", Name: "b"})
 			if err := h.run(context.Background(), cfg, h.options()); err != nil {
 				t.Fatalf("Run: %v\nlogs:\n%s", err, h.logs)
 			}
@@ -329,7 +330,7 @@ func TestInitGivesUp(t *testing.T) {
 	opts := h.options()
 	opts.InitTimeout = 300 * time.Millisecond
 	start := time.Now()
-	err := h.run(context.Background(), h.config(mapping.AgentModeInit, mapping.IdentityWorkload, mapping.Entry{File: "a", Name: "a"}), opts)
+	err := h.run(context.Background(), h.config(agentconfig.ModeInit, agentconfig.IdentityWorkload, agentconfig.Entry{File: "a", Name: "a"}), opts)
 	// The ceiling only proves that --init-timeout, not the 2m default, bounded it.
 	if elapsed := time.Since(start); elapsed < 300*time.Millisecond || elapsed > 20*time.Second {
 		t.Errorf("gave up after %s, want about 300ms", elapsed)
@@ -344,8 +345,8 @@ func TestInitGivesUp(t *testing.T) {
 	}
 }
 
-// TestRotation: a changed secret is swapped in within about one interval, as
-// a whole set; polls without changes do not rewrite the set.
+// TestRotation: a changed secret is swapped in by the first poll that starts
+// after the change, as a whole set; polls without changes do not rewrite the set.
 func TestRotation(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, emulator.Options{})
@@ -354,8 +355,8 @@ func TestRotation(t *testing.T) {
 	a1, _ := h.setSecret("a")
 	b1, _ := h.setSecret("b")
 	pinned, pv := h.setSecret("p")
-	cfg := h.config(mapping.AgentModeSidecar, mapping.IdentityWorkload,
-		mapping.Entry{File: "a", Name: "a"}, mapping.Entry{File: "sub/b", Name: "b"}, mapping.Entry{File: "p", Name: "p", Version: pv})
+	cfg := h.config(agentconfig.ModeSidecar, agentconfig.IdentityWorkload,
+		agentconfig.Entry{File: "a", Name: "a"}, agentconfig.Entry{File: "sub/b", Name: "b"}, agentconfig.Entry{File: "p", Name: "p", Version: pv})
 	cfg.Rotation = 150 * time.Millisecond
 	stop := h.runSidecar(cfg, h.options())
 	h.waitFor("the first set", 5*time.Second, func() bool { return atomicdir.Check(h.dir) == nil })
@@ -364,22 +365,40 @@ func TestRotation(t *testing.T) {
 		t.Fatal("wrong first set")
 	}
 	// Several polls without a change keep the same set.
-	time.Sleep(4 * cfg.Rotation)
+	h.waitFor("three polls without a change", 10*time.Second, func() bool { return len(h.polls(0)) >= 3 })
 	if got := atomicdir.Current(h.dir); got != first {
 		t.Errorf("an unchanged poll rewrote the set (%s -> %s)", first, got)
+	}
+	if n := strings.Count(h.logs.String(), logMsg(msgChanged)); n != 0 {
+		t.Errorf("%d sets written without a change", n)
 	}
 	gets := h.emu.Stats().Gets
 
 	a2 := "VALUE-a2-" + randHex(8)
 	b2 := "VALUE-b2-" + randHex(8)
-	changedAt := time.Now()
 	h.setSecretValue("a", a2)
 	h.setSecretValue("b", b2)
 	h.setSecretValue("p", "VALUE-p-new-"+randHex(8)) // pinned: must not change
-	h.waitFor("the new values", 3*time.Second, func() bool { return h.fileIs("a", a2) && h.fileIs("sub/b", b2) })
-	took := time.Since(changedAt)
-	if took > 3*cfg.Rotation {
-		t.Errorf("the change took %s to appear with a %s interval", took, cfg.Rotation)
+	mark := len(h.logs.String())
+	h.waitFor("the new values", 10*time.Second, func() bool { return h.fileIs("a", a2) && h.fileIs("sub/b", b2) })
+	// A poll that was under way at the change may have read the old values (or
+	// one of them); the next one reads both new ones and writes them. So the
+	// polls that ended after the change, up to the one that wrote both new
+	// values, are at most two.
+	polls := h.polls(mark)
+	changed := map[string]bool{}
+	n := 0
+	for _, p := range polls {
+		n++
+		for name := range p.changed {
+			changed[name] = true
+		}
+		if changed["a"] && changed["b"] {
+			break
+		}
+	}
+	if !changed["a"] || !changed["b"] || n > 2 {
+		t.Errorf("the change took %d polls to be written, want at most 2 (one under way, one after the change); polls: %+v", n, polls)
 	}
 	if h.read("p") != pinned {
 		t.Error("the pinned file changed")
@@ -387,14 +406,50 @@ func TestRotation(t *testing.T) {
 	if err := stop(); err != nil {
 		t.Fatalf("sidecar returned %v, want nil on shutdown", err)
 	}
-	if !strings.Contains(h.logs.String(), `"msg":"secrets changed; wrote a new set"`) {
+	if !strings.Contains(h.logs.String(), logMsg(msgChanged)) {
 		t.Errorf("no change logged:\n%s", h.logs)
 	}
 	// Only the two latest-version secrets are polled.
 	if st := h.emu.Stats(); (st.Gets-gets)%2 != 0 {
 		t.Errorf("polls read %d secrets: not a multiple of the 2 polled secrets", st.Gets-gets)
 	}
-	t.Logf("change visible after %s (interval %s)", took.Round(time.Millisecond), cfg.Rotation)
+	t.Logf("change written by poll %d after it (interval %s)", n, cfg.Rotation)
+}
+
+// logMsg is how a log record with the message m begins in the JSON logs.
+func logMsg(m string) string { return `"msg":"` + m + `"` }
+
+// poll is the outcome of one successful poll, from the logs.
+type poll struct {
+	// changed holds the names of the objects whose change the poll wrote.
+	changed map[string]bool
+}
+
+// polls returns the outcomes of the successful polls logged after the first
+// from bytes of the logs, in order: "no change" (at debug level) or "secrets
+// changed" with the objects it names.
+func (h *harness) polls(from int) []poll {
+	h.t.Helper()
+	var out []poll
+	for _, line := range strings.Split(h.logs.String()[from:], "\n") {
+		switch {
+		case strings.Contains(line, logMsg(msgNoChange)):
+			out = append(out, poll{})
+		case strings.Contains(line, logMsg(msgChanged)):
+			var rec struct {
+				Changed map[string]json.RawMessage `json:"changed"`
+			}
+			if err := json.Unmarshal([]byte(line), &rec); err != nil {
+				h.t.Fatalf("log record %s: %v", line, err)
+			}
+			p := poll{changed: map[string]bool{}}
+			for name := range rec.Changed {
+				p.changed[name] = true
+			}
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 // TestFailingPollKeepsLastGoodSet: while Key Vault fails, the files stay; the
@@ -405,7 +460,7 @@ func TestFailingPollKeepsLastGoodSet(t *testing.T) {
 	id, _ := h.workload()
 	_ = h.emu.Grant(h.vault, id, emulator.PermGet)
 	a1, _ := h.setSecret("a")
-	cfg := h.config(mapping.AgentModeSidecar, mapping.IdentityWorkload, mapping.Entry{File: "a", Name: "a"})
+	cfg := h.config(agentconfig.ModeSidecar, agentconfig.IdentityWorkload, agentconfig.Entry{File: "a", Name: "a"})
 	cfg.Rotation = 100 * time.Millisecond
 	stop := h.runSidecar(cfg, h.options())
 	h.waitFor("the first set", 5*time.Second, func() bool { return h.fileIs("a", a1) })
@@ -452,7 +507,7 @@ func TestGoneSecretKeepsLastValue(t *testing.T) {
 			_ = h.emu.Grant(h.vault, id, emulator.PermGet)
 			gone, _ := h.setSecret("gone")
 			b1, _ := h.setSecret("b")
-			cfg := h.config(mapping.AgentModeSidecar, mapping.IdentityWorkload, mapping.Entry{File: "gone", Name: "gone"}, mapping.Entry{File: "b", Name: "b"})
+			cfg := h.config(agentconfig.ModeSidecar, agentconfig.IdentityWorkload, agentconfig.Entry{File: "gone", Name: "gone"}, agentconfig.Entry{File: "b", Name: "b"})
 			cfg.Rotation = 100 * time.Millisecond
 			stop := h.runSidecar(cfg, h.options())
 			h.waitFor("the first set", 5*time.Second, func() bool { return h.fileIs("b", b1) })
@@ -490,7 +545,7 @@ func TestTokenFileRotation(t *testing.T) {
 	tok.write(jwt(testIssuer, testSubject, emulator.DefaultAudience, time.Now().Add(1500*time.Millisecond)))
 	_ = h.emu.Grant(h.vault, id, emulator.PermGet)
 	a1, _ := h.setSecret("a")
-	cfg := h.config(mapping.AgentModeSidecar, mapping.IdentityWorkload, mapping.Entry{File: "a", Name: "a"})
+	cfg := h.config(agentconfig.ModeSidecar, agentconfig.IdentityWorkload, agentconfig.Entry{File: "a", Name: "a"})
 	cfg.Rotation = 100 * time.Millisecond
 	stop := h.runSidecar(cfg, h.options())
 	h.waitFor("the first set", 5*time.Second, func() bool { return h.fileIs("a", a1) })
@@ -523,7 +578,7 @@ func TestSidecarStopsBeforeFirstSet(t *testing.T) {
 	_ = h.emu.Grant(h.vault, id, emulator.PermGet)
 	h.setSecret("a")
 	_ = h.emu.InjectFault(emulator.Fault{Kind: emulator.FaultStatus, Status: 503, Match: emulator.OpGet})
-	stop := h.runSidecar(h.config(mapping.AgentModeSidecar, mapping.IdentityWorkload, mapping.Entry{File: "a", Name: "a"}), h.options())
+	stop := h.runSidecar(h.config(agentconfig.ModeSidecar, agentconfig.IdentityWorkload, agentconfig.Entry{File: "a", Name: "a"}), h.options())
 	h.waitFor("a retry", 3*time.Second, func() bool { return strings.Contains(h.logs.String(), "retrying") })
 	if err := stop(); err != nil {
 		t.Fatalf("sidecar stopped with %v, want nil", err)
@@ -545,7 +600,7 @@ func TestVolumeFull(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(h.dir, "a"), []byte("app data"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	err := h.run(context.Background(), h.config(mapping.AgentModeInit, mapping.IdentityWorkload, mapping.Entry{File: "a", Name: "a"}), h.options())
+	err := h.run(context.Background(), h.config(agentconfig.ModeInit, agentconfig.IdentityWorkload, agentconfig.Entry{File: "a", Name: "a"}), h.options())
 	if err == nil || !strings.HasPrefix(h.termination(), "kvinject-agent: cannot write the secrets: atomicdir: ") {
 		t.Fatalf("Run: %v; termination log %q", err, h.termination())
 	}
@@ -563,16 +618,16 @@ func TestFetchPattern(t *testing.T) {
 		h := newHarness(t, emulator.Options{Latency: latency})
 		id, _ := h.workload()
 		_ = h.emu.Grant(h.vault, id, emulator.PermGet)
-		var entries []mapping.Entry
+		var entries []agentconfig.Entry
 		for i := range n {
 			name := fmt.Sprintf("secret-%02d", i)
 			h.setSecret(name)
-			entries = append(entries, mapping.Entry{File: name + ".txt", Name: name})
+			entries = append(entries, agentconfig.Entry{File: name + ".txt", Name: name})
 		}
 		opts := h.options()
 		opts.Concurrency = concurrency
 		start := time.Now()
-		if err := h.run(context.Background(), h.config(mapping.AgentModeInit, mapping.IdentityWorkload, entries...), opts); err != nil {
+		if err := h.run(context.Background(), h.config(agentconfig.ModeInit, agentconfig.IdentityWorkload, entries...), opts); err != nil {
 			t.Fatal(err)
 		}
 		return time.Since(start), h.emu.Stats()

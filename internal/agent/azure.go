@@ -22,7 +22,7 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/security/keyvault/azsecrets"
 
 	"github.com/kvinject/kvinject/internal/version"
-	"github.com/kvinject/kvinject/pkg/mapping"
+	"github.com/kvinject/kvinject/pkg/agentconfig"
 )
 
 // maxIdleConnsPerHost is well above the fetch concurrency, so that HTTP/1.1
@@ -40,20 +40,20 @@ func newTransport(env Env, log *slog.Logger) (*http.Transport, error) {
 	if env.TestCAFile != "" {
 		pem, err := os.ReadFile(env.TestCAFile)
 		if err != nil {
-			return nil, &ConfigError{Msg: fmt.Sprintf("%s: %v", EnvTestCAFile, err)}
+			return nil, &ConfigError{Msg: fmt.Sprintf("%s: %v", agentconfig.EnvTestCAFile, err)}
 		}
 		pool := x509.NewCertPool()
 		if !pool.AppendCertsFromPEM(pem) {
-			return nil, &ConfigError{Msg: fmt.Sprintf("%s: %s holds no PEM certificate", EnvTestCAFile, env.TestCAFile)}
+			return nil, &ConfigError{Msg: fmt.Sprintf("%s: %s holds no PEM certificate", agentconfig.EnvTestCAFile, env.TestCAFile)}
 		}
 		t.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
-		log.Warn("TEST OPTION IN USE: trusting only the certificates of "+EnvTestCAFile+"; never set this in production",
-			"env", EnvTestCAFile, "file", env.TestCAFile)
+		log.Warn("TEST OPTION IN USE: trusting only the certificates of "+agentconfig.EnvTestCAFile+"; never set this in production",
+			"env", agentconfig.EnvTestCAFile, "file", env.TestCAFile)
 	}
 	if env.TestResolve != "" {
 		rules, err := parseResolve(env.TestResolve)
 		if err != nil {
-			return nil, &ConfigError{Msg: fmt.Sprintf("%s: %v", EnvTestResolve, err)}
+			return nil, &ConfigError{Msg: fmt.Sprintf("%s: %v", agentconfig.EnvTestResolve, err)}
 		}
 		d := &net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}
 		t.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
@@ -65,8 +65,8 @@ func newTransport(env Env, log *slog.Logger) (*http.Transport, error) {
 			}
 			return d.DialContext(ctx, network, addr)
 		}
-		log.Warn("TEST OPTION IN USE: dialing overridden by "+EnvTestResolve+"; never set this in production",
-			"env", EnvTestResolve, "rules", env.TestResolve)
+		log.Warn("TEST OPTION IN USE: dialing overridden by "+agentconfig.EnvTestResolve+"; never set this in production",
+			"env", agentconfig.EnvTestResolve, "rules", env.TestResolve)
 	}
 	return t, nil
 }
@@ -144,14 +144,16 @@ func (p userAgentPolicy) Do(req *policy.Request) (*http.Response, error) {
 	return req.Next()
 }
 
-// cloudFor returns the cloud configuration whose Azure AD is authority
-// (AZURE_AUTHORITY_HOST); empty means the public cloud.
+// cloudFor returns the SDK's configuration of the cloud whose Azure AD is
+// authority (AZURE_AUTHORITY_HOST, matched by agentconfig.CloudOfAuthority);
+// empty means the public cloud. An authority of no known cloud keeps the
+// public cloud's settings with that authority.
 func cloudFor(authority string) cloud.Configuration {
 	c := cloud.AzurePublic
-	switch strings.TrimSuffix(strings.ToLower(authority), "/") {
-	case strings.TrimSuffix(cloud.AzureGovernment.ActiveDirectoryAuthorityHost, "/"):
+	switch known, _ := agentconfig.CloudOfAuthority(authority); known {
+	case agentconfig.AzureUSGovernmentCloud:
 		c = cloud.AzureGovernment
-	case strings.TrimSuffix(cloud.AzureChina.ActiveDirectoryAuthorityHost, "/"):
+	case agentconfig.AzureChinaCloud:
 		c = cloud.AzureChina
 	}
 	if authority != "" {
@@ -174,12 +176,12 @@ func clientOptions(t policy.Transporter, env Env, retry policy.RetryOptions) azc
 }
 
 // newCredential returns the credential of the configured identity kind.
-func newCredential(kind mapping.IdentityKind, env Env, co azcore.ClientOptions) (azcore.TokenCredential, error) {
+func newCredential(kind agentconfig.IdentityKind, env Env, co azcore.ClientOptions) (azcore.TokenCredential, error) {
 	switch kind {
-	case mapping.IdentityWorkload:
+	case agentconfig.IdentityWorkload:
 		var missing []string
 		for _, v := range []struct{ name, value string }{
-			{EnvClientID, env.ClientID}, {EnvTenantID, env.TenantID}, {EnvTokenFile, env.TokenFile},
+			{agentconfig.EnvClientID, env.ClientID}, {agentconfig.EnvTenantID, env.TenantID}, {agentconfig.EnvTokenFile, env.TokenFile},
 		} {
 			if v.value == "" {
 				missing = append(missing, v.name)
@@ -199,7 +201,7 @@ func newCredential(kind mapping.IdentityKind, env Env, co azcore.ClientOptions) 
 			TenantID:      env.TenantID,
 			TokenFilePath: env.TokenFile,
 		})
-	case mapping.IdentityManaged:
+	case agentconfig.IdentityManaged:
 		if env.ClientID == "" {
 			return nil, &ConfigError{Msg: "a user-assigned managed identity needs AZURE_CLIENT_ID. Fix: set kvinject.dev/identity to managed:<client-id>, or configure the webhook's default managed identity, then recreate the pod"}
 		}
@@ -207,7 +209,7 @@ func newCredential(kind mapping.IdentityKind, env Env, co azcore.ClientOptions) 
 			ClientOptions: co,
 			ID:            azidentity.ClientID(env.ClientID),
 		})
-	case mapping.IdentitySystem:
+	case agentconfig.IdentitySystem:
 		return azidentity.NewManagedIdentityCredential(&azidentity.ManagedIdentityCredentialOptions{ClientOptions: co})
 	}
 	return nil, &ConfigError{Msg: fmt.Sprintf("unknown identity kind %q", kind)}
@@ -243,7 +245,7 @@ type Clients struct {
 // retry configures the SDK's retries (a zero TryTimeout means 30s; empty
 // StatusCodes mean keyVaultRetryStatusCodes). Its errors are *ConfigError,
 // whose messages say what to fix.
-func NewClients(vaultURL string, kind mapping.IdentityKind, env Env, retry policy.RetryOptions, log *slog.Logger) (*Clients, error) {
+func NewClients(vaultURL string, kind agentconfig.IdentityKind, env Env, retry policy.RetryOptions, log *slog.Logger) (*Clients, error) {
 	t, err := newTransport(env, log)
 	if err != nil {
 		return nil, err
@@ -262,7 +264,7 @@ func NewClients(vaultURL string, kind mapping.IdentityKind, env Env, retry polic
 // keyVaultOptions, with its own lane's authorized signal. retry configures
 // the SDK's retries (a zero TryTimeout means 30s). Its errors are
 // *ConfigError.
-func newFetcher(vaultURL string, kind mapping.IdentityKind, env Env, t *http.Transport, retry policy.RetryOptions, concurrency int) (*fetcher, error) {
+func newFetcher(vaultURL string, kind agentconfig.IdentityKind, env Env, t *http.Transport, retry policy.RetryOptions, concurrency int) (*fetcher, error) {
 	if retry.TryTimeout == 0 {
 		retry.TryTimeout = 30 * time.Second
 	}

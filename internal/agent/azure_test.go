@@ -23,7 +23,7 @@ import (
 
 	"github.com/kvinject/kvinject/internal/testing/emulator"
 	"github.com/kvinject/kvinject/internal/version"
-	"github.com/kvinject/kvinject/pkg/mapping"
+	"github.com/kvinject/kvinject/pkg/agentconfig"
 )
 
 func TestParseResolve(t *testing.T) {
@@ -153,11 +153,11 @@ func TestUserAgentOnEveryRequest(t *testing.T) {
 
 	want := "kvinject-agent/" + version.Version + " (pod ns/app-1)"
 	for _, tc := range []struct {
-		kind mapping.IdentityKind
+		kind agentconfig.IdentityKind
 		env  Env
 	}{
-		{mapping.IdentityWorkload, Env{ClientID: wiID, TenantID: emu.TenantID(), TokenFile: tok, AuthorityHost: "https://login.microsoftonline.com/"}},
-		{mapping.IdentityManaged, Env{ClientID: miID}},
+		{agentconfig.IdentityWorkload, Env{ClientID: wiID, TenantID: emu.TenantID(), TokenFile: tok, AuthorityHost: "https://login.microsoftonline.com/"}},
+		{agentconfig.IdentityManaged, Env{ClientID: miID}},
 	} {
 		t.Run(string(tc.kind), func(t *testing.T) {
 			tc.env.PodNamespace, tc.env.PodName = "ns", "app-1"
@@ -196,13 +196,13 @@ func TestNewCredentialConfigErrors(t *testing.T) {
 	}
 	for _, tc := range []struct {
 		name string
-		kind mapping.IdentityKind
+		kind agentconfig.IdentityKind
 		env  Env
 		want string
 	}{
-		{"workload without anything", mapping.IdentityWorkload, Env{}, "workload identity needs AZURE_CLIENT_ID, AZURE_TENANT_ID, AZURE_FEDERATED_TOKEN_FILE"},
-		{"workload without token file", mapping.IdentityWorkload, Env{ClientID: exClient, TenantID: exTenant, TokenFile: "/nonexistent/token"}, "the projected service account token /nonexistent/token cannot be read"},
-		{"managed without client ID", mapping.IdentityManaged, Env{}, "a user-assigned managed identity needs AZURE_CLIENT_ID"},
+		{"workload without anything", agentconfig.IdentityWorkload, Env{}, "workload identity needs AZURE_CLIENT_ID, AZURE_TENANT_ID, AZURE_FEDERATED_TOKEN_FILE"},
+		{"workload without token file", agentconfig.IdentityWorkload, Env{ClientID: exClient, TenantID: exTenant, TokenFile: "/nonexistent/token"}, "the projected service account token /nonexistent/token cannot be read"},
+		{"managed without client ID", agentconfig.IdentityManaged, Env{}, "a user-assigned managed identity needs AZURE_CLIENT_ID"},
 		{"unknown kind", "pod", Env{}, `unknown identity kind "pod"`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -216,7 +216,7 @@ func TestNewCredentialConfigErrors(t *testing.T) {
 			}
 		})
 	}
-	if _, err := newCredential(mapping.IdentityWorkload, Env{ClientID: exClient, TenantID: exTenant, TokenFile: tok}, clientOptions(http.DefaultClient, Env{}, policy.RetryOptions{})); err != nil {
+	if _, err := newCredential(agentconfig.IdentityWorkload, Env{ClientID: exClient, TenantID: exTenant, TokenFile: tok}, clientOptions(http.DefaultClient, Env{}, policy.RetryOptions{})); err != nil {
 		t.Fatalf("complete workload environment: %v", err)
 	}
 }
@@ -248,19 +248,19 @@ func TestNewTransportTestOptions(t *testing.T) {
 }
 
 func TestArgsRoundTrip(t *testing.T) {
-	entries := []mapping.Entry{
+	entries := []agentconfig.Entry{
 		{File: "connectionstring.txt", Name: "DATABASE-CONNECTION-STRING"},
 		{File: "apikey.txt", Name: "API-KEY", Version: "4387e9f3d6e14c459867679a90fd0f79"},
 		{File: "db/password", Name: "db-password"},
 	}
-	for _, cfg := range []mapping.AgentConfig{
-		{Mode: mapping.AgentModeSidecar, VaultURL: "https://myvault.vault.azure.net/", Entries: entries, Dir: "/var/run/kvinject/secrets",
-			FileMode: 0o440, Rotation: 2 * time.Minute, Identity: mapping.IdentityWorkload},
-		{Mode: mapping.AgentModeInit, VaultURL: "https://myvault.vault.usgovcloudapi.net/", Entries: entries[:1], Dir: "/var/run/kvinject/secrets",
-			FileMode: 0o444, Identity: mapping.IdentityManaged},
-		{Mode: mapping.AgentModeInit, VaultURL: "https://myvault.vault.azure.cn/", Entries: entries[1:], Dir: "/s",
-			FileMode: 0o400, Identity: mapping.IdentitySystem},
-		{Mode: mapping.AgentModeProbe, Dir: "/var/run/kvinject/secrets", FileMode: mapping.ModeWorldReadable},
+	for _, cfg := range []agentconfig.Config{
+		{Mode: agentconfig.ModeSidecar, VaultURL: "https://myvault.vault.azure.net/", Entries: entries, Dir: "/var/run/kvinject/secrets",
+			FileMode: 0o440, Rotation: 2 * time.Minute, Identity: agentconfig.IdentityWorkload},
+		{Mode: agentconfig.ModeInit, VaultURL: "https://myvault.vault.usgovcloudapi.net/", Entries: entries[:1], Dir: "/var/run/kvinject/secrets",
+			FileMode: 0o444, Identity: agentconfig.IdentityManaged},
+		{Mode: agentconfig.ModeInit, VaultURL: "https://myvault.vault.azure.cn/", Entries: entries[1:], Dir: "/s",
+			FileMode: 0o400, Identity: agentconfig.IdentitySystem},
+		{Mode: agentconfig.ModeProbe, Dir: "/var/run/kvinject/secrets", FileMode: agentconfig.ModeWorldReadable},
 	} {
 		t.Run(cfg.Mode+" "+string(cfg.Identity), func(t *testing.T) {
 			args := cfg.Args()
@@ -271,13 +271,13 @@ func TestArgsRoundTrip(t *testing.T) {
 			if diff := cmp.Diff(cfg, got); diff != "" {
 				t.Errorf("round trip of %q (-want +got):\n%s", args, diff)
 			}
-			// The mapping package's own reader agrees.
-			viaMapping, err := mapping.ParseAgentArgs(args)
+			// agentconfig's reader without the agent's own flags agrees.
+			viaConfig, err := agentconfig.ParseArgs(args, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if diff := cmp.Diff(viaMapping, got); diff != "" {
-				t.Errorf("agent and mapping parse %q differently (-mapping +agent):\n%s", args, diff)
+			if diff := cmp.Diff(viaConfig, got); diff != "" {
+				t.Errorf("agent and agentconfig parse %q differently (-agentconfig +agent):\n%s", args, diff)
 			}
 			if want := (localFlags{terminationLog: DefaultTerminationLog, initTimeout: DefaultInitTimeout}); local != want {
 				t.Errorf("local flags %+v, want defaults %+v", local, want)
@@ -286,7 +286,7 @@ func TestArgsRoundTrip(t *testing.T) {
 	}
 
 	// The agent's own flags share the flag set.
-	cfg := mapping.AgentConfig{Mode: mapping.AgentModeInit, VaultURL: "https://v1.vault.azure.net/", Entries: entries[:1], Dir: "/d", FileMode: 0o440, Identity: mapping.IdentitySystem}
+	cfg := agentconfig.Config{Mode: agentconfig.ModeInit, VaultURL: "https://v1.vault.azure.net/", Entries: entries[:1], Dir: "/d", FileMode: 0o440, Identity: agentconfig.IdentitySystem}
 	_, local, err := parseArgs(append(cfg.Args(), "--termination-log=/tmp/t", "--log-level=debug", "--init-timeout=5s"))
 	if err != nil {
 		t.Fatal(err)
@@ -402,7 +402,7 @@ func TestFetchStopsOnlyForSharedFailures(t *testing.T) {
 	env := Env{ClientID: id, TenantID: emu.TenantID(), TokenFile: tok, AuthorityHost: "https://login.microsoftonline.com/"}
 	newFetcher := func() *fetcher {
 		co := clientOptions(&http.Client{Transport: tr}, env, policy.RetryOptions{MaxRetries: -1})
-		cred, err := newCredential(mapping.IdentityWorkload, env, co)
+		cred, err := newCredential(agentconfig.IdentityWorkload, env, co)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -414,9 +414,9 @@ func TestFetchStopsOnlyForSharedFailures(t *testing.T) {
 		return &fetcher{secrets: client, cred: sc, scope: vaultScope(emu.VaultURL("fvault")), vault: emu.VaultURL("fvault"), concurrency: 4}
 	}
 	refs := []objectRef{{name: "gone"}, {name: "a"}, {name: "b"}}
-	names := map[objectRef]mapping.Entry{}
+	names := map[objectRef]agentconfig.Entry{}
 	for _, r := range refs {
-		names[r] = mapping.Entry{File: r.name, Name: r.name}
+		names[r] = agentconfig.Entry{File: r.name, Name: r.name}
 	}
 
 	res := newFetcher().fetch(context.Background(), refs, names)

@@ -13,7 +13,7 @@ import (
 
 	"github.com/kvinject/kvinject/internal/agent"
 	"github.com/kvinject/kvinject/internal/testing/emulator"
-	"github.com/kvinject/kvinject/pkg/mapping"
+	"github.com/kvinject/kvinject/pkg/agentconfig"
 )
 
 // rtt is the Key Vault and Azure AD round trip the benchmarks' emulator adds to
@@ -23,7 +23,7 @@ const rtt = 20 * time.Millisecond
 // benchSetup is an emulator with a vault of n secrets and a workload identity
 // allowed to read them, and the agent configuration and options that read them
 // all, the way the webhook wires a pod (in-process, logs discarded).
-func benchSetup(b *testing.B, n int, mode string) (*emulator.Emulator, mapping.AgentConfig, agent.Options) {
+func benchSetup(b *testing.B, n int, mode string) (*emulator.Emulator, agentconfig.Config, agent.Options) {
 	b.Helper()
 	emu, err := emulator.Start(emulator.Options{Latency: rtt, ThrottleLimit: -1})
 	if err != nil {
@@ -49,21 +49,21 @@ func benchSetup(b *testing.B, n int, mode string) (*emulator.Emulator, mapping.A
 	if err := emu.Grant(vault, clientID, emulator.PermGet); err != nil {
 		b.Fatal(err)
 	}
-	var entries []mapping.Entry
+	var entries []agentconfig.Entry
 	for i := range n {
 		name := fmt.Sprintf("SECRET-%02d", i)
 		emu.SetSecret(vault, name, "value-"+randHex(16))
-		entries = append(entries, mapping.Entry{File: fmt.Sprintf("secret-%02d.txt", i), Name: name})
+		entries = append(entries, agentconfig.Entry{File: fmt.Sprintf("secret-%02d.txt", i), Name: name})
 	}
 	env := map[string]string{
-		agent.EnvTestCAFile:    ca,
-		agent.EnvTestResolve:   fmt.Sprintf("login.microsoftonline.com=%s,*.vault.azure.net=%s", emu.Addr(), emu.Addr()),
-		agent.EnvAuthorityHost: "https://login.microsoftonline.com/",
-		agent.EnvClientID:      clientID,
-		agent.EnvTenantID:      emu.TenantID(),
-		agent.EnvTokenFile:     token,
-		agent.EnvPodName:       testPod,
-		agent.EnvPodNamespace:  testNamespace,
+		agentconfig.EnvTestCAFile:    ca,
+		agentconfig.EnvTestResolve:   fmt.Sprintf("login.microsoftonline.com=%s,*.vault.azure.net=%s", emu.Addr(), emu.Addr()),
+		agentconfig.EnvAuthorityHost: "https://login.microsoftonline.com/",
+		agentconfig.EnvClientID:      clientID,
+		agentconfig.EnvTenantID:      emu.TenantID(),
+		agentconfig.EnvTokenFile:     token,
+		agentconfig.EnvPodName:       testPod,
+		agentconfig.EnvPodNamespace:  testNamespace,
 	}
 	dir, err := os.MkdirTemp("/dev/shm", "kvinject-agent-bench-")
 	if err != nil {
@@ -71,8 +71,8 @@ func benchSetup(b *testing.B, n int, mode string) (*emulator.Emulator, mapping.A
 	} else {
 		b.Cleanup(func() { _ = os.RemoveAll(dir) })
 	}
-	cfg := mapping.AgentConfig{Mode: mode, VaultURL: "https://" + vault + ".vault.azure.net/", Entries: entries,
-		Dir: dir, FileMode: 0o440, Identity: mapping.IdentityWorkload}
+	cfg := agentconfig.Config{Mode: mode, VaultURL: "https://" + vault + ".vault.azure.net/", Entries: entries,
+		Dir: dir, FileMode: 0o440, Identity: agentconfig.IdentityWorkload}
 	opts := agent.Options{
 		Getenv: func(k string) string { return env[k] },
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
@@ -98,7 +98,7 @@ func BenchmarkFirstSet(b *testing.B) {
 		fetches := []fetch{{"concurrent", agent.DefaultConcurrency}, {"sequential", 1}}
 		for _, f := range fetches {
 			b.Run(fmt.Sprintf("secrets=%d/fetch=%s", n, f.name), func(b *testing.B) {
-				emu, cfg, opts := benchSetup(b, n, mapping.AgentModeInit)
+				emu, cfg, opts := benchSetup(b, n, agentconfig.ModeInit)
 				opts.Concurrency = f.concurrency
 				emu.ResetStats()
 				start := time.Now()
@@ -130,7 +130,7 @@ func BenchmarkFirstSet(b *testing.B) {
 func BenchmarkRotation(b *testing.B) {
 	const interval = 2 * time.Second
 	b.Run(fmt.Sprintf("secrets=10/interval=%s", interval), func(b *testing.B) {
-		emu, cfg, opts := benchSetup(b, 10, mapping.AgentModeSidecar)
+		emu, cfg, opts := benchSetup(b, 10, agentconfig.ModeSidecar)
 		cfg.Rotation = interval
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan error, 1)

@@ -14,9 +14,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/kvinject/kvinject/internal/agent"
 	"github.com/kvinject/kvinject/internal/testing/emulator"
-	"github.com/kvinject/kvinject/pkg/mapping"
+	"github.com/kvinject/kvinject/pkg/agentconfig"
 )
 
 var (
@@ -70,8 +69,8 @@ type process struct {
 func (h *harness) start(bin string, args []string, extraEnv ...string) *process {
 	h.t.Helper()
 	var env []string
-	for _, k := range []string{agent.EnvClientID, agent.EnvTenantID, agent.EnvAuthorityHost, agent.EnvTokenFile,
-		agent.EnvPodName, agent.EnvPodNamespace, agent.EnvServiceAccount, agent.EnvTestCAFile, agent.EnvTestResolve} {
+	for _, k := range []string{agentconfig.EnvClientID, agentconfig.EnvTenantID, agentconfig.EnvAuthorityHost, agentconfig.EnvTokenFile,
+		agentconfig.EnvPodName, agentconfig.EnvPodNamespace, agentconfig.EnvServiceAccount, agentconfig.EnvTestCAFile, agentconfig.EnvTestResolve} {
 		if v, ok := h.env[k]; ok {
 			env = append(env, k+"="+v)
 		}
@@ -151,10 +150,10 @@ func TestBinaryWorkloadInitAndProbe(t *testing.T) {
 	conn, _ := h.setSecret("DATABASE-CONNECTION-STRING")
 	key, version := h.setSecret("API-KEY")
 	h.setSecret("API-KEY")
-	cfg := h.config(mapping.AgentModeInit, mapping.IdentityWorkload,
-		mapping.Entry{File: "connectionstring.txt", Name: "DATABASE-CONNECTION-STRING"},
-		mapping.Entry{File: "apikey.txt", Name: "API-KEY", Version: version})
-	probe := mapping.AgentConfig{Mode: mapping.AgentModeProbe, Dir: h.dir}.Args()
+	cfg := h.config(agentconfig.ModeInit, agentconfig.IdentityWorkload,
+		agentconfig.Entry{File: "connectionstring.txt", Name: "DATABASE-CONNECTION-STRING"},
+		agentconfig.Entry{File: "apikey.txt", Name: "API-KEY", Version: version})
+	probe := agentconfig.Config{Mode: agentconfig.ModeProbe, Dir: h.dir}.Args()
 
 	code, p := h.runBinary(bin, probe)
 	if code != 1 || !strings.Contains(p.stderr.String(), "no complete set yet") {
@@ -191,7 +190,7 @@ func TestBinarySidecar(t *testing.T) {
 	id, _ := h.workload()
 	_ = h.emu.Grant(h.vault, id, emulator.PermGet)
 	v1, _ := h.setSecret("a")
-	cfg := h.config(mapping.AgentModeSidecar, mapping.IdentityWorkload, mapping.Entry{File: "a", Name: "a"})
+	cfg := h.config(agentconfig.ModeSidecar, agentconfig.IdentityWorkload, agentconfig.Entry{File: "a", Name: "a"})
 	p := h.start(bin, cfg.Args())
 	h.waitFor("the first set", 5*time.Second, func() bool { return h.fileIs("a", v1) })
 	v2 := "VALUE-a2-" + randHex(8)
@@ -216,7 +215,7 @@ func TestBinaryFailures(t *testing.T) {
 		h := newHarness(t, emulator.Options{})
 		id, _ := h.workload()
 		h.setSecret("API-KEY")
-		code, p := h.runBinary(bin, h.config(mapping.AgentModeInit, mapping.IdentityWorkload, mapping.Entry{File: "apikey.txt", Name: "API-KEY"}).Args())
+		code, p := h.runBinary(bin, h.config(agentconfig.ModeInit, agentconfig.IdentityWorkload, agentconfig.Entry{File: "apikey.txt", Name: "API-KEY"}).Args())
 		if code != 1 {
 			t.Fatalf("exit %d, want 1\nstderr:\n%s", code, p.stderr)
 		}
@@ -229,7 +228,7 @@ func TestBinaryFailures(t *testing.T) {
 	t.Run("system identity missing", func(t *testing.T) {
 		h := newHarness(t, emulator.Options{})
 		h.setSecret("API-KEY")
-		code, p := h.runBinary(bin, h.config(mapping.AgentModeInit, mapping.IdentitySystem, mapping.Entry{File: "apikey.txt", Name: "API-KEY"}).Args(),
+		code, p := h.runBinary(bin, h.config(agentconfig.ModeInit, agentconfig.IdentitySystem, agentconfig.Entry{File: "apikey.txt", Name: "API-KEY"}).Args(),
 			"IDENTITY_ENDPOINT="+h.emu.MSIEndpoint(), "IDENTITY_HEADER="+h.emu.IdentityHeader())
 		if code != 1 {
 			t.Fatalf("exit %d, want 1\nstderr:\n%s", code, p.stderr)
@@ -264,8 +263,8 @@ func TestBinarySystemIdentity(t *testing.T) {
 	v, _ := h.setSecret("s")
 	old, version := h.setSecret("pinned")
 	h.setSecret("pinned")
-	code, p := h.runBinary(bin, h.config(mapping.AgentModeInit, mapping.IdentitySystem,
-		mapping.Entry{File: "s", Name: "s"}, mapping.Entry{File: "p/old", Name: "pinned", Version: version}).Args(),
+	code, p := h.runBinary(bin, h.config(agentconfig.ModeInit, agentconfig.IdentitySystem,
+		agentconfig.Entry{File: "s", Name: "s"}, agentconfig.Entry{File: "p/old", Name: "pinned", Version: version}).Args(),
 		"IDENTITY_ENDPOINT="+h.emu.MSIEndpoint(), "IDENTITY_HEADER="+h.emu.IdentityHeader())
 	if code != 0 {
 		t.Fatalf("exit %d\nstderr:\n%s", code, p.stderr)

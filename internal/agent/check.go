@@ -8,7 +8,7 @@ import (
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/runtime"
 
-	"github.com/kvinject/kvinject/pkg/mapping"
+	"github.com/kvinject/kvinject/pkg/agentconfig"
 )
 
 // This file lets the doctor (internal/doctor) read and check entries with the
@@ -38,16 +38,16 @@ type Object struct {
 
 // SameObject reports whether entries a and b read the same object (kind,
 // name, version and history), which the agent reads once for both.
-func SameObject(a, b mapping.Entry) bool { return refOf(a) == refOf(b) }
+func SameObject(a, b agentconfig.Entry) bool { return refOf(a) == refOf(b) }
 
 // ObjectWord names an entry's kind of object: "secret", "certificate" or "key".
-func ObjectWord(t mapping.ObjectType) string { return objectWord(t) }
+func ObjectWord(t agentconfig.ObjectType) string { return objectWord(t) }
 
 // Read reads e's object as the agent does: a secret (get), a certificate
 // (certificates get) or a key (keys get), or a history (secrets list, then a
 // get of each version). Its errors are the agent's: a *SecretError, for
 // Reason.
-func (c *Clients) Read(ctx context.Context, e mapping.Entry) (*Object, error) {
+func (c *Clients) Read(ctx context.Context, e agentconfig.Entry) (*Object, error) {
 	r := refOf(e)
 	var raw *http.Response
 	if r.history == 0 {
@@ -105,7 +105,7 @@ func (o *Object) attributes(resp *http.Response) {
 // returns the paths of the files, never their content. e must read the same
 // object as the entry o was read for (SameObject). Its errors are the
 // agent's: a *SecretError wrapping a *ContentError, for Reason.
-func (o *Object) Render(e mapping.Entry) ([]string, error) {
+func (o *Object) Render(e agentconfig.Entry) ([]string, error) {
 	files, err := render(e, o.v, o.vault)
 	if err != nil {
 		return nil, err

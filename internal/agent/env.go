@@ -5,35 +5,12 @@ import (
 	"encoding/json"
 	"os"
 	"strings"
+
+	"github.com/kvinject/kvinject/pkg/agentconfig"
 )
 
-// Environment variables the agent reads. The webhook sets the first seven;
-// the two test-only ones are never set by the webhook.
-const (
-	// EnvClientID is the identity's client ID (workload and user-assigned managed identity).
-	EnvClientID = "AZURE_CLIENT_ID"
-	// EnvTenantID is the identity's tenant (workload identity).
-	EnvTenantID = "AZURE_TENANT_ID"
-	// EnvAuthorityHost is the cloud's Azure AD, e.g. https://login.microsoftonline.com/.
-	EnvAuthorityHost = "AZURE_AUTHORITY_HOST"
-	// EnvTokenFile is the projected service account token (workload identity).
-	EnvTokenFile = "AZURE_FEDERATED_TOKEN_FILE"
-	// EnvPodName is the pod's name (downward API), for audit logs.
-	EnvPodName = "POD_NAME"
-	// EnvPodNamespace is the pod's namespace (downward API), for audit logs and messages.
-	EnvPodNamespace = "POD_NAMESPACE"
-	// EnvServiceAccount is the pod's ServiceAccount (downward API), for messages.
-	EnvServiceAccount = "KVINJECT_SERVICE_ACCOUNT"
-	// EnvTestCAFile names a PEM file; when set, the agent trusts only those
-	// roots. For tests against a local emulator only.
-	EnvTestCAFile = "KVINJECT_TEST_CA_FILE"
-	// EnvTestResolve overrides dialing, "host=ip:port,*.suffix=ip:port,...",
-	// keeping the real host names for TLS and Key Vault's challenge. For tests
-	// against a local emulator only.
-	EnvTestResolve = "KVINJECT_TEST_RESOLVE"
-)
-
-// Env is what the agent reads from its environment.
+// Env is what the agent reads from its environment: the variables agentconfig
+// names (Env*), which the webhook sets, and the two test-only ones it never sets.
 type Env struct {
 	ClientID       string
 	TenantID       string
@@ -53,15 +30,15 @@ func ReadEnv(getenv func(string) string) Env {
 	}
 	g := func(k string) string { return strings.TrimSpace(getenv(k)) }
 	return Env{
-		ClientID:       g(EnvClientID),
-		TenantID:       g(EnvTenantID),
-		AuthorityHost:  g(EnvAuthorityHost),
-		TokenFile:      g(EnvTokenFile),
-		PodName:        g(EnvPodName),
-		PodNamespace:   g(EnvPodNamespace),
-		ServiceAccount: g(EnvServiceAccount),
-		TestCAFile:     g(EnvTestCAFile),
-		TestResolve:    g(EnvTestResolve),
+		ClientID:       g(agentconfig.EnvClientID),
+		TenantID:       g(agentconfig.EnvTenantID),
+		AuthorityHost:  g(agentconfig.EnvAuthorityHost),
+		TokenFile:      g(agentconfig.EnvTokenFile),
+		PodName:        g(agentconfig.EnvPodName),
+		PodNamespace:   g(agentconfig.EnvPodNamespace),
+		ServiceAccount: g(agentconfig.EnvServiceAccount),
+		TestCAFile:     g(agentconfig.EnvTestCAFile),
+		TestResolve:    g(agentconfig.EnvTestResolve),
 	}
 }
 

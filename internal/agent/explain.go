@@ -15,7 +15,7 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/runtime"
 	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
 
-	"github.com/kvinject/kvinject/pkg/mapping"
+	"github.com/kvinject/kvinject/pkg/agentconfig"
 )
 
 // MaxMessage is the size limit of a termination message; kubelet truncates
@@ -93,7 +93,7 @@ type Facts struct {
 	// VaultURL is the vault, e.g. https://myvault.vault.azure.net/.
 	VaultURL string
 	// Identity is the identity kind.
-	Identity mapping.IdentityKind
+	Identity agentconfig.IdentityKind
 	// ClientID and TenantID are AZURE_CLIENT_ID and AZURE_TENANT_ID.
 	ClientID, TenantID string
 	// Namespace and ServiceAccount are the pod's.
@@ -108,13 +108,13 @@ type Facts struct {
 // FactsFrom collects Facts from the configuration and the environment. For
 // workload identity it decodes (without verifying) the public claims of the
 // projected token; the token itself is never kept.
-func FactsFrom(cfg mapping.AgentConfig, env Env) Facts {
+func FactsFrom(cfg agentconfig.Config, env Env) Facts {
 	f := Facts{
 		VaultURL: cfg.VaultURL, Identity: cfg.Identity,
 		ClientID: env.ClientID, TenantID: env.TenantID, AuthorityHost: env.AuthorityHost,
 		Namespace: env.PodNamespace, ServiceAccount: env.ServiceAccount,
 	}
-	if cfg.Identity == mapping.IdentityWorkload {
+	if cfg.Identity == agentconfig.IdentityWorkload {
 		if c, ok := readTokenClaims(env.TokenFile); ok {
 			f.Issuer, f.Subject = c.Issuer, c.Subject
 		}
@@ -318,11 +318,11 @@ func principalOf(f Facts, kvMessage string) principal {
 		p.objectID = m[2]
 	}
 	switch f.Identity {
-	case mapping.IdentityWorkload:
+	case agentconfig.IdentityWorkload:
 		p.desc = "workload identity " + p.clientID
-	case mapping.IdentityManaged:
+	case agentconfig.IdentityManaged:
 		p.desc = "managed identity " + p.clientID
-	case mapping.IdentitySystem:
+	case agentconfig.IdentitySystem:
 		p.desc = "the node's system-assigned managed identity"
 		if p.objectID != "" {
 			p.desc += " (object ID " + p.objectID + ")"
@@ -373,7 +373,7 @@ func reason(err error, f Facts, se *SecretError) (why, fix string) {
 	}
 	var afe *azidentity.AuthenticationFailedError
 	if errors.As(err, &afe) {
-		if f.Identity == mapping.IdentityManaged || f.Identity == mapping.IdentitySystem {
+		if f.Identity == agentconfig.IdentityManaged || f.Identity == agentconfig.IdentitySystem {
 			return managedIdentityReason(afe, f)
 		}
 		return aadReason(afe, f)
@@ -619,7 +619,7 @@ func managedIdentityReason(afe *azidentity.AuthenticationFailedError, f Facts) (
 	switch {
 	case transientStatus(afe.RawResponse.StatusCode):
 		return head, "this is usually temporary; the pod retries when it restarts"
-	case f.Identity == mapping.IdentitySystem:
+	case f.Identity == agentconfig.IdentitySystem:
 		return head + ": the node has no system-assigned managed identity",
 			"enable the system-assigned identity of the node pool's scale set (az vmss identity assign --resource-group <node resource group> --name <scale set>), or use workload identity or a user-assigned identity (kvinject.dev/identity)"
 	}

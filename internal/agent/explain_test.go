@@ -21,7 +21,7 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
 	"github.com/google/go-cmp/cmp"
 
-	"github.com/kvinject/kvinject/pkg/mapping"
+	"github.com/kvinject/kvinject/pkg/agentconfig"
 )
 
 const (
@@ -77,10 +77,10 @@ func secretErr(version string, err error) error {
 const callerMsg = "appid=" + exClient + ";oid=" + exOID + ";iss=https://sts.windows.net/" + exTenant + "/"
 
 func TestExplain(t *testing.T) {
-	workload := Facts{VaultURL: exVault, Identity: mapping.IdentityWorkload, ClientID: exClient, TenantID: exTenant,
+	workload := Facts{VaultURL: exVault, Identity: agentconfig.IdentityWorkload, ClientID: exClient, TenantID: exTenant,
 		Namespace: "shop", ServiceAccount: "checkout", Issuer: exIssuer, Subject: "system:serviceaccount:shop:checkout"}
-	managed := Facts{VaultURL: exVault, Identity: mapping.IdentityManaged, ClientID: exClient, Namespace: "shop", ServiceAccount: "checkout"}
-	system := Facts{VaultURL: exVault, Identity: mapping.IdentitySystem, Namespace: "shop", ServiceAccount: "checkout"}
+	managed := Facts{VaultURL: exVault, Identity: agentconfig.IdentityManaged, ClientID: exClient, Namespace: "shop", ServiceAccount: "checkout"}
+	system := Facts{VaultURL: exVault, Identity: agentconfig.IdentitySystem, Namespace: "shop", ServiceAccount: "checkout"}
 	const rbacMsg = "Caller is not authorized to perform action on resource.\r\nIf role assignments, deny assignments or role definitions were changed recently, please observe propagation time.\r\nCaller: " + callerMsg +
 		"\r\nAction: 'Microsoft.KeyVault/vaults/secrets/getSecret/action'\r\nResource: '/subscriptions/00000000-0000-0000-0000-000000000000/resourcegroups/rg-app/providers/microsoft.keyvault/vaults/myvault/secrets/api-key'\r\nAssignment: (not found)\r\nVault: myvault;location=westeurope\r\n"
 	const policyMsg = "The user, group or application '" + callerMsg + "' does not have secrets get permission on key vault 'myvault;location=westeurope'. For help resolving this issue, please see https://go.microsoft.com/fwlink/?linkid=2125287"
@@ -182,7 +182,7 @@ func TestExplain(t *testing.T) {
 			name: "federated credential, issuer only from the error",
 			err: aadErr(401, "invalid_client", 70021,
 				"AADSTS70021: No matching federated identity record found for presented assertion. Assertion Issuer: 'https://issuer.example/'. Assertion Subject: 'system:serviceaccount:shop:checkout'. Assertion Audience: 'api://AzureADTokenExchange'."),
-			facts: Facts{VaultURL: exVault, Identity: mapping.IdentityWorkload, ClientID: exClient, TenantID: exTenant, Namespace: "shop", ServiceAccount: "checkout"},
+			facts: Facts{VaultURL: exVault, Identity: agentconfig.IdentityWorkload, ClientID: exClient, TenantID: exTenant, Namespace: "shop", ServiceAccount: "checkout"},
 			want:  `kvinject-agent: cannot read secrets from vault myvault: Azure AD refused the token request of workload identity 2f1e5b7c-9a3d-4e8f-b6c1-0d2a4e6f8a1b (HTTP 401 Unauthorized invalid_client, AADSTS70021): no federated identity credential of the identity matches the pod's service account token (issuer https://issuer.example/, subject system:serviceaccount:shop:checkout, audience api://AzureADTokenExchange). Fix: create a federated credential with issuer https://issuer.example/ and subject system:serviceaccount:shop:checkout on the identity 2f1e5b7c-9a3d-4e8f-b6c1-0d2a4e6f8a1b (az identity federated-credential create --name kvinject-shop-checkout --identity-name <identity name> --resource-group <resource group> --issuer https://issuer.example/ --subject system:serviceaccount:shop:checkout --audiences api://AzureADTokenExchange)`,
 		},
 		{
@@ -321,7 +321,7 @@ func utf8Valid(s string) bool { return strings.ToValidUTF8(s, "\uFFFD") == s }
 
 // TestReason checks that Reason says what Explain says, without its head.
 func TestReason(t *testing.T) {
-	facts := Facts{VaultURL: exVault, Identity: mapping.IdentityWorkload, ClientID: exClient, TenantID: exTenant}
+	facts := Facts{VaultURL: exVault, Identity: agentconfig.IdentityWorkload, ClientID: exClient, TenantID: exTenant}
 	notFound := secretErr("", kvErr(404, "SecretNotFound", "A secret with (name/id) API-KEY was not found in this key vault.", "", nil))
 	disabled := secretErr("", kvErr(403, "Forbidden", "Operation get is not allowed on a disabled secret.", "SecretDisabled", nil))
 	for _, tc := range []struct {

@@ -22,7 +22,7 @@ import (
 	"github.com/kvinject/kvinject/internal/agent"
 	"github.com/kvinject/kvinject/internal/atomicdir"
 	"github.com/kvinject/kvinject/internal/testing/emulator"
-	"github.com/kvinject/kvinject/pkg/mapping"
+	"github.com/kvinject/kvinject/pkg/agentconfig"
 )
 
 // The fault matrix: every fault of the hardening issue (latency spikes,
@@ -75,7 +75,7 @@ const (
 
 // The mapping of every case: secret "a" twice (names are case-insensitive:
 // both files must always hold the same value), "b" in a subdirectory.
-var faultEntries = []mapping.Entry{
+var faultEntries = []agentconfig.Entry{
 	{File: "a", Name: "a"},
 	{File: "a-again", Name: "A"},
 	{File: "sub/b", Name: "b"},
@@ -676,7 +676,7 @@ func (fx *fixture) volumeError() string {
 }
 
 // args is the command line the webhook writes, plus the agent's own flags.
-func (fx *fixture) args(cfg mapping.AgentConfig, initTimeout time.Duration) []string {
+func (fx *fixture) args(cfg agentconfig.Config, initTimeout time.Duration) []string {
 	return append(cfg.Args(), "--termination-log="+fx.termLog, "--log-level=debug", "--init-timeout="+initTimeout.String())
 }
 
@@ -695,11 +695,11 @@ func (fx *fixture) mainOptions() agent.Options {
 }
 
 // identity is the case's identity kind.
-func (fx *fixture) identity() mapping.IdentityKind {
+func (fx *fixture) identity() agentconfig.IdentityKind {
 	if fx.tc.managed {
-		return mapping.IdentityManaged
+		return agentconfig.IdentityManaged
 	}
-	return mapping.IdentityWorkload
+	return agentconfig.IdentityWorkload
 }
 
 // mark is a position in the logs.
@@ -851,7 +851,7 @@ func tail(s string, n int) string {
 // startMain runs agent.Main in sidecar or init mode. stop cancels its
 // context and returns its exit code; exited is closed when it returned by
 // itself or after stop, and code then holds the exit code.
-func (fx *fixture) startMain(cfg mapping.AgentConfig, initTimeout time.Duration) (stop func() int, exited <-chan struct{}, code *int) {
+func (fx *fixture) startMain(cfg agentconfig.Config, initTimeout time.Duration) (stop func() int, exited <-chan struct{}, code *int) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	args := fx.args(cfg, initTimeout)
@@ -877,7 +877,7 @@ func (fx *fixture) startMain(cfg mapping.AgentConfig, initTimeout time.Duration)
 
 func runSidecarCase(t *testing.T, tc faultCase) {
 	fx := newFixture(t, tc)
-	cfg := fx.config(mapping.AgentModeSidecar, fx.identity(), faultEntries...)
+	cfg := fx.config(agentconfig.ModeSidecar, fx.identity(), faultEntries...)
 	cfg.Rotation = faultRotation
 	stop, exited, exitCode := fx.startMain(cfg, firstSetWithin)
 	set0 := fx.expected()
@@ -1035,7 +1035,7 @@ func runInitPlan(t *testing.T, tc faultCase, p initPlan) {
 		begin(fx)
 	}
 	want := fx.expected()
-	cfg := fx.config(mapping.AgentModeInit, fx.identity(), faultEntries...)
+	cfg := fx.config(agentconfig.ModeInit, fx.identity(), faultEntries...)
 	start := time.Now()
 	_, exited, exitCode := fx.startMain(cfg, timeout)
 
@@ -1186,7 +1186,7 @@ type setWatcher struct {
 	stopOnce sync.Once
 }
 
-func newSetWatcher(dir string, entries []mapping.Entry) *setWatcher {
+func newSetWatcher(dir string, entries []agentconfig.Entry) *setWatcher {
 	w := &setWatcher{dir: dir, quit: make(chan struct{}), done: make(chan struct{})}
 	for _, e := range entries {
 		w.files = append(w.files, e.File)

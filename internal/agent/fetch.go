@@ -17,7 +17,7 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/security/keyvault/azkeys"
 	"github.com/Azure/azure-sdk-for-go/sdk/security/keyvault/azsecrets"
 
-	"github.com/kvinject/kvinject/pkg/mapping"
+	"github.com/kvinject/kvinject/pkg/agentconfig"
 )
 
 // objectRef identifies one read from Key Vault: a secret, certificate or key
@@ -25,13 +25,13 @@ import (
 // newest versions of a secret (history). Entries that need the same read share
 // it; each entry renders the value its own way (see render.go).
 type objectRef struct {
-	kind    mapping.ObjectType // "" or mapping.ObjectSecret, ObjectCert, ObjectKey
+	kind    agentconfig.ObjectType // "" or agentconfig.ObjectSecret, ObjectCert, ObjectKey
 	name    string
 	version string
 	history int
 }
 
-func refOf(e mapping.Entry) objectRef {
+func refOf(e agentconfig.Entry) objectRef {
 	return objectRef{kind: e.Kind(), name: strings.ToLower(e.Name), version: strings.ToLower(e.Version), history: e.History}
 }
 
@@ -89,9 +89,9 @@ const (
 
 func laneOf(r objectRef) int {
 	switch r.kind {
-	case mapping.ObjectCert:
+	case agentconfig.ObjectCert:
 		return laneCertificates
-	case mapping.ObjectKey:
+	case agentconfig.ObjectKey:
 		return laneKeys
 	}
 	return laneSecrets
@@ -151,7 +151,7 @@ type fetchResult struct {
 // not tried when it failed for a reason other than its object being gone
 // (they then have neither a value nor an error in the result). names maps a
 // ref to the entry as the user wrote it, for errors.
-func (f *fetcher) fetch(ctx context.Context, refs []objectRef, names map[objectRef]mapping.Entry) fetchResult {
+func (f *fetcher) fetch(ctx context.Context, refs []objectRef, names map[objectRef]agentconfig.Entry) fetchResult {
 	res := fetchResult{values: make(map[objectRef]objectValue, len(refs)), errs: map[objectRef]error{}}
 	if len(refs) == 0 {
 		return res
@@ -376,13 +376,13 @@ func vaultScope(vaultURL string) string {
 }
 
 // get reads one object.
-func (f *fetcher) get(ctx context.Context, r objectRef, e mapping.Entry) (objectValue, error) {
+func (f *fetcher) get(ctx context.Context, r objectRef, e agentconfig.Entry) (objectValue, error) {
 	switch {
 	case r.history > 0:
 		return f.getHistory(ctx, r, e)
-	case r.kind == mapping.ObjectCert:
+	case r.kind == agentconfig.ObjectCert:
 		return f.getCertificate(ctx, r, e)
-	case r.kind == mapping.ObjectKey:
+	case r.kind == agentconfig.ObjectKey:
 		return f.getKey(ctx, r, e)
 	}
 	return f.getSecret(ctx, r.version, e)
@@ -390,12 +390,12 @@ func (f *fetcher) get(ctx context.Context, r objectRef, e mapping.Entry) (object
 
 // objectError wraps err, an error reading e's object (at version, "" for the
 // latest), with what the explanation needs.
-func (f *fetcher) objectError(e mapping.Entry, version string, err error) error {
+func (f *fetcher) objectError(e agentconfig.Entry, version string, err error) error {
 	return &SecretError{Name: e.Name, Version: version, File: e.File, Vault: f.vault, Object: objectWord(e.Kind()), Err: err}
 }
 
 // getSecret reads one version of a secret ("" for the latest).
-func (f *fetcher) getSecret(ctx context.Context, version string, e mapping.Entry) (objectValue, error) {
+func (f *fetcher) getSecret(ctx context.Context, version string, e agentconfig.Entry) (objectValue, error) {
 	resp, err := f.secrets.GetSecret(ctx, e.Name, version, nil)
 	if err != nil {
 		return objectValue{}, f.objectError(e, version, err)

@@ -9,18 +9,18 @@ import (
 
 	"github.com/kvinject/kvinject/internal/agent"
 	"github.com/kvinject/kvinject/internal/testing/emulator"
-	"github.com/kvinject/kvinject/pkg/mapping"
+	"github.com/kvinject/kvinject/pkg/agentconfig"
 )
 
 // entries maps n secrets s0..s(n-1) to files of the same names and stores a
 // value for each; it returns the entries and the values.
-func (h *harness) entries(n int) ([]mapping.Entry, []string) {
-	var es []mapping.Entry
+func (h *harness) entries(n int) ([]agentconfig.Entry, []string) {
+	var es []agentconfig.Entry
 	var values []string
 	for i := range n {
 		name := fmt.Sprintf("s%d", i)
 		v, _ := h.setSecret(name)
-		es = append(es, mapping.Entry{File: name, Name: name})
+		es = append(es, agentconfig.Entry{File: name, Name: name})
 		values = append(values, v)
 	}
 	return es, values
@@ -35,7 +35,7 @@ func TestColdFetchOneChallengeOneToken(t *testing.T) {
 	_ = h.emu.Grant(h.vault, id, emulator.PermGet)
 	es, values := h.entries(40)
 	h.emu.ResetStats()
-	if err := h.run(context.Background(), h.config(mapping.AgentModeInit, mapping.IdentityWorkload, es...), h.options()); err != nil {
+	if err := h.run(context.Background(), h.config(agentconfig.ModeInit, agentconfig.IdentityWorkload, es...), h.options()); err != nil {
 		t.Fatal(err)
 	}
 	for i, e := range es {
@@ -64,7 +64,7 @@ func TestFirstSetRetriesOnlyMissing(t *testing.T) {
 	h.emu.ResetStats()
 	opts := h.options()
 	opts.SDKRetry.MaxRetries = 0 // the SDK's defaults, as shipped
-	if err := h.run(context.Background(), h.config(mapping.AgentModeInit, mapping.IdentityWorkload, es...), opts); err != nil {
+	if err := h.run(context.Background(), h.config(agentconfig.ModeInit, agentconfig.IdentityWorkload, es...), opts); err != nil {
 		t.Fatal(err)
 	}
 	for i, e := range es {
@@ -100,7 +100,7 @@ func TestCautiousAfterFailedAttempt(t *testing.T) {
 		t.Fatal(err)
 	}
 	h.emu.ResetStats()
-	err := h.run(context.Background(), h.config(mapping.AgentModeInit, mapping.IdentityWorkload, es...), h.options())
+	err := h.run(context.Background(), h.config(agentconfig.ModeInit, agentconfig.IdentityWorkload, es...), h.options())
 	var gu *agent.GiveUpError
 	if !errors.As(err, &gu) {
 		t.Fatalf("err = %v, want a GiveUpError", err)
@@ -127,14 +127,14 @@ func TestFormatAuto(t *testing.T) {
 	h.importCert("web-cert", "RSA", nil)
 	h.importCert("pem-cert", "EC", nil, emulator.WithPEMContentType())
 	plain, _ := h.setSecret("plain")
-	es := []mapping.Entry{
+	es := []agentconfig.Entry{
 		entry(t, "web.auto=secret:web-cert;format=auto"),
 		entry(t, "web.pem=secret:web-cert;format=pem"),
 		entry(t, "pem.auto=secret:pem-cert;format=auto"),
 		entry(t, "pem.pem=secret:pem-cert;format=pem"),
 		entry(t, "plain.auto=plain;format=auto"),
 	}
-	if err := h.run(context.Background(), h.config(mapping.AgentModeInit, mapping.IdentityWorkload, es...), h.options()); err != nil {
+	if err := h.run(context.Background(), h.config(agentconfig.ModeInit, agentconfig.IdentityWorkload, es...), h.options()); err != nil {
 		t.Fatal(err)
 	}
 	for _, pair := range [][2]string{{"web.auto", "web.pem"}, {"pem.auto", "pem.pem"}} {

@@ -22,7 +22,7 @@ import (
 
 	"github.com/kvinject/kvinject/internal/agent"
 	"github.com/kvinject/kvinject/internal/testing/emulator"
-	"github.com/kvinject/kvinject/pkg/mapping"
+	"github.com/kvinject/kvinject/pkg/agentconfig"
 )
 
 const (
@@ -87,13 +87,13 @@ func newHarness(t *testing.T, eopts emulator.Options) *harness {
 		logs:  &syncBuffer{},
 		vault: "kv-" + randHex(4),
 		env: map[string]string{
-			agent.EnvTestCAFile: ca,
-			agent.EnvTestResolve: fmt.Sprintf("login.microsoftonline.com=%s,*.vault.azure.net=%s",
+			agentconfig.EnvTestCAFile: ca,
+			agentconfig.EnvTestResolve: fmt.Sprintf("login.microsoftonline.com=%s,*.vault.azure.net=%s",
 				emu.Addr(), emu.Addr()),
-			agent.EnvAuthorityHost:  "https://login.microsoftonline.com/",
-			agent.EnvPodName:        testPod,
-			agent.EnvPodNamespace:   testNamespace,
-			agent.EnvServiceAccount: testSA,
+			agentconfig.EnvAuthorityHost:  "https://login.microsoftonline.com/",
+			agentconfig.EnvPodName:        testPod,
+			agentconfig.EnvPodNamespace:   testNamespace,
+			agentconfig.EnvServiceAccount: testSA,
 		},
 	}
 	if err := emu.AddVault(h.vault, emulator.VaultOptions{}); err != nil {
@@ -229,9 +229,9 @@ func (h *harness) workload() (clientID string, tok *tokenDir) {
 	}
 	tok = &tokenDir{t: h.t, dir: h.t.TempDir()}
 	tok.write(jwt(testIssuer, testSubject, emulator.DefaultAudience, time.Now().Add(time.Hour)))
-	h.env[agent.EnvClientID] = clientID
-	h.env[agent.EnvTenantID] = h.emu.TenantID()
-	h.env[agent.EnvTokenFile] = tok.path()
+	h.env[agentconfig.EnvClientID] = clientID
+	h.env[agentconfig.EnvTenantID] = h.emu.TenantID()
+	h.env[agentconfig.EnvTokenFile] = tok.path()
 	return clientID, tok
 }
 
@@ -244,7 +244,7 @@ func (h *harness) managed() string {
 		h.t.Fatal(err)
 	}
 	h.msiEnv()
-	h.env[agent.EnvClientID] = clientID
+	h.env[agentconfig.EnvClientID] = clientID
 	return clientID
 }
 
@@ -254,10 +254,10 @@ func (h *harness) msiEnv() {
 }
 
 // config is the agent configuration the webhook would write.
-func (h *harness) config(mode string, id mapping.IdentityKind, entries ...mapping.Entry) mapping.AgentConfig {
-	c := mapping.AgentConfig{Mode: mode, VaultURL: h.vaultURL(), Entries: entries, Dir: h.dir,
+func (h *harness) config(mode string, id agentconfig.IdentityKind, entries ...agentconfig.Entry) agentconfig.Config {
+	c := agentconfig.Config{Mode: mode, VaultURL: h.vaultURL(), Entries: entries, Dir: h.dir,
 		FileMode: 0o440, Identity: id}
-	if mode == mapping.AgentModeSidecar {
+	if mode == agentconfig.ModeSidecar {
 		c.Rotation = 200 * time.Millisecond
 	}
 	return c
@@ -277,7 +277,7 @@ func (h *harness) options() agent.Options {
 }
 
 // run runs the agent in-process and records its error for the leak check.
-func (h *harness) run(ctx context.Context, cfg mapping.AgentConfig, opts agent.Options) error {
+func (h *harness) run(ctx context.Context, cfg agentconfig.Config, opts agent.Options) error {
 	err := agent.Run(ctx, cfg, opts)
 	if err != nil {
 		h.output(err.Error())
@@ -288,7 +288,7 @@ func (h *harness) run(ctx context.Context, cfg mapping.AgentConfig, opts agent.O
 
 // runSidecar starts the agent as a sidecar and returns a stop function that
 // cancels it and returns its error.
-func (h *harness) runSidecar(cfg mapping.AgentConfig, opts agent.Options) (stop func() error) {
+func (h *harness) runSidecar(cfg agentconfig.Config, opts agent.Options) (stop func() error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- h.run(ctx, cfg, opts) }()

@@ -19,7 +19,7 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/security/keyvault/azcertificates"
 	"github.com/Azure/azure-sdk-for-go/sdk/security/keyvault/azkeys"
 
-	"github.com/kvinject/kvinject/pkg/mapping"
+	"github.com/kvinject/kvinject/pkg/agentconfig"
 )
 
 // newCertificatesClient returns a Key Vault certificates client with
@@ -35,18 +35,18 @@ func newKeysClient(vaultURL string, cred azcore.TokenCredential, co azcore.Clien
 }
 
 // objectWord names a kind of object in messages and errors.
-func objectWord(t mapping.ObjectType) string {
+func objectWord(t agentconfig.ObjectType) string {
 	switch t {
-	case mapping.ObjectCert:
+	case agentconfig.ObjectCert:
 		return "certificate"
-	case mapping.ObjectKey:
+	case agentconfig.ObjectKey:
 		return "key"
 	}
 	return "secret"
 }
 
 // getCertificate reads a certificate's public certificate (the leaf) as PEM.
-func (f *fetcher) getCertificate(ctx context.Context, r objectRef, e mapping.Entry) (objectValue, error) {
+func (f *fetcher) getCertificate(ctx context.Context, r objectRef, e agentconfig.Entry) (objectValue, error) {
 	resp, err := f.certs.GetCertificate(ctx, e.Name, r.version, nil)
 	if err != nil {
 		return objectValue{}, f.objectError(e, r.version, err)
@@ -68,7 +68,7 @@ func (f *fetcher) getCertificate(ctx context.Context, r objectRef, e mapping.Ent
 }
 
 // getKey reads a key's public key as PEM (PKIX "PUBLIC KEY").
-func (f *fetcher) getKey(ctx context.Context, r objectRef, e mapping.Entry) (objectValue, error) {
+func (f *fetcher) getKey(ctx context.Context, r objectRef, e agentconfig.Entry) (objectValue, error) {
 	resp, err := f.keys.GetKey(ctx, e.Name, r.version, nil)
 	if err != nil {
 		return objectValue{}, f.objectError(e, r.version, err)
@@ -159,7 +159,7 @@ type historyVersion struct {
 // getHistory lists the versions of a secret and reads the newest r.history
 // enabled ones (by creation, then update time), newest first. Versions read
 // before are not read again: a version's value never changes.
-func (f *fetcher) getHistory(ctx context.Context, r objectRef, e mapping.Entry) (objectValue, error) {
+func (f *fetcher) getHistory(ctx context.Context, r objectRef, e agentconfig.Entry) (objectValue, error) {
 	listErr := func(err error) error {
 		return &SecretError{Name: e.Name, File: e.File, Vault: f.vault, Object: "secret", List: true, Err: err}
 	}

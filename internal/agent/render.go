@@ -15,7 +15,7 @@ import (
 	"software.sslmate.com/src/go-pkcs12"
 
 	"github.com/kvinject/kvinject/internal/atomicdir"
-	"github.com/kvinject/kvinject/pkg/mapping"
+	"github.com/kvinject/kvinject/pkg/agentconfig"
 )
 
 // Content types of a certificate's secret.
@@ -47,7 +47,7 @@ func (e *ContentError) Error() string {
 // render returns the files of entry e from the value its read returned: with
 // history one set per version under <file>/<i>, else one set at <file>. The
 // error, a *SecretError wrapping a *ContentError, names the entry.
-func render(e mapping.Entry, v objectValue, vault string) ([]atomicdir.File, error) {
+func render(e agentconfig.Entry, v objectValue, vault string) ([]atomicdir.File, error) {
 	wrap := func(version string, err error) error {
 		return &SecretError{Name: e.Name, Version: version, File: e.File, Vault: vault, Object: objectWord(e.Kind()), Err: err}
 	}
@@ -71,25 +71,25 @@ func render(e mapping.Entry, v objectValue, vault string) ([]atomicdir.File, err
 }
 
 // renderOne renders one value at base.
-func renderOne(e mapping.Entry, base string, v objectValue) ([]atomicdir.File, error) {
+func renderOne(e agentconfig.Entry, base string, v objectValue) ([]atomicdir.File, error) {
 	mode := fs.FileMode(e.Mode)
 	one := func(data []byte) []atomicdir.File {
 		return []atomicdir.File{{Path: base, Data: data, Mode: mode}}
 	}
-	if e.Kind() != mapping.ObjectSecret {
+	if e.Kind() != agentconfig.ObjectSecret {
 		return one(v.value), nil // already PEM
 	}
 	format := e.Format
-	if format == mapping.FormatAuto {
+	if format == agentconfig.FormatAuto {
 		// As the CSI driver's Azure provider: a certificate's secret as PEM, any
 		// other secret as stored.
 		format = ""
 		if v.certBacked {
-			format = mapping.FormatPEM
+			format = agentconfig.FormatPEM
 		}
 	}
 	switch format {
-	case mapping.FormatPEM:
+	case agentconfig.FormatPEM:
 		p, err := certificatePEM(e, v)
 		if err != nil {
 			return nil, err
@@ -101,19 +101,19 @@ func renderOne(e mapping.Entry, base string, v objectValue) ([]atomicdir.File, e
 			return nil, noPrivateKey(e)
 		}
 		if len(p.certs) == 0 {
-			return nil, &ContentError{Why: "the certificate's secret holds no certificate, so split has no " + base + mapping.SplitCertSuffix + " to write"}
+			return nil, &ContentError{Why: "the certificate's secret holds no certificate, so split has no " + base + agentconfig.SplitCertSuffix + " to write"}
 		}
 		return []atomicdir.File{
-			{Path: base + mapping.SplitKeySuffix, Data: p.key, Mode: mode},
-			{Path: base + mapping.SplitCertSuffix, Data: p.certs, Mode: mode},
+			{Path: base + agentconfig.SplitKeySuffix, Data: p.key, Mode: mode},
+			{Path: base + agentconfig.SplitCertSuffix, Data: p.certs, Mode: mode},
 		}, nil
-	case mapping.FormatPFX:
+	case agentconfig.FormatPFX:
 		pfx, err := certificatePFX(e, v)
 		if err != nil {
 			return nil, err
 		}
 		return one(pfx), nil
-	case mapping.FormatJSON:
+	case agentconfig.FormatJSON:
 		return jsonFiles(base, v.value, mode)
 	}
 	data, err := decode(e.Encoding, v.value)
@@ -124,9 +124,9 @@ func renderOne(e mapping.Entry, base string, v objectValue) ([]atomicdir.File, e
 }
 
 // decode decodes a value written with encoding.
-func decode(enc mapping.Encoding, value []byte) ([]byte, error) {
+func decode(enc agentconfig.Encoding, value []byte) ([]byte, error) {
 	switch enc {
-	case mapping.EncodingBase64:
+	case agentconfig.EncodingBase64:
 		s := strings.TrimSpace(string(value))
 		// Standard base64 first (what CSI's provider accepts), then without
 		// padding and the URL alphabet. Newlines are ignored.
@@ -149,7 +149,7 @@ func decode(enc mapping.Encoding, value []byte) ([]byte, error) {
 			Why: "the value is not valid base64" + at + ", but the entry has encoding=base64",
 			Fix: "store the value base64-encoded, or drop ;encoding=base64 to write it as it is",
 		}
-	case mapping.EncodingHex:
+	case agentconfig.EncodingHex:
 		s := strings.TrimSpace(string(value))
 		// Find the fault without hex.DecodeString, whose error quotes the byte.
 		for i := 0; i < len(s); i++ {
@@ -193,7 +193,7 @@ type pemParts struct {
 }
 
 // notCertificate explains a secret that has no certificate to convert.
-func notCertificate(e mapping.Entry, v objectValue) error {
+func notCertificate(e agentconfig.Entry, v objectValue) error {
 	ct := v.contentType
 	if ct == "" {
 		ct = "none"
@@ -209,7 +209,7 @@ func notCertificate(e mapping.Entry, v objectValue) error {
 }
 
 // noPrivateKey explains a certificate's secret without its private key.
-func noPrivateKey(e mapping.Entry) error {
+func noPrivateKey(e agentconfig.Entry) error {
 	return &ContentError{
 		Why: "the certificate's secret holds no private key (the certificate's key is not exportable)",
 		Fix: fmt.Sprintf("write %s=cert:%s for the public certificate alone, or make the key exportable in the certificate's policy and create a new version", e.File, e.Name),
@@ -217,7 +217,7 @@ func noPrivateKey(e mapping.Entry) error {
 }
 
 // decodePFX decodes a PKCS#12 secret (base64, empty password).
-func decodePFX(e mapping.Entry, v objectValue) ([]byte, error) {
+func decodePFX(e agentconfig.Entry, v objectValue) ([]byte, error) {
 	pfx, err := base64.StdEncoding.DecodeString(strings.TrimSpace(string(v.value)))
 	if err != nil {
 		return nil, &ContentError{Why: fmt.Sprintf("the certificate's secret has content type %s, but its value is not base64", contentTypePKCS12)}
@@ -228,7 +228,7 @@ func decodePFX(e mapping.Entry, v objectValue) ([]byte, error) {
 // certificatePEM converts a certificate's secret to PEM: for PKCS#12, the
 // private key (PKCS#8) then the certificates from the leaf to the root, as
 // the Secrets Store CSI driver's Azure provider writes them; PEM as it is.
-func certificatePEM(e mapping.Entry, v objectValue) (pemParts, error) {
+func certificatePEM(e agentconfig.Entry, v objectValue) (pemParts, error) {
 	switch strings.ToLower(v.contentType) {
 	case contentTypePEM:
 		var p pemParts
@@ -278,7 +278,7 @@ func certificatePEM(e mapping.Entry, v objectValue) (pemParts, error) {
 }
 
 // certificatePFX returns a certificate's secret as PKCS#12 bytes.
-func certificatePFX(e mapping.Entry, v objectValue) ([]byte, error) {
+func certificatePFX(e agentconfig.Entry, v objectValue) ([]byte, error) {
 	switch strings.ToLower(v.contentType) {
 	case contentTypePKCS12:
 		return decodePFX(e, v)
@@ -362,7 +362,7 @@ func jsonFiles(dir string, value []byte, mode fs.FileMode) ([]atomicdir.File, er
 	}
 	files := make([]atomicdir.File, 0, len(obj))
 	for k, raw := range obj {
-		p, err := mapping.JSONFile(dir, k)
+		p, err := agentconfig.JSONFile(dir, k)
 		if err != nil {
 			return nil, &ContentError{Why: truncate(err.Error(), 300), Fix: fix}
 		}

@@ -16,7 +16,7 @@ import (
 	"software.sslmate.com/src/go-pkcs12"
 
 	"github.com/kvinject/kvinject/internal/testing/emulator"
-	"github.com/kvinject/kvinject/pkg/mapping"
+	"github.com/kvinject/kvinject/pkg/agentconfig"
 )
 
 func TestOrderChain(t *testing.T) {
@@ -59,20 +59,20 @@ func TestOrderChain(t *testing.T) {
 func TestDecode(t *testing.T) {
 	raw := []byte{0, 1, 2, 0xfb, 0xff}
 	for _, tc := range []struct {
-		enc   mapping.Encoding
+		enc   agentconfig.Encoding
 		value string
 		want  []byte
 		err   string
 	}{
 		{"", "as is", []byte("as is"), ""},
-		{mapping.EncodingBase64, base64.StdEncoding.EncodeToString(raw), raw, ""},
-		{mapping.EncodingBase64, base64.RawStdEncoding.EncodeToString(raw) + "\n", raw, ""},
-		{mapping.EncodingBase64, base64.URLEncoding.EncodeToString(raw), raw, ""},
-		{mapping.EncodingBase64, "AAEC\n+/8=", raw, ""},
-		{mapping.EncodingBase64, "A", nil, "not base64 at byte 1 of 1"},
-		{mapping.EncodingHex, "0001\n02FBff", nil, "at byte 5 of 11"},
-		{mapping.EncodingHex, " 000102FBff ", raw, ""},
-		{mapping.EncodingHex, "abc", nil, "an odd number of digits (3)"},
+		{agentconfig.EncodingBase64, base64.StdEncoding.EncodeToString(raw), raw, ""},
+		{agentconfig.EncodingBase64, base64.RawStdEncoding.EncodeToString(raw) + "\n", raw, ""},
+		{agentconfig.EncodingBase64, base64.URLEncoding.EncodeToString(raw), raw, ""},
+		{agentconfig.EncodingBase64, "AAEC\n+/8=", raw, ""},
+		{agentconfig.EncodingBase64, "A", nil, "not base64 at byte 1 of 1"},
+		{agentconfig.EncodingHex, "0001\n02FBff", nil, "at byte 5 of 11"},
+		{agentconfig.EncodingHex, " 000102FBff ", raw, ""},
+		{agentconfig.EncodingHex, "abc", nil, "an odd number of digits (3)"},
 	} {
 		got, err := decode(tc.enc, []byte(tc.value))
 		if tc.err != "" {
@@ -169,7 +169,7 @@ func TestPublicKeyDER(t *testing.T) {
 // TestCertificatePEMErrors covers the content errors of certificate secrets
 // that the emulator cannot produce.
 func TestCertificatePEMErrors(t *testing.T) {
-	e := mapping.Entry{File: "tls", Name: "web-cert", Format: mapping.FormatPEM}
+	e := agentconfig.Entry{File: "tls", Name: "web-cert", Format: agentconfig.FormatPEM}
 	ch, _ := emulator.NewTestChain("a.example", "EC")
 	modern, err := pkcs12.Modern2023.Encode(ch.LeafKey, ch.Leaf, []*x509.Certificate{ch.Root, ch.Intermediate}, "")
 	if err != nil {

@@ -26,7 +26,7 @@ import (
 	"github.com/kvinject/kvinject/internal/agent"
 	"github.com/kvinject/kvinject/internal/atomicdir"
 	"github.com/kvinject/kvinject/internal/testing/emulator"
-	"github.com/kvinject/kvinject/pkg/mapping"
+	"github.com/kvinject/kvinject/pkg/agentconfig"
 )
 
 // secretish records a value the agent must never print, for the leak check.
@@ -59,9 +59,9 @@ func (h *harness) importCert(name, keyType string, order func(emulator.TestChain
 }
 
 // entry parses one entry of the mapping.
-func entry(t *testing.T, s string) mapping.Entry {
+func entry(t *testing.T, s string) agentconfig.Entry {
 	t.Helper()
-	e, err := mapping.ParseEntry(s)
+	e, err := agentconfig.ParseEntry(s)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -174,7 +174,7 @@ func TestTypedEntries(t *testing.T) {
 	}
 	h.setSecretValue("one-version", "only-"+randHex(8))
 
-	var entries []mapping.Entry
+	var entries []agentconfig.Entry
 	for _, s := range []string{
 		"tls=secret:web-cert;format=pem;split;mode=0400",
 		"web.pem=secret:web-cert;format=pem",
@@ -196,7 +196,7 @@ func TestTypedEntries(t *testing.T) {
 		entries = append(entries, entry(t, s))
 	}
 	h.emu.ResetStats()
-	if err := h.run(context.Background(), h.config(mapping.AgentModeInit, mapping.IdentityWorkload, entries...), h.options()); err != nil {
+	if err := h.run(context.Background(), h.config(agentconfig.ModeInit, agentconfig.IdentityWorkload, entries...), h.options()); err != nil {
 		t.Fatalf("Run: %v\nlogs:\n%s", err, h.logs)
 	}
 	read := func(f string) []byte { return []byte(h.read(f)) }
@@ -283,20 +283,20 @@ func TestTypedRotation(t *testing.T) {
 	p1 := "VALUE-db-pass-" + randHex(12)
 	h.secretish(p1)
 	h.emu.SetSecret(h.vault, "db-pass", p1, emulator.WithCreated(time.Now().Add(-time.Minute)))
-	entries := []mapping.Entry{
+	entries := []agentconfig.Entry{
 		entry(t, "tls=secret:web-cert;format=pem;split"),
 		entry(t, "ca.crt=cert:web-cert"),
 		entry(t, "signing.pub=key:signing-key"),
 		entry(t, "cfg=secret:app-config;format=json"),
 		entry(t, "db=secret:db-pass;history=2"),
 	}
-	stop := h.runSidecar(h.config(mapping.AgentModeSidecar, mapping.IdentityWorkload, entries...), h.options())
+	stop := h.runSidecar(h.config(agentconfig.ModeSidecar, agentconfig.IdentityWorkload, entries...), h.options())
 	h.waitFor("the first set", 10*time.Second, func() bool { return h.fileIs("db/0", p1) })
 	first := h.read("tls.crt")
 
 	// Unchanged objects: polls write nothing.
-	time.Sleep(700 * time.Millisecond)
-	if n := strings.Count(h.logs.String(), `"msg":"secrets changed; wrote a new set"`); n != 0 {
+	h.waitFor("three polls without a change", 10*time.Second, func() bool { return len(h.polls(0)) >= 3 })
+	if n := strings.Count(h.logs.String(), logMsg(msgChanged)); n != 0 {
 		t.Errorf("%d sets written without a change", n)
 	}
 
@@ -526,10 +526,10 @@ func TestTypedErrors(t *testing.T) {
 			id, _ := h.workload()
 			e := entry(t, tc.setup(h, id))
 			want := strings.NewReplacer("{vault}", h.vault, "{client}", id).Replace(tc.want)
-			for _, mode := range []string{mapping.AgentModeInit, mapping.AgentModeSidecar} {
+			for _, mode := range []string{agentconfig.ModeInit, agentconfig.ModeSidecar} {
 				opts := h.options()
 				opts.InitTimeout = 20 * time.Second // permanent errors must not wait for it
-				err := h.run(context.Background(), h.config(mode, mapping.IdentityWorkload, e), opts)
+				err := h.run(context.Background(), h.config(mode, agentconfig.IdentityWorkload, e), opts)
 				var f *agent.Failure
 				if !errors.As(err, &f) {
 					t.Fatalf("%s: Run returned %v, want a *agent.Failure", mode, err)
@@ -555,17 +555,17 @@ func TestTypedErrors(t *testing.T) {
 func TestTypedOneTokenRequest(t *testing.T) {
 	h := newHarness(t, emulator.Options{})
 	h.workload()
-	h.env[agent.EnvClientID] = newClientID() // unknown to Azure AD: AADSTS700016
+	h.env[agentconfig.EnvClientID] = newClientID() // unknown to Azure AD: AADSTS700016
 	h.setSecret("db-pass")
 	h.importCert("web-cert", "EC", nil)
 	run := func(entries ...string) emulator.Stats {
 		t.Helper()
-		var es []mapping.Entry
+		var es []agentconfig.Entry
 		for _, s := range entries {
 			es = append(es, entry(t, s))
 		}
 		h.emu.ResetStats()
-		err := h.run(context.Background(), h.config(mapping.AgentModeInit, mapping.IdentityWorkload, es...), h.options())
+		err := h.run(context.Background(), h.config(agentconfig.ModeInit, agentconfig.IdentityWorkload, es...), h.options())
 		if err == nil || !strings.Contains(err.Error(), "AADSTS700016") {
 			t.Fatalf("Run: %v, want Azure AD's refusal", err)
 		}

@@ -31,7 +31,7 @@ import (
 
 	"github.com/kvinject/kvinject/internal/agent"
 	"github.com/kvinject/kvinject/internal/textdist"
-	"github.com/kvinject/kvinject/pkg/mapping"
+	"github.com/kvinject/kvinject/pkg/agentconfig"
 )
 
 // Status is the outcome of one check.
@@ -117,11 +117,11 @@ type Config struct {
 	// VaultURL is the vault, e.g. https://myvault.vault.azure.net/.
 	VaultURL string
 	// Identity is the identity kind; its settings come from Env.
-	Identity mapping.IdentityKind
+	Identity agentconfig.IdentityKind
 	// Env is the agent's environment (identity, cloud, pod).
 	Env agent.Env
 	// Entries are the files and secrets of the mapping.
-	Entries []mapping.Entry
+	Entries []agentconfig.Entry
 	// CheckList also checks that the identity may list the versions of each
 	// secret (the 'list' permission, RBAC secrets/readMetadata/action).
 	CheckList bool
@@ -159,7 +159,7 @@ func Run(ctx context.Context, cfg Config, opts Options) *Report {
 		now = opts.Now
 	}
 	r := &Report{}
-	facts := agent.FactsFrom(mapping.AgentConfig{VaultURL: cfg.VaultURL, Identity: cfg.Identity}, cfg.Env)
+	facts := agent.FactsFrom(agentconfig.Config{VaultURL: cfg.VaultURL, Identity: cfg.Identity}, cfg.Env)
 	facts = withSubject(facts)
 	vaultCloud, authCloud, authKnown := clouds(cfg.VaultURL, cfg.Env.AuthorityHost)
 	r.Header = header(cfg, facts, vaultCloud)
@@ -183,7 +183,7 @@ func Run(ctx context.Context, cfg Config, opts Options) *Report {
 		r.add(Check{Kind: CheckCloud, Status: StatusFail, Subject: "cloud",
 			Detail: fmt.Sprintf("the vault is in %s but the identity signs in to Azure AD of %s (%s)", vaultCloud.Name, authCloud.Name, authorityDesc(cfg.Env.AuthorityHost)),
 			Fix: fmt.Sprintf("set %s=%s on the pod or its namespace (the webhook then sets AZURE_AUTHORITY_HOST=%s), or use a vault of %s",
-				mapping.AnnotationCloud, vaultCloud.Name, vaultCloud.AuthorityHost, authCloud.Name)})
+				agentconfig.AnnotationCloud, vaultCloud.Name, vaultCloud.AuthorityHost, authCloud.Name)})
 		r.skipRest(cfg, "the vault and the identity are in different clouds")
 		return r
 	default:
@@ -226,9 +226,9 @@ func (r *Report) skipRest(cfg Config, why string) {
 // at a version or the latest, or a secret's history) and the entries it is for.
 type secret struct {
 	name, version string
-	kind          mapping.ObjectType
+	kind          agentconfig.ObjectType
 	history       int
-	entries       []mapping.Entry
+	entries       []agentconfig.Entry
 }
 
 func (s secret) subject() string {
@@ -248,7 +248,7 @@ func (s secret) subject() string {
 
 // distinct groups the entries by what the agent reads for them (names are
 // case-insensitive), in mapping order.
-func distinct(entries []mapping.Entry) []secret {
+func distinct(entries []agentconfig.Entry) []secret {
 	var out []secret
 next:
 	for _, e := range entries {
@@ -258,18 +258,18 @@ next:
 				continue next
 			}
 		}
-		out = append(out, secret{name: e.Name, version: e.Version, kind: e.Kind(), history: e.History, entries: []mapping.Entry{e}})
+		out = append(out, secret{name: e.Name, version: e.Version, kind: e.Kind(), history: e.History, entries: []agentconfig.Entry{e}})
 	}
 	return out
 }
 
 // distinctNames returns the secrets of the mapping once per name, for the
 // list check.
-func distinctNames(entries []mapping.Entry) []secret {
+func distinctNames(entries []agentconfig.Entry) []secret {
 	var out []secret
 	seen := map[string]bool{}
 	for _, s := range distinct(entries) {
-		if s.kind != mapping.ObjectSecret || seen[strings.ToLower(s.name)] {
+		if s.kind != agentconfig.ObjectSecret || seen[strings.ToLower(s.name)] {
 			continue
 		}
 		seen[strings.ToLower(s.name)] = true
@@ -359,11 +359,11 @@ func (d *secretChecker) check(ctx context.Context, s secret) {
 }
 
 // azNoun is the az keyvault command group of a kind of object.
-func azNoun(kind mapping.ObjectType) string {
+func azNoun(kind agentconfig.ObjectType) string {
 	switch kind {
-	case mapping.ObjectCert:
+	case agentconfig.ObjectCert:
 		return "certificate"
-	case mapping.ObjectKey:
+	case agentconfig.ObjectKey:
 		return "key"
 	}
 	return "secret"
@@ -372,9 +372,9 @@ func azNoun(kind mapping.ObjectType) string {
 // renewal says how to renew s.
 func (d *secretChecker) renewal(s secret) string {
 	switch s.kind {
-	case mapping.ObjectCert:
+	case agentconfig.ObjectCert:
 		return fmt.Sprintf("renew the certificate (az keyvault certificate create or import --vault-name %s --name %s ...)", agent.VaultName(d.vault), s.name)
-	case mapping.ObjectKey:
+	case agentconfig.ObjectKey:
 		return fmt.Sprintf("rotate the key (az keyvault key rotate --vault-name %s --name %s)", agent.VaultName(d.vault), s.name)
 	}
 	return fmt.Sprintf("set a new value (az keyvault secret set --vault-name %s --name %s ...)", agent.VaultName(d.vault), s.name)
@@ -383,7 +383,7 @@ func (d *secretChecker) renewal(s secret) string {
 // hint lists what the vault has when a secret or version is missing or
 // disabled, if the identity may list; "" otherwise.
 func (d *secretChecker) hint(ctx context.Context, s secret, err error) string {
-	if s.kind != mapping.ObjectSecret || s.history > 0 {
+	if s.kind != agentconfig.ObjectSecret || s.history > 0 {
 		return ""
 	}
 	switch {
@@ -483,7 +483,7 @@ func (d *secretChecker) checkList(ctx context.Context, s secret) {
 }
 
 // header describes the vault and the identity.
-func header(cfg Config, f agent.Facts, vaultCloud mapping.Cloud) []string {
+func header(cfg Config, f agent.Facts, vaultCloud agentconfig.Cloud) []string {
 	return []string{
 		fmt.Sprintf("vault:    %s (%s)", cfg.VaultURL, vaultCloud.Name),
 		"identity: " + identityDesc(cfg, f),
@@ -493,11 +493,11 @@ func header(cfg Config, f agent.Facts, vaultCloud mapping.Cloud) []string {
 
 func identityDesc(cfg Config, f agent.Facts) string {
 	switch cfg.Identity {
-	case mapping.IdentityWorkload:
+	case agentconfig.IdentityWorkload:
 		return fmt.Sprintf("workload identity %s in tenant %s", orUnset(f.ClientID), orUnset(f.TenantID))
-	case mapping.IdentityManaged:
+	case agentconfig.IdentityManaged:
 		return "user-assigned managed identity " + orUnset(f.ClientID)
-	case mapping.IdentitySystem:
+	case agentconfig.IdentitySystem:
 		return "the node's system-assigned managed identity"
 	}
 	return string(cfg.Identity)
@@ -506,7 +506,7 @@ func identityDesc(cfg Config, f agent.Facts) string {
 // identityDetail describes a usable identity configuration.
 func identityDetail(cfg Config, f agent.Facts) string {
 	d := identityDesc(cfg, f)
-	if cfg.Identity == mapping.IdentityWorkload {
+	if cfg.Identity == agentconfig.IdentityWorkload {
 		d += ", service account token " + cfg.Env.TokenFile
 		if f.Issuer != "" || f.Subject != "" {
 			d += fmt.Sprintf(" (issuer %s, subject %s)", orUnset(f.Issuer), orUnset(f.Subject))
@@ -518,7 +518,7 @@ func identityDetail(cfg Config, f agent.Facts) string {
 // authorityDesc is the Azure AD that the identity signs in to.
 func authorityDesc(host string) string {
 	if host == "" {
-		return mapping.AzurePublicCloud.AuthorityHost
+		return agentconfig.AzurePublicCloud.AuthorityHost
 	}
 	return host
 }
@@ -537,18 +537,15 @@ func orUnset(s string) string {
 	return s
 }
 
-// clouds returns the vault's cloud and the cloud of the Azure AD authority
-// host (empty: public), and whether the authority is a known cloud's.
-func clouds(vaultURL, authority string) (vault, auth mapping.Cloud, authKnown bool) {
-	vault = mapping.AzurePublicCloud
-	for _, c := range mapping.Clouds() {
-		if _, err := mapping.VaultURL(vaultURL, c); err == nil {
-			vault = c
-		}
-		if authority == "" && c == mapping.AzurePublicCloud || strings.EqualFold(strings.TrimSuffix(authority, "/"), strings.TrimSuffix(c.AuthorityHost, "/")) {
-			auth, authKnown = c, true
-		}
+// clouds returns the vault's cloud (the public one when the URL is no cloud's)
+// and the cloud of the Azure AD authority host (empty: public), and whether the
+// authority is a known cloud's.
+func clouds(vaultURL, authority string) (vault, auth agentconfig.Cloud, authKnown bool) {
+	vault, _, ok := agentconfig.CloudOfVault(vaultURL)
+	if !ok {
+		vault = agentconfig.AzurePublicCloud
 	}
+	auth, authKnown = agentconfig.CloudOfAuthority(authority)
 	return vault, auth, authKnown
 }
 

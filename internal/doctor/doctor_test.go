@@ -22,7 +22,7 @@ import (
 	"github.com/kvinject/kvinject/internal/agent"
 	"github.com/kvinject/kvinject/internal/doctor"
 	"github.com/kvinject/kvinject/internal/testing/emulator"
-	"github.com/kvinject/kvinject/pkg/mapping"
+	"github.com/kvinject/kvinject/pkg/agentconfig"
 )
 
 const (
@@ -56,12 +56,12 @@ func newFixture(t *testing.T) *fixture {
 	t.Setenv("IDENTITY_ENDPOINT", emu.MSIEndpoint())
 	t.Setenv("IDENTITY_HEADER", emu.IdentityHeader())
 	return &fixture{t: t, emu: emu, env: map[string]string{
-		agent.EnvTestCAFile: ca,
-		agent.EnvTestResolve: fmt.Sprintf("login.microsoftonline.com=%[1]s,login.microsoftonline.us=%[1]s,*.vault.azure.net=%[1]s,*.vault.usgovcloudapi.net=%[1]s,refused.vault.azure.net=127.0.0.1:1",
+		agentconfig.EnvTestCAFile: ca,
+		agentconfig.EnvTestResolve: fmt.Sprintf("login.microsoftonline.com=%[1]s,login.microsoftonline.us=%[1]s,*.vault.azure.net=%[1]s,*.vault.usgovcloudapi.net=%[1]s,refused.vault.azure.net=127.0.0.1:1",
 			emu.Addr()),
-		agent.EnvAuthorityHost: "https://login.microsoftonline.com/",
-		agent.EnvPodNamespace:  "shop",
-		agent.EnvPodName:       "checkout-7d9f8b-x2x9q",
+		agentconfig.EnvAuthorityHost: "https://login.microsoftonline.com/",
+		agentconfig.EnvPodNamespace:  "shop",
+		agentconfig.EnvPodName:       "checkout-7d9f8b-x2x9q",
 	}}
 }
 
@@ -129,9 +129,9 @@ func (k *c) workload(subject, tokenSubject string) string {
 	k.must(k.emu.AddWorkloadIdentity(emulator.WorkloadIdentity{ClientID: id, Issuer: testIssuer, Subject: subject}))
 	tok := filepath.Join(k.t.TempDir(), "azure-identity-token")
 	k.must(os.WriteFile(tok, []byte(jwt(testIssuer, tokenSubject, time.Now().Add(time.Hour))), 0o600))
-	k.env[agent.EnvClientID] = id
-	k.env[agent.EnvTenantID] = k.emu.TenantID()
-	k.env[agent.EnvTokenFile] = tok
+	k.env[agentconfig.EnvClientID] = id
+	k.env[agentconfig.EnvTenantID] = k.emu.TenantID()
+	k.env[agentconfig.EnvTokenFile] = tok
 	return id
 }
 
@@ -139,7 +139,7 @@ func (k *c) workload(subject, tokenSubject string) string {
 func (k *c) managed() string {
 	id := newClientID()
 	k.must(k.emu.AddManagedIdentity(id))
-	k.env[agent.EnvClientID] = id
+	k.env[agentconfig.EnvClientID] = id
 	return id
 }
 
@@ -208,8 +208,11 @@ func TestDoctor(t *testing.T) {
 				id := k.workload(testSubject, testSubject)
 				k.grant(id, emulator.PermGet)
 				k.secret("API-KEY")
-				return []string{"sidecar", "--dir=/var/run/kvinject/secrets", "--vault=" + k.vaultURL(), "--identity=workload",
-					"--file-mode=0440", "--rotation=2m0s", "--secret=apikey.txt=API-KEY"}
+				// As the webhook writes it (agentconfig.Config.Args), with the agent's own flags.
+				cfg := agentconfig.Config{Mode: agentconfig.ModeSidecar, Dir: "/var/run/kvinject/secrets", VaultURL: k.vaultURL(),
+					Identity: agentconfig.IdentityWorkload, FileMode: 0o440, Rotation: 2 * time.Minute,
+					Entries: []agentconfig.Entry{{File: "apikey.txt", Name: "API-KEY"}}}
+				return append(cfg.Args(), "--termination-log=/dev/termination-log", "--log-level=debug", "--init-timeout=2m")
 			},
 			code: 0,
 			want: []string{`[ok]   secret "API-KEY" (apikey.txt)`, "All 4 checks passed."},
@@ -235,7 +238,7 @@ func TestDoctor(t *testing.T) {
 			name: "unknown client ID",
 			setup: func(k *c) []string {
 				k.workload(testSubject, testSubject)
-				k.env[agent.EnvClientID] = newClientID()
+				k.env[agentconfig.EnvClientID] = newClientID()
 				return []string{"--vault", k.vault, "--secret", "API-KEY"}
 			},
 			code: 1,
@@ -245,7 +248,7 @@ func TestDoctor(t *testing.T) {
 			name: "unknown tenant",
 			setup: func(k *c) []string {
 				k.workload(testSubject, testSubject)
-				k.env[agent.EnvTenantID] = otherTenant
+				k.env[agentconfig.EnvTenantID] = otherTenant
 				return []string{"--vault", k.vault, "--secret", "API-KEY"}
 			},
 			code: 1,
@@ -255,7 +258,7 @@ func TestDoctor(t *testing.T) {
 			name: "the token file is missing",
 			setup: func(k *c) []string {
 				k.workload(testSubject, testSubject)
-				k.env[agent.EnvTokenFile] = "/nonexistent/azure-identity-token"
+				k.env[agentconfig.EnvTokenFile] = "/nonexistent/azure-identity-token"
 				return []string{"--vault", k.vault, "--secret", "API-KEY"}
 			},
 			code: 1,
@@ -737,9 +740,9 @@ func TestRunNilStderr(t *testing.T) {
 	defer cancel()
 	r := doctor.Run(ctx, doctor.Config{
 		VaultURL: k.vaultURL(),
-		Identity: mapping.IdentityManaged,
+		Identity: agentconfig.IdentityManaged,
 		Env:      agent.ReadEnv(func(key string) string { return k.env[key] }),
-		Entries:  []mapping.Entry{{File: "a", Name: "A"}},
+		Entries:  []agentconfig.Entry{{File: "a", Name: "A"}},
 	}, doctor.Options{SDKRetry: &policy.RetryOptions{MaxRetries: -1, TryTimeout: 10 * time.Second}})
 	if n := r.Failed(); n != 0 {
 		var b bytes.Buffer

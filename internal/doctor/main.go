@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/kvinject/kvinject/internal/agent"
-	"github.com/kvinject/kvinject/pkg/mapping"
+	"github.com/kvinject/kvinject/pkg/agentconfig"
 )
 
 // Command is the agent's subcommand that runs Main.
@@ -63,7 +63,7 @@ func Main(ctx context.Context, args []string, opts Options) int {
 func parseArgs(args []string, getenv func(string) string, stderr io.Writer) (Config, time.Duration, error) {
 	var cfg Config
 	// `doctor init --dir=... --vault=...`: the agent's command line with doctor in front.
-	if len(args) > 0 && (args[0] == mapping.AgentModeInit || args[0] == mapping.AgentModeSidecar) {
+	if len(args) > 0 && (args[0] == agentconfig.ModeInit || args[0] == agentconfig.ModeSidecar) {
 		args = args[1:]
 	}
 	fs := flag.NewFlagSet("kvinject-agent "+Command, flag.ContinueOnError)
@@ -73,39 +73,47 @@ func parseArgs(args []string, getenv func(string) string, stderr io.Writer) (Con
 		clientID, tenantID, tokenFile    string
 		authority, namespace, svcAccount string
 		timeout                          time.Duration
-		entries                          []mapping.Entry
+		entries                          []agentconfig.Entry
 	)
-	fs.StringVar(&vault, "vault", "", "the vault: a name (in --cloud) or its https URL (required)")
+	fs.StringVar(&vault, agentconfig.FlagVault, "", "the vault: a name (in --cloud) or its https URL (required)")
 	fs.StringVar(&cloudName, "cloud", "", "the cloud of a vault name, and of Azure AD when AZURE_AUTHORITY_HOST is unset: AzurePublicCloud, AzureUSGovernmentCloud or AzureChinaCloud (default: AZURE_AUTHORITY_HOST's, else AzurePublicCloud)")
-	fs.Func("secret", "<file>=<secret-name>[@<version>] or <secret-name>, as the agent gets it (repeatable)", func(s string) error {
-		e, err := mapping.ParseEntry(s)
+	fs.Func(agentconfig.FlagSecret, "<file>=<secret-name>[@<version>] or <secret-name>, as the agent gets it (repeatable)", func(s string) error {
+		e, err := agentconfig.ParseEntry(s)
 		if err != nil {
 			return err
 		}
 		entries = append(entries, e)
 		return nil
 	})
-	fs.Func("secrets", "the mapping as in the pod's annotation "+mapping.AnnotationSecrets+", entries separated by commas or newlines", func(s string) error {
-		es, err := mapping.ParseEntries(s)
+	fs.Func("secrets", "the mapping as in the pod's annotation "+agentconfig.AnnotationSecrets+", entries separated by commas or newlines", func(s string) error {
+		es, err := agentconfig.ParseEntries(s)
 		if err != nil {
 			return err
 		}
 		entries = append(entries, es...)
 		return nil
 	})
-	fs.StringVar(&identity, "identity", "", "workload, managed, managed:<client-id> or system (default: workload when AZURE_FEDERATED_TOKEN_FILE is set, else managed when AZURE_CLIENT_ID is)")
-	fs.StringVar(&clientID, "client-id", "", "the identity's client ID (default $"+agent.EnvClientID+")")
-	fs.StringVar(&tenantID, "tenant-id", "", "the identity's tenant (default $"+agent.EnvTenantID+")")
-	fs.StringVar(&tokenFile, "token-file", "", "workload identity: the service account token, e.g. from kubectl create token <sa> --audience api://AzureADTokenExchange (default $"+agent.EnvTokenFile+")")
-	fs.StringVar(&authority, "authority-host", "", "Azure AD, e.g. https://login.microsoftonline.com/ (default $"+agent.EnvAuthorityHost+")")
-	fs.StringVar(&namespace, "namespace", "", "the pod's namespace, for the federated credential's subject (default $"+agent.EnvPodNamespace+", else the token's subject)")
-	fs.StringVar(&svcAccount, "service-account", "", "the pod's ServiceAccount, for the federated credential's subject (default $"+agent.EnvServiceAccount+", else the token's subject)")
+	fs.StringVar(&identity, agentconfig.FlagIdentity, "", "workload, managed, managed:<client-id> or system (default: workload when AZURE_FEDERATED_TOKEN_FILE is set, else managed when AZURE_CLIENT_ID is)")
+	fs.StringVar(&clientID, "client-id", "", "the identity's client ID (default $"+agentconfig.EnvClientID+")")
+	fs.StringVar(&tenantID, "tenant-id", "", "the identity's tenant (default $"+agentconfig.EnvTenantID+")")
+	fs.StringVar(&tokenFile, "token-file", "", "workload identity: the service account token, e.g. from kubectl create token <sa> --audience api://AzureADTokenExchange (default $"+agentconfig.EnvTokenFile+")")
+	fs.StringVar(&authority, "authority-host", "", "Azure AD, e.g. https://login.microsoftonline.com/ (default $"+agentconfig.EnvAuthorityHost+")")
+	fs.StringVar(&namespace, "namespace", "", "the pod's namespace, for the federated credential's subject (default $"+agentconfig.EnvPodNamespace+", else the token's subject)")
+	fs.StringVar(&svcAccount, "service-account", "", "the pod's ServiceAccount, for the federated credential's subject (default $"+agentconfig.EnvServiceAccount+", else the token's subject)")
 	fs.BoolVar(&cfg.CheckList, "list", false, "also check that the identity may list each secret's versions (permission 'list', RBAC secrets/readMetadata/action)")
 	fs.DurationVar(&timeout, "timeout", DefaultTimeout, "bound on the whole run")
-	// The agent's own flags, accepted and ignored.
-	for _, name := range []string{"dir", "file-mode", "rotation", "termination-log", "log-level", "init-timeout"} {
-		fs.String(name, "", "ignored (an argument of the agent)")
-	}
+	// The agent's other flags (agent.Flags: the webhook's and the agent's own),
+	// accepted and ignored.
+	agent.Flags().VisitAll(func(f *flag.Flag) {
+		if fs.Lookup(f.Name) != nil {
+			return
+		}
+		if b, ok := f.Value.(interface{ IsBoolFlag() bool }); ok && b.IsBoolFlag() {
+			fs.Bool(f.Name, false, "ignored (an argument of the agent)")
+			return
+		}
+		fs.String(f.Name, "", "ignored (an argument of the agent)")
+	})
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: kvinject-agent %s --vault=<name|url> --secret=<file>=<secret> ... | --secrets='<annotation value>' [flags]\n\n"+
 			"Checks the agent's identity, a token, and each secret (get, and list when needed), and prints\n"+
@@ -136,9 +144,9 @@ func parseArgs(args []string, getenv func(string) string, stderr io.Writer) (Con
 	override(&env.PodNamespace, namespace)
 	override(&env.ServiceAccount, svcAccount)
 
-	cloud := mapping.AzurePublicCloud
+	cloud := agentconfig.AzurePublicCloud
 	if cloudName != "" {
-		c, err := mapping.ParseCloud(cloudName)
+		c, err := agentconfig.ParseCloud(cloudName)
 		if err != nil {
 			return cfg, 0, fmt.Errorf("--cloud: %w", err)
 		}
@@ -146,7 +154,7 @@ func parseArgs(args []string, getenv func(string) string, stderr io.Writer) (Con
 		if env.AuthorityHost == "" {
 			env.AuthorityHost = c.AuthorityHost
 		}
-	} else if _, c, known := clouds("", env.AuthorityHost); known {
+	} else if c, known := agentconfig.CloudOfAuthority(env.AuthorityHost); known {
 		cloud = c
 	}
 
@@ -158,26 +166,24 @@ func parseArgs(args []string, getenv func(string) string, stderr io.Writer) (Con
 		return cfg, 0, fmt.Errorf("--vault: %w", err)
 	}
 	if len(entries) == 0 {
-		return cfg, 0, errors.New("no secrets: give --secret=<file>=<secret-name> (repeatable) or --secrets='<the " + mapping.AnnotationSecrets + " annotation>'")
+		return cfg, 0, errors.New("no secrets: give --secret=<file>=<secret-name> (repeatable) or --secrets='<the " + agentconfig.AnnotationSecrets + " annotation>'")
 	}
 	cfg.Entries = entries
 
-	switch kind, id, _ := strings.Cut(strings.TrimSpace(identity), ":"); {
+	switch {
 	case identity == "" && env.TokenFile != "":
-		cfg.Identity = mapping.IdentityWorkload
+		cfg.Identity = agentconfig.IdentityWorkload
 	case identity == "" && env.ClientID != "":
-		cfg.Identity = mapping.IdentityManaged
+		cfg.Identity = agentconfig.IdentityManaged
 	case identity == "":
-		return cfg, 0, fmt.Errorf("--identity is required: neither %s nor %s is set (workload, managed, managed:<client-id> or system)", agent.EnvTokenFile, agent.EnvClientID)
-	case mapping.IdentityKind(kind) == mapping.IdentityManaged:
-		cfg.Identity = mapping.IdentityManaged
-		override(&env.ClientID, id)
-	case id != "":
-		return cfg, 0, fmt.Errorf("--identity %q: only managed takes a client ID (managed:<client-id>)", identity)
-	case mapping.IdentityKind(kind) == mapping.IdentityWorkload, mapping.IdentityKind(kind) == mapping.IdentitySystem:
-		cfg.Identity = mapping.IdentityKind(kind)
+		return cfg, 0, fmt.Errorf("--identity is required: neither %s nor %s is set (workload, managed, managed:<client-id> or system)", agentconfig.EnvTokenFile, agentconfig.EnvClientID)
 	default:
-		return cfg, 0, fmt.Errorf("--identity %q: use workload, managed, managed:<client-id> or system", identity)
+		kind, id, err := agentconfig.ParseIdentity(identity)
+		if err != nil {
+			return cfg, 0, fmt.Errorf("--identity %w", err)
+		}
+		cfg.Identity = kind
+		override(&env.ClientID, id)
 	}
 	cfg.Env = env
 	return cfg, timeout, nil
@@ -185,16 +191,14 @@ func parseArgs(args []string, getenv func(string) string, stderr io.Writer) (Con
 
 // vaultURL resolves a vault name in cloud, or a vault URL in whichever cloud
 // it belongs to (the cloud check then compares it with Azure AD's).
-func vaultURL(v string, cloud mapping.Cloud) (string, error) {
-	u, err := mapping.VaultURL(v, cloud)
+func vaultURL(v string, cloud agentconfig.Cloud) (string, error) {
+	u, err := agentconfig.VaultURL(v, cloud)
 	if err == nil {
 		return u, nil
 	}
 	if strings.Contains(v, "/") {
-		for _, c := range mapping.Clouds() {
-			if u, cerr := mapping.VaultURL(v, c); cerr == nil {
-				return u, nil
-			}
+		if _, u, ok := agentconfig.CloudOfVault(v); ok {
+			return u, nil
 		}
 	}
 	return "", err

@@ -10,6 +10,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 
+	"github.com/kvinject/kvinject/pkg/agentconfig"
 	"github.com/kvinject/kvinject/pkg/mapping"
 	"github.com/kvinject/kvinject/pkg/mutate"
 )
@@ -32,9 +33,9 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.StringVar(&d.Identity, "default-identity", "", "identity for pods that choose none and whose ServiceAccount has no workload identity: managed:<client-id>, managed or system")
 	fs.StringVar(&d.ManagedIdentityClientID, "managed-identity-client-id", "", "client ID used for identity \"managed\" without one, e.g. the AKS Key Vault add-on's identity")
 	fs.StringVar(&d.TenantID, "default-tenant-id", "", "Azure AD tenant for identities that name none")
-	fs.StringVar(&d.Cloud, "default-cloud", mapping.AzurePublicCloud.Name, "Azure cloud: AzurePublicCloud, AzureUSGovernmentCloud or AzureChinaCloud")
+	fs.StringVar(&d.Cloud, "default-cloud", agentconfig.AzurePublicCloud.Name, "Azure cloud: AzurePublicCloud, AzureUSGovernmentCloud or AzureChinaCloud")
 	fs.StringVar(&d.MountPath, "default-mount-path", mapping.DefaultMountPath, "where app containers see the secret files")
-	fs.StringVar(&o.rotation, "default-rotation", mapping.DefaultRotation.String(), "polling interval for pods that set none, or \"off\"")
+	fs.StringVar(&o.rotation, "default-rotation", agentconfig.DefaultRotation.String(), "polling interval for pods that set none, or \"off\"")
 
 	fs.StringVar(&o.allowedVaults, "allowed-vaults", "", "policy: the only vaults any pod may use (comma-separated names, globs such as team-a-*, or vault URLs); empty allows all")
 	fs.StringVar(&o.managedNamespaces, "managed-identity-namespaces", "", "policy: globs of the namespaces whose pods may use a managed identity (managed or system); empty allows all")

@@ -5,10 +5,12 @@
 // `kind: List` (or PodList...) whose items are an array, and prints them as
 // the cluster would run them.
 //
-// Each pod template is decided by injector.Decide, the admission handler's own
-// decision (mapping.Resolve, then mutate.Patch), with the same defaults from
-// the same flags. The Namespace and ServiceAccount that the webhook reads from
-// the API come from objects of the input, or else from flags. The returned
+// Each pod template is decided by injector.DecideWithClass, the decision the
+// admission handler itself calls (mapping.ApplySecretProviderClass for a pod
+// that names a class, then mapping.Resolve, then mutate.Patch), with the same
+// defaults from the same flags. The Namespace, ServiceAccount and
+// SecretProviderClass that the webhook reads from the API come from objects of
+// the input, or else (Namespace and ServiceAccount) from flags. The returned
 // patch is applied to the document as the API server applies it to the pod,
 // so fields this build does not know are kept.
 //
@@ -36,6 +38,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/kvinject/kvinject/internal/injector"
+	"github.com/kvinject/kvinject/pkg/agentconfig"
 	"github.com/kvinject/kvinject/pkg/mapping"
 	"github.com/kvinject/kvinject/pkg/mutate"
 )
@@ -424,7 +427,7 @@ func (r *run) inject(d *document, at, where string, obj *object, raw []byte) {
 	}
 	switch dec.Result {
 	case injector.ResultDenied:
-		var inv *mapping.InvalidError
+		var inv *agentconfig.InvalidError
 		if errors.As(dec.Denial, &inv) {
 			for _, p := range inv.Problems {
 				fail("%s", p)

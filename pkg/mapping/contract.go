@@ -1,7 +1,8 @@
 // Package mapping turns what users write on pods, namespaces and ServiceAccounts
 // (labels and annotations under kvinject.dev/) into a resolved Spec: which vault,
-// which secrets, which files, which identity. It also owns the agent's command-line
-// format, so the webhook and the agent share one definition of it.
+// which secrets, which files, which identity. The parts the agent shares (the entry
+// grammar, the agent's command line and environment, identity kinds, clouds) are in
+// package agentconfig, which has no Kubernetes in it.
 //
 // The package is pure: no I/O, no clocks, no Kubernetes client. Callers look up the
 // Namespace and ServiceAccount and pass them in.
@@ -16,7 +17,7 @@ const LabelInject = Prefix + "inject"
 // LabelInjectValue is the value of LabelInject that opts a pod in.
 const LabelInjectValue = "true"
 
-// Pod annotations (the first five may also be set on a Namespace as defaults).
+// Pod annotations (the first four may also be set on a Namespace as defaults).
 const (
 	// AnnotationVault names the vault: "myvault" or "https://myvault.vault.azure.net/".
 	AnnotationVault = Prefix + "vault"
@@ -26,7 +27,7 @@ const (
 	AnnotationTenantID = Prefix + "tenant-id"
 	// AnnotationCloud is the Azure cloud: AzurePublicCloud, AzureUSGovernmentCloud or AzureChinaCloud.
 	AnnotationCloud = Prefix + "cloud"
-	// AnnotationSecrets is the mapping of files to Key Vault objects: "<file>=[<kind>:]<name>[@<version>][;<option>...], ..." (see Entry).
+	// AnnotationSecrets is the mapping of files to Key Vault objects: "<file>=[<kind>:]<name>[@<version>][;<option>...], ..." (see agentconfig.Entry).
 	AnnotationSecrets = Prefix + "secrets"
 	// AnnotationMountPath is where the app containers see the files (default /app/secrets).
 	AnnotationMountPath = Prefix + "mount-path"
@@ -72,7 +73,7 @@ func IsAgentContainer(name string) bool {
 	return name == AgentContainerName || name == AgentInitContainerName
 }
 
-// podKeys are the annotation keys a pod may carry, in the order the README lists them.
+// podKeys are the annotation keys a pod may carry, in the order docs/contract.md lists them.
 var podKeys = []string{
 	AnnotationVault, AnnotationSecrets, AnnotationSecretProviderClass, AnnotationMountPath, AnnotationContainers,
 	AnnotationFileMode, AnnotationRotation, AnnotationIdentity, AnnotationTenantID,

@@ -5,6 +5,8 @@ import (
 	"net/url"
 	"path"
 	"strings"
+
+	"github.com/kvinject/kvinject/pkg/agentconfig"
 )
 
 // Namespace annotations that cluster admins set to restrict what the namespace's pods
@@ -46,7 +48,7 @@ func (p Policy) Validate() error {
 		}
 	}
 	if len(probs) > 0 {
-		return &InvalidError{Problems: probs}
+		return &agentconfig.InvalidError{Problems: probs}
 	}
 	return nil
 }
@@ -76,7 +78,7 @@ func checkPolicy(spec *Spec, namespace string, nsAnn map[string]string, pol Poli
 	if id.Kind == "" {
 		return
 	}
-	if (id.Kind == IdentityManaged || id.Kind == IdentitySystem) && len(pol.ManagedIdentityNamespaces) > 0 && !matchAny(namespace, pol.ManagedIdentityNamespaces) {
+	if (id.Kind == agentconfig.IdentityManaged || id.Kind == agentconfig.IdentitySystem) && len(pol.ManagedIdentityNamespaces) > 0 && !matchAny(namespace, pol.ManagedIdentityNamespaces) {
 		probs.add(AnnotationIdentity, "%s: the webhook's --managed-identity-namespaces (%s) does not allow managed identities in namespace %q; use workload identity, or ask a cluster admin", describeIdentity(id), strings.Join(pol.ManagedIdentityNamespaces, ", "), namespace)
 	}
 	if raw, ok := nsAnn[AnnotationAllowedIdentities]; ok {
@@ -93,9 +95,9 @@ func checkPolicy(spec *Spec, namespace string, nsAnn map[string]string, pol Poli
 
 func describeIdentity(id Identity) string {
 	switch id.Kind {
-	case IdentitySystem:
+	case agentconfig.IdentitySystem:
 		return "the system-assigned identity"
-	case IdentityWorkload:
+	case agentconfig.IdentityWorkload:
 		return "workload identity " + id.ClientID
 	}
 	return "managed identity " + id.ClientID
@@ -106,22 +108,22 @@ func identityAllowed(id Identity, allowed []string) (bool, error) {
 	match := false
 	for _, a := range allowed {
 		kind, client, hasClient := strings.Cut(strings.ToLower(a), ":")
-		switch IdentityKind(kind) {
-		case IdentityWorkload, IdentityManaged:
-			if hasClient && client != "*" && !guidRE.MatchString(client) {
+		switch agentconfig.IdentityKind(kind) {
+		case agentconfig.IdentityWorkload, agentconfig.IdentityManaged:
+			if hasClient && client != "*" && !agentconfig.IsGUID(client) {
 				return false, fmt.Errorf("%q: the client ID must be a GUID or *", a)
 			}
-			if IdentityKind(kind) == IdentityManaged && !hasClient {
+			if agentconfig.IdentityKind(kind) == agentconfig.IdentityManaged && !hasClient {
 				return false, fmt.Errorf("%q: write managed:<client-id> or managed:*", a)
 			}
-			if id.Kind == IdentityKind(kind) && (!hasClient || client == "*" || client == id.ClientID) {
+			if id.Kind == agentconfig.IdentityKind(kind) && (!hasClient || client == "*" || client == id.ClientID) {
 				match = true
 			}
-		case IdentitySystem:
+		case agentconfig.IdentitySystem:
 			if hasClient {
 				return false, fmt.Errorf("%q: system takes no client ID", a)
 			}
-			match = match || id.Kind == IdentitySystem
+			match = match || id.Kind == agentconfig.IdentitySystem
 		default:
 			return false, fmt.Errorf("%q: use workload, workload:<client-id>, managed:<client-id>, managed:* or system", a)
 		}
@@ -138,7 +140,7 @@ func validVaultPattern(p string) error {
 		}
 		return nil
 	}
-	if p == "" || !allBytes(p, func(c byte) bool { return isAlnum(c) || c == '-' || c == '*' || c == '?' }) {
+	if p == "" || strings.Trim(p, globChars) != "" {
 		return fmt.Errorf("%q is neither a vault name, a glob such as team-a-*, nor an https vault URL", p)
 	}
 	return nil
@@ -183,3 +185,7 @@ func splitList(s string) []string {
 	}
 	return out
 }
+
+// globChars are the characters of a vault name pattern: a vault name's, and the
+// glob's '*' and '?'.
+const globChars = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-*?"

@@ -3,6 +3,8 @@ package mapping
 import (
 	"strings"
 	"testing"
+
+	"github.com/kvinject/kvinject/pkg/agentconfig"
 )
 
 func TestVaultAllowed(t *testing.T) {
@@ -30,18 +32,18 @@ func TestIdentityAllowed(t *testing.T) {
 		want    bool
 		wantErr string
 	}{
-		{Identity{Kind: IdentityWorkload, ClientID: a}, "workload", true, ""},
-		{Identity{Kind: IdentityWorkload, ClientID: a}, "workload:" + b, false, ""},
-		{Identity{Kind: IdentityWorkload, ClientID: a}, "workload:" + strings.ToUpper(a), true, ""},
-		{Identity{Kind: IdentityManaged, ClientID: a}, "workload", false, ""},
-		{Identity{Kind: IdentityManaged, ClientID: a}, "managed:*", true, ""},
-		{Identity{Kind: IdentityManaged, ClientID: a}, "managed:" + b + ", managed:" + a, true, ""},
-		{Identity{Kind: IdentitySystem}, "managed:*", false, ""},
-		{Identity{Kind: IdentitySystem}, "system", true, ""},
-		{Identity{Kind: IdentitySystem}, "managed", false, "write managed:<client-id> or managed:*"},
-		{Identity{Kind: IdentitySystem}, "system:x", false, "system takes no client ID"},
-		{Identity{Kind: IdentitySystem}, "workload:nope", false, "must be a GUID or *"},
-		{Identity{Kind: IdentitySystem}, "pod", false, "use workload"},
+		{Identity{Kind: agentconfig.IdentityWorkload, ClientID: a}, "workload", true, ""},
+		{Identity{Kind: agentconfig.IdentityWorkload, ClientID: a}, "workload:" + b, false, ""},
+		{Identity{Kind: agentconfig.IdentityWorkload, ClientID: a}, "workload:" + strings.ToUpper(a), true, ""},
+		{Identity{Kind: agentconfig.IdentityManaged, ClientID: a}, "workload", false, ""},
+		{Identity{Kind: agentconfig.IdentityManaged, ClientID: a}, "managed:*", true, ""},
+		{Identity{Kind: agentconfig.IdentityManaged, ClientID: a}, "managed:" + b + ", managed:" + a, true, ""},
+		{Identity{Kind: agentconfig.IdentitySystem}, "managed:*", false, ""},
+		{Identity{Kind: agentconfig.IdentitySystem}, "system", true, ""},
+		{Identity{Kind: agentconfig.IdentitySystem}, "managed", false, "write managed:<client-id> or managed:*"},
+		{Identity{Kind: agentconfig.IdentitySystem}, "system:x", false, "system takes no client ID"},
+		{Identity{Kind: agentconfig.IdentitySystem}, "workload:nope", false, "must be a GUID or *"},
+		{Identity{Kind: agentconfig.IdentitySystem}, "pod", false, "use workload"},
 	}
 	for _, tt := range tests {
 		got, err := identityAllowed(tt.id, splitList(tt.allowed))

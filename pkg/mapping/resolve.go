@@ -10,12 +10,14 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
+
+	"github.com/kvinject/kvinject/pkg/agentconfig"
 )
 
 // Default values, used where neither the pod, its namespace nor the webhook's flags say otherwise.
 const (
 	DefaultMountPath = "/app/secrets"
-	DefaultRotation  = 2 * time.Minute
+	DefaultRotation  = agentconfig.DefaultRotation
 	// MinRotation is the shortest polling interval; shorter ones would load Key Vault for little gain.
 	MinRotation = 30 * time.Second
 	// MaxRotation is the longest polling interval.
@@ -23,7 +25,7 @@ const (
 	// ModeGroupShared is the default file mode when the pod has an fsGroup.
 	ModeGroupShared = 0o440
 	// ModeWorldReadable is the default file mode without an fsGroup.
-	ModeWorldReadable = 0o444
+	ModeWorldReadable = agentconfig.ModeWorldReadable
 	// DefaultAgentUser is the agent's uid and gid when the app containers do not share one.
 	DefaultAgentUser int64 = 65532
 )
@@ -54,8 +56,8 @@ type Defaults struct {
 // Spec is a pod's resolved injection: everything the mutation and the agent need.
 type Spec struct {
 	VaultURL string
-	Cloud    Cloud
-	Entries  []Entry
+	Cloud    agentconfig.Cloud
+	Entries  []agentconfig.Entry
 	// MountPath is where the selected containers see the files.
 	MountPath string
 	// Containers names the containers (regular or init) that get the mount.
@@ -71,23 +73,6 @@ type Spec struct {
 	// AgentUser and AgentGroup are the agent's uid and gid: those every selected
 	// container runs as when they agree and are not root, else DefaultAgentUser.
 	AgentUser, AgentGroup int64
-}
-
-// InvalidError lists everything wrong with a pod's annotations. Its message is what
-// the user sees in kubectl when the pod is denied.
-type InvalidError struct {
-	Problems []string
-}
-
-// maxReported bounds the problems a message lists, so a hostile or broken annotation
-// cannot make a denial (or the webhook's log) megabytes long.
-const maxReported = 10
-
-func (e *InvalidError) Error() string {
-	if len(e.Problems) <= maxReported {
-		return strings.Join(e.Problems, "; ")
-	}
-	return fmt.Sprintf("%s; and %d more problems", strings.Join(e.Problems[:maxReported], "; "), len(e.Problems)-maxReported)
 }
 
 // problems collects validation failures, each prefixed with the field it concerns.
@@ -129,7 +114,7 @@ func Resolve(pod *corev1.Pod, ns *corev1.Namespace, sa *corev1.ServiceAccount, d
 
 	spec := &Spec{}
 	cloudName, cloudSrc := lookup(AnnotationCloud, d.Cloud)
-	cloud, err := ParseCloud(cloudName)
+	cloud, err := agentconfig.ParseCloud(cloudName)
 	if err != nil {
 		probs.add(cloudSrc, "%v", err)
 	}
@@ -139,14 +124,14 @@ func Resolve(pod *corev1.Pod, ns *corev1.Namespace, sa *corev1.ServiceAccount, d
 	case vault == "":
 		probs.add(AnnotationVault, "not set: annotate the pod or its namespace with %s=<vault-name>", AnnotationVault)
 	case err == nil:
-		if spec.VaultURL, err = VaultURL(vault, cloud); err != nil {
+		if spec.VaultURL, err = agentconfig.VaultURL(vault, cloud); err != nil {
 			probs.add(src, "%v", err)
 		}
 	}
 
 	if raw, ok := podAnn[AnnotationSecrets]; !ok || strings.TrimSpace(raw) == "" {
 		probs.add(AnnotationSecrets, "not set: list the files to write, e.g. %s: connectionstring.txt=DATABASE-CONNECTION-STRING", AnnotationSecrets)
-	} else if spec.Entries, err = ParseEntries(raw); err != nil {
+	} else if spec.Entries, err = agentconfig.ParseEntries(raw); err != nil {
 		probs.add(AnnotationSecrets, "%v", err)
 	}
 
@@ -168,7 +153,7 @@ func Resolve(pod *corev1.Pod, ns *corev1.Namespace, sa *corev1.ServiceAccount, d
 		spec.FileMode = ModeGroupShared
 	}
 	if raw, ok := podAnn[AnnotationFileMode]; ok {
-		if spec.FileMode, err = parseFileMode(raw); err != nil {
+		if spec.FileMode, err = agentconfig.ParseFileMode(raw); err != nil {
 			probs.add(AnnotationFileMode, "%v", err)
 		} else if !appsCanRead(spec.FileMode, hasFSGroup, spec.AgentUser != DefaultAgentUser) {
 			warnings = append(warnings, fmt.Sprintf("%s %04o: app containers cannot read the files unless they share the agent's user (all run as one non-root runAsUser) or group (securityContext.fsGroup); use 0444 or set fsGroup", AnnotationFileMode, spec.FileMode))
@@ -193,7 +178,7 @@ func Resolve(pod *corev1.Pod, ns *corev1.Namespace, sa *corev1.ServiceAccount, d
 	spec.Resources = resolveResources(podAnn, d.Resources, &probs)
 
 	if len(probs) > 0 {
-		return nil, warnings, &InvalidError{Problems: probs}
+		return nil, warnings, &agentconfig.InvalidError{Problems: probs}
 	}
 	return spec, warnings, nil
 }
@@ -271,7 +256,7 @@ func resolveIdentity(pod *corev1.Pod, saAnn map[string]string, lookup func(strin
 	if raw == "" {
 		switch {
 		case saAnn[AnnotationWIClientID] != "":
-			raw, src = string(IdentityWorkload), fmt.Sprintf("ServiceAccount %q", saName)
+			raw, src = string(agentconfig.IdentityWorkload), fmt.Sprintf("ServiceAccount %q", saName)
 		case d.Identity != "":
 			raw, src = d.Identity, "webhook default for "+AnnotationIdentity
 		default:
@@ -285,7 +270,7 @@ func resolveIdentity(pod *corev1.Pod, saAnn map[string]string, lookup func(strin
 		return Identity{}
 	}
 	tenant, tenantSrc := lookup(AnnotationTenantID, d.TenantID)
-	if _, onPod := pod.Annotations[AnnotationTenantID]; !onPod && saAnn[AnnotationWITenantID] != "" && choice.kind == IdentityWorkload {
+	if _, onPod := pod.Annotations[AnnotationTenantID]; !onPod && saAnn[AnnotationWITenantID] != "" && choice.kind == agentconfig.IdentityWorkload {
 		tenant, tenantSrc = strings.TrimSpace(saAnn[AnnotationWITenantID]), fmt.Sprintf("ServiceAccount %q annotation %s", saName, AnnotationWITenantID)
 	}
 	if tenant != "" {
@@ -295,19 +280,19 @@ func resolveIdentity(pod *corev1.Pod, saAnn map[string]string, lookup func(strin
 	}
 	id := Identity{Kind: choice.kind, ClientID: choice.clientID, TenantID: tenant}
 	switch choice.kind {
-	case IdentityWorkload:
+	case agentconfig.IdentityWorkload:
 		id.ClientID = strings.TrimSpace(saAnn[AnnotationWIClientID])
 		switch {
 		case id.ClientID == "":
 			probs.add(src, "workload identity needs ServiceAccount %q to carry the annotation %s=<client-id>", saName, AnnotationWIClientID)
-		case !guidRE.MatchString(id.ClientID):
+		case !agentconfig.IsGUID(id.ClientID):
 			probs.add(fmt.Sprintf("ServiceAccount %q annotation %s", saName, AnnotationWIClientID), "%q must be a GUID like 00000000-0000-0000-0000-000000000000", id.ClientID)
 		}
 		id.ClientID = strings.ToLower(id.ClientID)
 		if tenant == "" {
 			probs.add(AnnotationTenantID, "workload identity needs a tenant: annotate ServiceAccount %q with %s=<tenant-id>, or set %s", saName, AnnotationWITenantID, AnnotationTenantID)
 		}
-	case IdentityManaged:
+	case agentconfig.IdentityManaged:
 		if id.ClientID == "" {
 			id.ClientID = strings.ToLower(d.ManagedIdentityClientID)
 		}
@@ -388,23 +373,6 @@ func validateMountPath(p string) error {
 	return nil
 }
 
-// parseFileMode parses an octal mode such as 0440; the owner must be able to read.
-func parseFileMode(raw string) (uint32, error) {
-	s := strings.TrimPrefix(strings.TrimPrefix(strings.TrimSpace(raw), "0o"), "0O")
-	m, err := strconv.ParseUint(s, 8, 32)
-	switch {
-	case err != nil:
-		return 0, fmt.Errorf("%q is not an octal mode such as 0440", raw)
-	case m > 0o777:
-		return 0, fmt.Errorf("%q has bits beyond 0777 (setuid, setgid, sticky are not allowed)", raw)
-	case m&0o400 == 0:
-		return 0, fmt.Errorf("%q must let the owner read (0400)", raw)
-	case m&0o111 != 0:
-		return 0, fmt.Errorf("%q must not make secrets executable", raw)
-	}
-	return uint32(m), nil
-}
-
 // ParseRotation parses "off" or an interval between MinRotation and MaxRotation.
 func ParseRotation(raw string) (time.Duration, error) {
 	s := strings.TrimSpace(raw)
@@ -479,12 +447,12 @@ func firstNonEmpty(vals ...string) string {
 // naming the flag at fault, so a bad flag fails at start-up rather than per pod.
 func (d Defaults) Validate() error {
 	var probs problems
-	cloud, err := ParseCloud(d.Cloud)
+	cloud, err := agentconfig.ParseCloud(d.Cloud)
 	if err != nil {
 		probs.add("--default-cloud", "%v", err)
 	}
 	if d.Vault != "" && err == nil {
-		if _, err := VaultURL(d.Vault, cloud); err != nil {
+		if _, err := agentconfig.VaultURL(d.Vault, cloud); err != nil {
 			probs.add("--default-vault", "%v", err)
 		}
 	}
@@ -493,7 +461,7 @@ func (d Defaults) Validate() error {
 			probs.add("--default-identity", "%v", err)
 		}
 	}
-	if c, err := parseIdentity(d.Identity); err == nil && c.kind == IdentityManaged && c.clientID == "" && d.ManagedIdentityClientID == "" {
+	if c, err := parseIdentity(d.Identity); err == nil && c.kind == agentconfig.IdentityManaged && c.clientID == "" && d.ManagedIdentityClientID == "" {
 		probs.add("--default-identity", "%q needs --managed-identity-client-id, or write managed:<client-id>", d.Identity)
 	}
 	for _, name := range []corev1.ResourceName{corev1.ResourceCPU, corev1.ResourceMemory} {
@@ -504,9 +472,9 @@ func (d Defaults) Validate() error {
 		}
 	}
 	if err := d.Policy.Validate(); err != nil {
-		probs = append(probs, err.(*InvalidError).Problems...)
+		probs = append(probs, err.(*agentconfig.InvalidError).Problems...)
 	}
-	if d.ManagedIdentityClientID != "" && !guidRE.MatchString(d.ManagedIdentityClientID) {
+	if d.ManagedIdentityClientID != "" && !agentconfig.IsGUID(d.ManagedIdentityClientID) {
 		probs.add("--managed-identity-client-id", "%q must be a GUID", d.ManagedIdentityClientID)
 	}
 	if d.TenantID != "" {
@@ -523,7 +491,7 @@ func (d Defaults) Validate() error {
 		probs.add("--default-rotation", "%s must be off or between %s and %s", d.Rotation, MinRotation, MaxRotation)
 	}
 	if len(probs) > 0 {
-		return &InvalidError{Problems: probs}
+		return &agentconfig.InvalidError{Problems: probs}
 	}
 	return nil
 }

@@ -9,6 +9,8 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/yaml"
+
+	"github.com/kvinject/kvinject/pkg/agentconfig"
 )
 
 // AnnotationSecretProviderClass names a SecretProviderClass (secrets-store.csi.x-k8s.io/v1,
@@ -74,7 +76,7 @@ func ApplySecretProviderClass(pod *corev1.Pod, sa *corev1.ServiceAccount, spc Se
 
 	if !strings.EqualFold(spc.Provider, "azure") {
 		probs.add(field("spec.provider"), "is %q: kvinject reads only the Azure provider's classes (provider: azure)", spc.Provider)
-		return nil, nil, nil, &InvalidError{Problems: probs}
+		return nil, nil, nil, &agentconfig.InvalidError{Problems: probs}
 	}
 	if spc.SecretObjects > 0 {
 		probs.add(field("spec.secretObjects"), "kvinject writes files only and does not sync Kubernetes Secrets: remove secretObjects (read the files instead), or keep this pod on the CSI driver")
@@ -135,15 +137,15 @@ func ApplySecretProviderClass(pod *corev1.Pod, sa *corev1.ServiceAccount, spc Se
 	case vmIdentity && wiClient != "":
 		probs.add(field("spec.parameters"), "both useVMManagedIdentity and clientID are set: keep clientID for workload identity, or useVMManagedIdentity (with userAssignedIdentityID) for a managed identity")
 	case wiClient != "":
-		if !guidRE.MatchString(wiClient) {
+		if !agentconfig.IsGUID(wiClient) {
 			probs.add(field("spec.parameters.clientID"), "%q must be a GUID like 00000000-0000-0000-0000-000000000000", wiClient)
 		}
-		ann[AnnotationIdentity] = string(IdentityWorkload)
+		ann[AnnotationIdentity] = string(agentconfig.IdentityWorkload)
 		clientID = strings.ToLower(wiClient)
 	case vmIdentity && uaID != "":
-		ann[AnnotationIdentity] = string(IdentityManaged) + ":" + uaID
+		ann[AnnotationIdentity] = string(agentconfig.IdentityManaged) + ":" + uaID
 	case vmIdentity:
-		ann[AnnotationIdentity] = string(IdentitySystem)
+		ann[AnnotationIdentity] = string(agentconfig.IdentitySystem)
 	default:
 		probs.add(field("spec.parameters"), "no identity: kvinject needs workload identity (clientID) or a managed identity (useVMManagedIdentity: \"true\", with userAssignedIdentityID for a user-assigned one); service principal secrets (nodePublishSecretRef) are not supported")
 	}
@@ -166,7 +168,7 @@ func ApplySecretProviderClass(pod *corev1.Pod, sa *corev1.ServiceAccount, spc Se
 		}
 	}
 	if len(probs) > 0 {
-		return nil, nil, warnings, &InvalidError{Problems: probs}
+		return nil, nil, warnings, &agentconfig.InvalidError{Problems: probs}
 	}
 
 	pod = pod.DeepCopy()
@@ -202,7 +204,7 @@ func spcBool(s string) (bool, error) {
 
 // spcEntries converts the objects parameter ("array:" of YAML documents, one per
 // object) into entries. Problems start with the object's position, e.g. "[2].objectType: ...".
-func spcEntries(raw string) ([]Entry, []string) {
+func spcEntries(raw string) ([]agentconfig.Entry, []string) {
 	if strings.TrimSpace(raw) == "" {
 		return nil, []string{": is empty: list the objects to write under array:"}
 	}
@@ -216,7 +218,7 @@ func spcEntries(raw string) ([]Entry, []string) {
 		return nil, []string{".array: is empty: list the objects to write"}
 	}
 	var (
-		entries []Entry
+		entries []agentconfig.Entry
 		probs   []string
 	)
 	for i, doc := range arr.Array {
@@ -242,25 +244,25 @@ func spcEntries(raw string) ([]Entry, []string) {
 	for i, e := range entries {
 		s[i] = e.String()
 	}
-	if _, err := ParseEntries(strings.Join(s, ",")); err != nil {
+	if _, err := agentconfig.ParseEntries(strings.Join(s, ",")); err != nil {
 		return nil, []string{": " + err.Error()}
 	}
 	return entries, nil
 }
 
 // spcEntry converts one object, with the Azure provider's semantics.
-func spcEntry(o spcObject) (Entry, []string) {
+func spcEntry(o spcObject) (agentconfig.Entry, []string) {
 	var probs []string
 	bad := func(f, format string, args ...any) { probs = append(probs, f+": "+fmt.Sprintf(format, args...)) }
 	name := strings.TrimSpace(o.ObjectName)
-	e := Entry{Name: name, File: firstNonEmpty(strings.TrimSpace(o.ObjectAlias), name), Version: strings.ToLower(strings.TrimSpace(o.ObjectVersion))}
-	if !isSecretName(name) {
+	e := agentconfig.Entry{Name: name, File: firstNonEmpty(strings.TrimSpace(o.ObjectAlias), name), Version: strings.ToLower(strings.TrimSpace(o.ObjectVersion))}
+	if !agentconfig.IsObjectName(name) {
 		bad("objectName", "%q must be 1-127 letters, digits or hyphens", o.ObjectName)
 	}
-	if e.Version != "" && !isVersion(e.Version) {
+	if e.Version != "" && !agentconfig.IsVersion(e.Version) {
 		bad("objectVersion", "%q must be 32 hexadecimal characters, or empty for the latest", o.ObjectVersion)
 	}
-	if err := validateFile(e.File); err != nil {
+	if err := agentconfig.ValidateFile(e.File); err != nil {
 		bad("objectAlias", "%v", err)
 	}
 	typ := strings.ToLower(strings.TrimSpace(o.ObjectType))
@@ -268,11 +270,11 @@ func spcEntry(o spcObject) (Entry, []string) {
 	encoding := strings.ToLower(strings.TrimSpace(o.ObjectEncoding))
 	switch typ {
 	case "secret":
-		e.Type = ObjectSecret
+		e.Type = agentconfig.ObjectSecret
 	case "cert":
-		e.Type = ObjectCert
+		e.Type = agentconfig.ObjectCert
 	case "key":
-		e.Type = ObjectKey
+		e.Type = agentconfig.ObjectKey
 	default:
 		bad("objectType", "%q: use secret, key or cert", o.ObjectType)
 	}
@@ -280,7 +282,7 @@ func spcEntry(o spcObject) (Entry, []string) {
 	case "", "pem":
 		if typ == "secret" {
 			// The provider's default: a certificate-backed secret as PEM, any other as stored.
-			e.Format = FormatAuto
+			e.Format = agentconfig.FormatAuto
 		}
 	case "pfx":
 		if typ != "secret" {
@@ -293,16 +295,16 @@ func spcEntry(o spcObject) (Entry, []string) {
 	switch encoding {
 	case "", "utf-8":
 	case "base64":
-		e.Encoding = EncodingBase64
+		e.Encoding = agentconfig.EncodingBase64
 	case "hex":
-		e.Encoding = EncodingHex
+		e.Encoding = agentconfig.EncodingHex
 	default:
 		bad("objectEncoding", "%q: use utf-8, base64 or hex", o.ObjectEncoding)
 	}
 	if e.Encoding != "" && typ != "secret" {
 		bad("objectEncoding", "applies to objectType secret only")
 	}
-	if e.Encoding != "" && e.Format == FormatAuto {
+	if e.Encoding != "" && e.Format == agentconfig.FormatAuto {
 		// Decoding applies to the value as stored.
 		e.Format = ""
 	}
@@ -311,8 +313,8 @@ func spcEntry(o spcObject) (Entry, []string) {
 		bad("objectVersionHistory", "%d must not be negative", o.ObjectVersionHistory)
 	case o.ObjectVersionHistory > 1 && typ != "secret":
 		bad("objectVersionHistory", "kvinject keeps the version history of objectType secret only; for a certificate's versions use objectType secret with the certificate's name")
-	case o.ObjectVersionHistory > MaxHistory:
-		bad("objectVersionHistory", "%d is more than kvinject's limit of %d versions", o.ObjectVersionHistory, MaxHistory)
+	case o.ObjectVersionHistory > agentconfig.MaxHistory:
+		bad("objectVersionHistory", "%d is more than kvinject's limit of %d versions", o.ObjectVersionHistory, agentconfig.MaxHistory)
 	case o.ObjectVersionHistory > 1 && e.Version != "":
 		bad("objectVersionHistory", "cannot be combined with objectVersion: history starts at the latest version")
 	case o.ObjectVersionHistory > 1:
@@ -320,7 +322,7 @@ func spcEntry(o spcObject) (Entry, []string) {
 		e.History = o.ObjectVersionHistory
 	}
 	if fp := strings.TrimSpace(o.FilePermission); fp != "" {
-		m, err := parseFileMode(fp)
+		m, err := agentconfig.ParseFileMode(fp)
 		if err != nil {
 			bad("filePermission", "%v", err)
 		}

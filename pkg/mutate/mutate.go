@@ -21,6 +21,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/apimachinery/pkg/api/resource"
 
+	"github.com/kvinject/kvinject/pkg/agentconfig"
 	"github.com/kvinject/kvinject/pkg/mapping"
 )
 
@@ -54,7 +55,7 @@ const (
 	// TokenAudience is the audience Azure AD expects of a federated ServiceAccount token.
 	TokenAudience = "api://AzureADTokenExchange"
 	// TerminationLog is where the agent explains a failure for kubectl describe.
-	TerminationLog = "/dev/termination-log"
+	TerminationLog = agentconfig.TerminationLog
 )
 
 // Config is the webhook's configuration of what it injects.
@@ -214,11 +215,11 @@ func Desired(pod *corev1.Pod, spec *mapping.Spec, cfg Config) Injection {
 			SizeLimit: sizeLimit(cfg.VolumeSizeLimit),
 		}},
 	}}}
-	if spec.Identity.Kind == mapping.IdentityWorkload {
+	if spec.Identity.Kind == agentconfig.IdentityWorkload {
 		inj.Volumes = append(inj.Volumes, tokenVolume(cfg.TokenExpirationSeconds))
 	}
 	inj.Volumes = append(inj.Volumes, noAPITokenVolume())
-	base := mapping.AgentConfig{
+	base := agentconfig.Config{
 		VaultURL: spec.VaultURL,
 		Entries:  spec.Entries,
 		Dir:      AgentDir,
@@ -228,15 +229,15 @@ func Desired(pod *corev1.Pod, spec *mapping.Spec, cfg Config) Injection {
 	}
 	switch {
 	case spec.Rotation == 0:
-		inj.InitAgent = agentContainer(AgentContainerName, mapping.AgentModeInit, base, spec, cfg, uid, gid)
+		inj.InitAgent = agentContainer(AgentContainerName, agentconfig.ModeInit, base, spec, cfg, uid, gid)
 	case cfg.NativeSidecars:
-		inj.InitAgent = agentContainer(AgentContainerName, mapping.AgentModeSidecar, base, spec, cfg, uid, gid)
+		inj.InitAgent = agentContainer(AgentContainerName, agentconfig.ModeSidecar, base, spec, cfg, uid, gid)
 		always := corev1.ContainerRestartPolicyAlways
 		inj.InitAgent.RestartPolicy = &always
 		inj.InitAgent.StartupProbe = startupProbe()
 	default:
-		inj.InitAgent = agentContainer(AgentInitContainerName, mapping.AgentModeInit, base, spec, cfg, uid, gid)
-		sidecar := agentContainer(AgentContainerName, mapping.AgentModeSidecar, base, spec, cfg, uid, gid)
+		inj.InitAgent = agentContainer(AgentInitContainerName, agentconfig.ModeInit, base, spec, cfg, uid, gid)
+		sidecar := agentContainer(AgentContainerName, agentconfig.ModeSidecar, base, spec, cfg, uid, gid)
 		inj.Sidecar = &sidecar
 	}
 	return inj
@@ -245,13 +246,13 @@ func Desired(pod *corev1.Pod, spec *mapping.Spec, cfg Config) Injection {
 // agentContainer builds one agent container in the given mode. Every field the API
 // server would default is set explicitly, so a re-invoked webhook sees its own
 // container unchanged.
-func agentContainer(name, mode string, base mapping.AgentConfig, spec *mapping.Spec, cfg Config, uid, gid int64) corev1.Container {
+func agentContainer(name, mode string, base agentconfig.Config, spec *mapping.Spec, cfg Config, uid, gid int64) corev1.Container {
 	base.Mode = mode
-	if mode == mapping.AgentModeInit {
+	if mode == agentconfig.ModeInit {
 		base.Rotation = 0
 	}
 	mounts := []corev1.VolumeMount{{Name: VolumeName, MountPath: AgentDir}}
-	if spec.Identity.Kind == mapping.IdentityWorkload {
+	if spec.Identity.Kind == agentconfig.IdentityWorkload {
 		mounts = append(mounts, corev1.VolumeMount{Name: TokenVolumeName, MountPath: TokenDir, ReadOnly: true})
 	}
 	mounts = append(mounts, corev1.VolumeMount{Name: NoAPITokenVolumeName, MountPath: APITokenDir, ReadOnly: true})
@@ -279,14 +280,14 @@ func agentContainer(name, mode string, base mapping.AgentConfig, spec *mapping.S
 func agentEnv(spec *mapping.Spec) []corev1.EnvVar {
 	var env []corev1.EnvVar
 	if spec.Identity.ClientID != "" {
-		env = append(env, corev1.EnvVar{Name: "AZURE_CLIENT_ID", Value: spec.Identity.ClientID})
+		env = append(env, corev1.EnvVar{Name: agentconfig.EnvClientID, Value: spec.Identity.ClientID})
 	}
 	if spec.Identity.TenantID != "" {
-		env = append(env, corev1.EnvVar{Name: "AZURE_TENANT_ID", Value: spec.Identity.TenantID})
+		env = append(env, corev1.EnvVar{Name: agentconfig.EnvTenantID, Value: spec.Identity.TenantID})
 	}
-	env = append(env, corev1.EnvVar{Name: "AZURE_AUTHORITY_HOST", Value: spec.Cloud.AuthorityHost})
-	if spec.Identity.Kind == mapping.IdentityWorkload {
-		env = append(env, corev1.EnvVar{Name: "AZURE_FEDERATED_TOKEN_FILE", Value: path.Join(TokenDir, TokenFile)})
+	env = append(env, corev1.EnvVar{Name: agentconfig.EnvAuthorityHost, Value: spec.Cloud.AuthorityHost})
+	if spec.Identity.Kind == agentconfig.IdentityWorkload {
+		env = append(env, corev1.EnvVar{Name: agentconfig.EnvTokenFile, Value: path.Join(TokenDir, TokenFile)})
 	}
 	field := func(name, fieldPath string) corev1.EnvVar {
 		return corev1.EnvVar{Name: name, ValueFrom: &corev1.EnvVarSource{
@@ -294,9 +295,9 @@ func agentEnv(spec *mapping.Spec) []corev1.EnvVar {
 		}}
 	}
 	return append(env,
-		field("POD_NAME", "metadata.name"),
-		field("POD_NAMESPACE", "metadata.namespace"),
-		field("KVINJECT_SERVICE_ACCOUNT", "spec.serviceAccountName"),
+		field(agentconfig.EnvPodName, agentconfig.FieldPodName),
+		field(agentconfig.EnvPodNamespace, agentconfig.FieldPodNamespace),
+		field(agentconfig.EnvServiceAccount, agentconfig.FieldServiceAccount),
 	)
 }
 
@@ -319,7 +320,7 @@ func restricted(uid, gid int64) *corev1.SecurityContext {
 func startupProbe() *corev1.Probe {
 	return &corev1.Probe{
 		ProbeHandler: corev1.ProbeHandler{Exec: &corev1.ExecAction{
-			Command: append([]string{AgentBinary}, mapping.AgentConfig{Mode: mapping.AgentModeProbe, Dir: AgentDir}.Args()...),
+			Command: append([]string{AgentBinary}, agentconfig.Config{Mode: agentconfig.ModeProbe, Dir: AgentDir}.Args()...),
 		}},
 		TimeoutSeconds:   2,
 		PeriodSeconds:    1,
@@ -465,7 +466,7 @@ func (p *patcher) ensureContainer(have []corev1.Container, base string, c corev1
 // the only other additions are env variables and volume mounts that admission
 // plugins append to every container (the ServiceAccount plugin's API token mount,
 // another injector's env), provided they neither repeat kvinject's names, nor
-// configure the agent (KVINJECT_*), nor mount over its paths.
+// configure the agent (agentconfig.EnvPrefix, KVINJECT_*), nor mount over its paths.
 func isOwnAgent(have, want corev1.Container) bool {
 	ownEnv, ownMounts := map[string]bool{}, map[string]bool{}
 	for _, e := range want.Env {
@@ -479,7 +480,7 @@ func isOwnAgent(have, want corev1.Container) bool {
 	h := have.DeepCopy()
 	h.Env = h.Env[:0]
 	for _, e := range have.Env {
-		if ownEnv[e.Name] || strings.HasPrefix(e.Name, "KVINJECT_") {
+		if ownEnv[e.Name] || strings.HasPrefix(e.Name, agentconfig.EnvPrefix) {
 			h.Env = append(h.Env, e)
 		}
 	}

@@ -12,16 +12,17 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/kvinject/kvinject/pkg/agentconfig"
 	"github.com/kvinject/kvinject/pkg/mapping"
 )
 
 var cfg = Config{AgentImage: "agent:v1", NativeSidecars: true, VolumeSizeLimit: resource.MustParse("16Mi")}
 
-func testSpec(rotation time.Duration, kind mapping.IdentityKind) *mapping.Spec {
+func testSpec(rotation time.Duration, kind agentconfig.IdentityKind) *mapping.Spec {
 	return &mapping.Spec{
 		VaultURL:   "https://myvault.vault.azure.net/",
-		Cloud:      mapping.AzurePublicCloud,
-		Entries:    []mapping.Entry{{File: "a.txt", Name: "A"}, {File: "b/c", Name: "C", Version: "4387e9f3d6e14c459867679a90fd0f79"}},
+		Cloud:      agentconfig.AzurePublicCloud,
+		Entries:    []agentconfig.Entry{{File: "a.txt", Name: "A"}, {File: "b/c", Name: "C", Version: "4387e9f3d6e14c459867679a90fd0f79"}},
 		MountPath:  "/app/secrets",
 		Containers: []string{"app"},
 		FileMode:   0o444,
@@ -98,7 +99,7 @@ func TestPlacement(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			spec := testSpec(tt.rotation, mapping.IdentitySystem)
+			spec := testSpec(tt.rotation, agentconfig.IdentitySystem)
 			if tt.containers != nil {
 				spec.Containers = tt.containers
 			}
@@ -121,7 +122,7 @@ func TestPlacement(t *testing.T) {
 // TestReinvocation: another webhook puts its native sidecar first after kvinject ran;
 // kvinject, re-invoked, changes nothing.
 func TestReinvocation(t *testing.T) {
-	spec := testSpec(time.Minute, mapping.IdentityWorkload)
+	spec := testSpec(time.Minute, agentconfig.IdentityWorkload)
 	pod := apply(t, testPod(), spec, cfg)
 	always := corev1.ContainerRestartPolicyAlways
 	pod.Spec.InitContainers = append([]corev1.Container{{Name: "istio-proxy", RestartPolicy: &always}}, pod.Spec.InitContainers...)
@@ -135,7 +136,7 @@ func TestReinvocation(t *testing.T) {
 // TestAgentArgsAgree proves that what mutate writes is what the agent parses.
 func TestAgentArgsAgree(t *testing.T) {
 	for _, rotation := range []time.Duration{0, 90 * time.Second} {
-		spec := testSpec(rotation, mapping.IdentityWorkload)
+		spec := testSpec(rotation, agentconfig.IdentityWorkload)
 		for _, native := range []bool{true, false} {
 			c := cfg
 			c.NativeSidecars = native
@@ -145,20 +146,20 @@ func TestAgentArgsAgree(t *testing.T) {
 				agents = append(agents, *inj.Sidecar)
 			}
 			for _, a := range agents {
-				got, err := mapping.ParseAgentArgs(a.Args)
+				got, err := agentconfig.ParseArgs(a.Args, nil)
 				if err != nil {
 					t.Fatalf("%s: %v", a.Name, err)
 				}
-				want := mapping.AgentConfig{Mode: got.Mode, VaultURL: spec.VaultURL, Entries: spec.Entries, Dir: AgentDir, FileMode: spec.FileMode, Identity: spec.Identity.Kind}
-				if got.Mode == mapping.AgentModeSidecar {
+				want := agentconfig.Config{Mode: got.Mode, VaultURL: spec.VaultURL, Entries: spec.Entries, Dir: AgentDir, FileMode: spec.FileMode, Identity: spec.Identity.Kind}
+				if got.Mode == agentconfig.ModeSidecar {
 					want.Rotation = rotation
 				}
 				if d := cmp.Diff(want, got); d != "" {
 					t.Errorf("%s (-want +got):\n%s", a.Name, d)
 				}
 				if a.StartupProbe != nil {
-					probe, err := mapping.ParseAgentArgs(a.StartupProbe.Exec.Command[1:])
-					if err != nil || probe.Mode != mapping.AgentModeProbe || probe.Dir != AgentDir {
+					probe, err := agentconfig.ParseArgs(a.StartupProbe.Exec.Command[1:], nil)
+					if err != nil || probe.Mode != agentconfig.ModeProbe || probe.Dir != AgentDir {
 						t.Errorf("startup probe %q: %+v %v", a.StartupProbe.Exec.Command, probe, err)
 					}
 				}
@@ -169,7 +170,7 @@ func TestAgentArgsAgree(t *testing.T) {
 
 func TestTokenOnlyInAgent(t *testing.T) {
 	pod := testPod(corev1.Container{Name: "migrate"})
-	spec := testSpec(time.Minute, mapping.IdentityWorkload)
+	spec := testSpec(time.Minute, agentconfig.IdentityWorkload)
 	spec.Containers = []string{"app", "migrate"}
 	got := apply(t, pod, spec, cfg)
 	for _, c := range append(got.Spec.InitContainers, got.Spec.Containers...) {
@@ -193,7 +194,7 @@ func TestEscape(t *testing.T) {
 }
 
 func TestInvariantsCatchViolations(t *testing.T) {
-	good := apply(t, testPod(), testSpec(time.Minute, mapping.IdentityWorkload), cfg)
+	good := apply(t, testPod(), testSpec(time.Minute, agentconfig.IdentityWorkload), cfg)
 	if err := CheckInvariants(good); err != nil {
 		t.Fatal(err)
 	}
@@ -222,7 +223,7 @@ func TestInvariantsCatchViolations(t *testing.T) {
 // TestAgentAsStored: the API server's ServiceAccount plugin and other injectors append
 // to every container; kvinject still recognises its agent, but not a tampered one.
 func TestAgentAsStored(t *testing.T) {
-	spec := testSpec(time.Minute, mapping.IdentityWorkload)
+	spec := testSpec(time.Minute, agentconfig.IdentityWorkload)
 	spec.Resources = corev1.ResourceRequirements{Requests: corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("24Mi")}}
 	want := Desired(testPod(), spec, cfg).InitAgent
 	tests := []struct {
@@ -323,7 +324,7 @@ func TestReservedNames(t *testing.T) {
 		}, `container "spy" mounts "kvinject-secrets" but is not among the containers`},
 	}
 	for name, tt := range tests {
-		_, err := Patch(tt.pod(), testSpec(time.Minute, mapping.IdentityWorkload), cfg)
+		_, err := Patch(tt.pod(), testSpec(time.Minute, agentconfig.IdentityWorkload), cfg)
 		if err == nil || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("%s: %v, want %q", name, err, tt.want)
 		}

@@ -12,9 +12,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/kvinject/kvinject/internal/agent"
 	"github.com/kvinject/kvinject/internal/testing/emulator"
-	"github.com/kvinject/kvinject/pkg/mapping"
+	"github.com/kvinject/kvinject/pkg/agentconfig"
 )
 
 // rtt is the round trip the emulator adds to every Key Vault and Azure AD
@@ -28,7 +27,7 @@ const benchIssuer = "https://oidc.prod-aks.azure.com/11111111-2222-3333-4444-555
 type vaultFixture struct {
 	emu     *emulator.Emulator
 	vault   string
-	entries []mapping.Entry
+	entries []agentconfig.Entry
 	caFile  string
 	tmp     string
 }
@@ -52,7 +51,7 @@ func newVault(b *testing.B, opts emulator.Options, n int) *vaultFixture {
 	for i := range n {
 		name := fmt.Sprintf("SECRET-%02d", i)
 		emu.SetSecret(f.vault, name, fmt.Sprintf("value-%02d-%032d", i, i))
-		f.entries = append(f.entries, mapping.Entry{File: fmt.Sprintf("secret-%02d.txt", i), Name: name})
+		f.entries = append(f.entries, agentconfig.Entry{File: fmt.Sprintf("secret-%02d.txt", i), Name: name})
 	}
 	return f
 }
@@ -76,21 +75,21 @@ func (f *vaultFixture) identity(b *testing.B, i int) map[string]string {
 	}
 	addr := f.emu.Addr()
 	return map[string]string{
-		agent.EnvClientID:      clientID,
-		agent.EnvTenantID:      f.emu.TenantID(),
-		agent.EnvAuthorityHost: "https://login.microsoftonline.com/",
-		agent.EnvTokenFile:     token,
-		agent.EnvPodName:       fmt.Sprintf("orders-%d", i),
-		agent.EnvPodNamespace:  "apps",
-		agent.EnvTestCAFile:    f.caFile,
-		agent.EnvTestResolve:   "login.microsoftonline.com=" + addr + ",*.vault.azure.net=" + addr,
+		agentconfig.EnvClientID:      clientID,
+		agentconfig.EnvTenantID:      f.emu.TenantID(),
+		agentconfig.EnvAuthorityHost: "https://login.microsoftonline.com/",
+		agentconfig.EnvTokenFile:     token,
+		agentconfig.EnvPodName:       fmt.Sprintf("orders-%d", i),
+		agentconfig.EnvPodNamespace:  "apps",
+		agentconfig.EnvTestCAFile:    f.caFile,
+		agentconfig.EnvTestResolve:   "login.microsoftonline.com=" + addr + ",*.vault.azure.net=" + addr,
 	}
 }
 
 // config is the agent configuration the webhook would write, for dir.
-func (f *vaultFixture) config(mode, dir string) mapping.AgentConfig {
-	return mapping.AgentConfig{Mode: mode, VaultURL: "https://" + f.vault + ".vault.azure.net/", Entries: f.entries,
-		Dir: dir, FileMode: 0o444, Identity: mapping.IdentityWorkload, Rotation: mapping.DefaultRotation}
+func (f *vaultFixture) config(mode, dir string) agentconfig.Config {
+	return agentconfig.Config{Mode: mode, VaultURL: "https://" + f.vault + ".vault.azure.net/", Entries: f.entries,
+		Dir: dir, FileMode: 0o444, Identity: agentconfig.IdentityWorkload, Rotation: agentconfig.DefaultRotation}
 }
 
 // serviceAccountToken is an unsigned projected ServiceAccount token: the
@@ -119,7 +118,7 @@ func memDir(b *testing.B) string {
 }
 
 // agentCmd is the agent binary with the webhook's arguments and environment.
-func agentCmd(bin string, cfg mapping.AgentConfig, env map[string]string) *exec.Cmd {
+func agentCmd(bin string, cfg agentconfig.Config, env map[string]string) *exec.Cmd {
 	cmd := exec.Command(bin, append(cfg.Args(), "--termination-log=")...)
 	cmd.Env = []string{"PATH=" + os.Getenv("PATH")}
 	for k, v := range env {
@@ -148,7 +147,7 @@ func BenchmarkAgentProcess(b *testing.B) {
 			var peakKB int64
 			b.ResetTimer()
 			for b.Loop() {
-				cmd := agentCmd(bin, f.config(mapping.AgentModeInit, dir), env)
+				cmd := agentCmd(bin, f.config(agentconfig.ModeInit, dir), env)
 				if out, err := cmd.CombinedOutput(); err != nil {
 					b.Fatalf("agent: %v\n%s", err, out)
 				}
@@ -173,7 +172,7 @@ func BenchmarkAgentSidecarMemory(b *testing.B) {
 		for range b.N {
 			f := newVault(b, emulator.Options{Latency: rtt, ThrottleLimit: -1}, 50)
 			dir := memDir(b)
-			cfg := f.config(mapping.AgentModeSidecar, dir)
+			cfg := f.config(agentconfig.ModeSidecar, dir)
 			cfg.Rotation = time.Second
 			cmd := agentCmd(bin, cfg, f.identity(b, 1))
 			if err := cmd.Start(); err != nil {

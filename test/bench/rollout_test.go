@@ -18,7 +18,7 @@ import (
 	"github.com/kvinject/kvinject/internal/agent"
 	"github.com/kvinject/kvinject/internal/atomicdir"
 	"github.com/kvinject/kvinject/internal/testing/emulator"
-	"github.com/kvinject/kvinject/pkg/mapping"
+	"github.com/kvinject/kvinject/pkg/agentconfig"
 )
 
 // fleetAgent is what a rollout benchmark learns about one agent from its logs.
@@ -97,7 +97,7 @@ func BenchmarkKeyVaultRollout(b *testing.B) {
 // starting after a minute (the first polls come 2m ± 10% after each start).
 const (
 	steadyFrom = time.Minute
-	steadyFor  = 2 * mapping.DefaultRotation
+	steadyFor  = 2 * agentconfig.DefaultRotation
 )
 
 func rollout(b *testing.B, pods, secrets int, spread time.Duration, sdkRetry policy.RetryOptions, steady bool) {
@@ -133,7 +133,7 @@ func rollout(b *testing.B, pods, secrets int, spread time.Duration, sdkRetry pol
 	var wg sync.WaitGroup
 	for i := range pods {
 		fleet[i] = &fleetAgent{}
-		cfg := f.config(mapping.AgentModeSidecar, filepath.Join(root, strconv.Itoa(i)))
+		cfg := f.config(agentconfig.ModeSidecar, filepath.Join(root, strconv.Itoa(i)))
 		if err := os.Mkdir(cfg.Dir, 0o755); err != nil { // the kubelet's emptyDir
 			b.Fatal(err)
 		}

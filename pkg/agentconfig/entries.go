@@ -1,4 +1,4 @@
-package mapping
+package agentconfig
 
 import (
 	"fmt"
@@ -52,7 +52,7 @@ const MaxHistory = 16
 // Entry is one item of the mapping: what to read from Key Vault and where to
 // write it, relative to the mount.
 //
-// The written grammar (see README.md, "The mapping"):
+// The written grammar (see docs/contract.md):
 //
 //	entry  = [ file "=" ] [ kind ":" ] name [ "@" version ] *( ";" option )
 //	kind   = "secret" | "cert" | "key"
@@ -152,13 +152,14 @@ const (
 // of a history entry.
 func (e Entry) VersionFile(i int) string { return e.File + "/" + strconv.Itoa(i) }
 
-// isSecretName: Key Vault's rule, 1-127 of [0-9A-Za-z-].
-func isSecretName(s string) bool {
+// IsObjectName reports whether s is a valid name of a Key Vault secret, certificate
+// or key: 1-127 of [0-9A-Za-z-].
+func IsObjectName(s string) bool {
 	return len(s) >= 1 && len(s) <= 127 && allBytes(s, func(c byte) bool { return isAlnum(c) || c == '-' })
 }
 
-// isVersion: 32 hexadecimal characters.
-func isVersion(s string) bool {
+// IsVersion reports whether s is an object version: 32 hexadecimal characters.
+func IsVersion(s string) bool {
 	return len(s) == 32 && allBytes(s, func(c byte) bool {
 		return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
 	})
@@ -342,9 +343,9 @@ func ParseEntry(raw string) (Entry, error) {
 	switch {
 	case strings.ContainsAny(nameVer, ":"):
 		return fail("%q: a name cannot contain ':'; %s", nameVer, hint)
-	case !isSecretName(name):
+	case !IsObjectName(name):
 		return fail("%s name %q must be 1-127 letters, digits or hyphens; %s", e.objectWord(), name, hint)
-	case hasVersion && !isVersion(version):
+	case hasVersion && !IsVersion(version):
 		return fail("version %q must be 32 hexadecimal characters (omit @<version> for the latest)", version)
 	}
 	if hasOpts {
@@ -355,7 +356,7 @@ func ParseEntry(raw string) (Entry, error) {
 	if err := e.checkCombination(); err != nil {
 		return fail("%v", err)
 	}
-	if err := validateFile(file); err != nil {
+	if err := ValidateFile(file); err != nil {
 		return fail("%v", err)
 	}
 	if err := e.checkExpandedFiles(); err != nil {
@@ -427,7 +428,7 @@ func (e *Entry) parseOptions(s string) error {
 			}
 			e.History = n
 		case "mode":
-			m, err := parseFileMode(val)
+			m, err := ParseFileMode(val)
 			if err != nil {
 				return fmt.Errorf("mode %v", err)
 			}
@@ -516,7 +517,7 @@ func (e Entry) checkExpandedFiles() error {
 // JSONFile returns the file that the top-level key of a JSON secret becomes
 // under dir (an entry's File, or one of its VersionFile with history), after
 // checking it as the mapping checks files: the key must be one path segment
-// that validateFile accepts. The agent checks every key before it writes
+// that ValidateFile accepts. The agent checks every key before it writes
 // anything; the error quotes the key, never a value.
 func JSONFile(dir, key string) (string, error) {
 	p := dir + "/" + key
@@ -526,15 +527,16 @@ func JSONFile(dir, key string) (string, error) {
 	case strings.Contains(key, "/"):
 		return "", fmt.Errorf("the JSON key %q cannot be a file name: it contains '/' (each top-level key becomes one file)", key)
 	}
-	if err := validateFile(p); err != nil {
+	if err := ValidateFile(p); err != nil {
 		return "", fmt.Errorf("the JSON key %q cannot be a file name: %v", key, err)
 	}
 	return p, nil
 }
 
-// validateFile checks that a file path stays inside the mount and cannot collide
-// with the agent's own "..data" and timestamped directories.
-func validateFile(f string) error {
+// ValidateFile checks a file path of the mapping: relative, inside the mount, of
+// letters, digits, ".", "_" and "-" between "/", and unable to collide with the
+// agent's own "..data" and timestamped directories.
+func ValidateFile(f string) error {
 	switch {
 	case f == "":
 		return fmt.Errorf("file name is empty")
@@ -558,4 +560,23 @@ func validateFile(f string) error {
 		}
 	}
 	return nil
+}
+
+// InvalidError lists every problem found in a value (a mapping, or all of a pod's
+// annotations). Its message is what the user sees, e.g. in kubectl when a pod is
+// denied.
+type InvalidError struct {
+	Problems []string
+}
+
+// maxReported bounds the problems a message lists, so a hostile or broken annotation
+// cannot make a denial (or the webhook's log) megabytes long.
+const maxReported = 10
+
+// Error joins the problems, at most maxReported of them.
+func (e *InvalidError) Error() string {
+	if len(e.Problems) <= maxReported {
+		return strings.Join(e.Problems, "; ")
+	}
+	return fmt.Sprintf("%s; and %d more problems", strings.Join(e.Problems[:maxReported], "; "), len(e.Problems)-maxReported)
 }

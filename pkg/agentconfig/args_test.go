@@ -1,4 +1,4 @@
-package mapping
+package agentconfig
 
 import (
 	"strings"
@@ -8,18 +8,18 @@ import (
 	"github.com/google/go-cmp/cmp"
 )
 
-func TestAgentArgsRoundTrip(t *testing.T) {
+func TestArgsRoundTrip(t *testing.T) {
 	entries := []Entry{{File: "connectionstring.txt", Name: "DATABASE-CONNECTION-STRING"}, {File: "db/api", Name: "API-KEY", Version: "4387e9f3d6e14c459867679a90fd0f79"}}
-	for _, c := range []AgentConfig{
-		{Mode: AgentModeInit, VaultURL: "https://myvault.vault.azure.net/", Entries: entries, Dir: "/var/run/kvinject/secrets", FileMode: 0o440, Identity: IdentityWorkload},
-		{Mode: AgentModeSidecar, VaultURL: "https://v.vault.azure.cn/", Entries: entries[:1], Dir: "/s", FileMode: 0o444, Rotation: 90 * time.Second, Identity: IdentitySystem},
-		{Mode: AgentModeProbe, Dir: "/s"},
+	for _, c := range []Config{
+		{Mode: ModeInit, VaultURL: "https://myvault.vault.azure.net/", Entries: entries, Dir: "/var/run/kvinject/secrets", FileMode: 0o440, Identity: IdentityWorkload},
+		{Mode: ModeSidecar, VaultURL: "https://v.vault.azure.cn/", Entries: entries[:1], Dir: "/s", FileMode: 0o444, Rotation: 90 * time.Second, Identity: IdentitySystem},
+		{Mode: ModeProbe, Dir: "/s"},
 	} {
-		got, err := ParseAgentArgs(c.Args())
+		got, err := ParseArgs(c.Args(), nil)
 		if err != nil {
-			t.Fatalf("ParseAgentArgs(%q): %v", c.Args(), err)
+			t.Fatalf("ParseArgs(%q): %v", c.Args(), err)
 		}
-		if c.Mode == AgentModeProbe {
+		if c.Mode == ModeProbe {
 			c.FileMode = ModeWorldReadable
 		}
 		if d := cmp.Diff(c, got); d != "" {
@@ -28,13 +28,13 @@ func TestAgentArgsRoundTrip(t *testing.T) {
 	}
 }
 
-func TestParseAgentArgsErrors(t *testing.T) {
+func TestParseArgsErrors(t *testing.T) {
 	ok := []string{"--dir=/d", "--vault=https://v.vault.azure.net/", "--identity=workload", "--secret=a=B"}
 	tests := []struct {
 		args []string
 		want string
 	}{
-		{nil, "missing mode"},
+		{nil, `mode "": the first argument must be init, sidecar or probe`},
 		{append([]string{"run"}, ok...), `mode "run"`},
 		{[]string{"init", "--dir=d"}, `--dir "d" must be a clean absolute path`},
 		{[]string{"init", "--dir=/d/"}, "clean absolute path"},
@@ -51,15 +51,15 @@ func TestParseAgentArgsErrors(t *testing.T) {
 		{append(append([]string{"init"}, ok...), "extra"), `unexpected argument "extra"`},
 	}
 	for _, tt := range tests {
-		_, err := ParseAgentArgs(tt.args)
+		_, err := ParseArgs(tt.args, nil)
 		if err == nil || !strings.Contains(err.Error(), tt.want) {
-			t.Errorf("ParseAgentArgs(%q) = %v, want an error containing %q", tt.args, err, tt.want)
+			t.Errorf("ParseArgs(%q) = %v, want an error containing %q", tt.args, err, tt.want)
 		}
 	}
 }
 
 func TestSidecarDefaultRotation(t *testing.T) {
-	c, err := ParseAgentArgs([]string{"sidecar", "--dir=/d", "--vault=https://v.vault.azure.net/", "--identity=system", "--secret=a=B"})
+	c, err := ParseArgs([]string{"sidecar", "--dir=/d", "--vault=https://v.vault.azure.net/", "--identity=system", "--secret=a=B"}, nil)
 	if err != nil || c.Rotation != DefaultRotation {
 		t.Errorf("rotation = %v, %v; want %v", c.Rotation, err, DefaultRotation)
 	}

@@ -1,4 +1,4 @@
-package mapping
+package agentconfig
 
 import (
 	"strings"
@@ -14,7 +14,7 @@ func TestParseTypedEntries(t *testing.T) {
 		want    Entry
 		wantErr string
 	}{
-		// Accepted forms, in the README's order.
+		// Accepted forms, in docs/contract.md's order.
 		{in: "tls=secret:web-cert;format=pem;split", want: Entry{File: "tls", Name: "web-cert", Type: ObjectSecret, Format: FormatPEM, Split: true}},
 		{in: "tls.pem=secret:web-cert;format=pem", want: Entry{File: "tls.pem", Name: "web-cert", Type: ObjectSecret, Format: FormatPEM}},
 		{in: "web.pfx=secret:web-cert;format=pfx", want: Entry{File: "web.pfx", Name: "web-cert", Type: ObjectSecret, Format: FormatPFX}},
@@ -196,15 +196,15 @@ func TestAgentArgsTypedRoundTrip(t *testing.T) {
 		}
 		entries = append(entries, e)
 	}
-	c := AgentConfig{Mode: AgentModeInit, VaultURL: "https://myvault.vault.azure.net/", Entries: entries, Dir: "/s", FileMode: 0o440, Identity: IdentityWorkload}
-	got, err := ParseAgentArgs(c.Args())
+	c := Config{Mode: ModeInit, VaultURL: "https://myvault.vault.azure.net/", Entries: entries, Dir: "/s", FileMode: 0o440, Identity: IdentityWorkload}
+	got, err := ParseArgs(c.Args(), nil)
 	if err != nil {
-		t.Fatalf("ParseAgentArgs(%q): %v", c.Args(), err)
+		t.Fatalf("ParseArgs(%q): %v", c.Args(), err)
 	}
 	if d := cmp.Diff(c, got); d != "" {
 		t.Errorf("round trip (-want +got):\n%s", d)
 	}
-	_, err = ParseAgentArgs([]string{"init", "--dir=/d", "--vault=https://v/", "--identity=system", "--secret=db=secret:p;history=2", "--secret=db/0=x"})
+	_, err = ParseArgs([]string{"init", "--dir=/d", "--vault=https://v/", "--identity=system", "--secret=db=secret:p;history=2", "--secret=db/0=x"}, nil)
 	if err == nil || !strings.Contains(err.Error(), `--secret: entry "db=secret:p;history=2" writes the directory "db"`) {
 		t.Errorf("nested in a history directory: %v", err)
 	}

@@ -1,4 +1,4 @@
-package mapping
+package agentconfig
 
 import (
 	"fmt"
@@ -105,4 +105,34 @@ func VaultURL(v string, cloud Cloud) (string, error) {
 		return "", fmt.Errorf("vault URL %q: %q is not a valid vault name", v, name)
 	}
 	return "https://" + host + "/", nil
+}
+
+// CloudOfVault returns the cloud whose vault domain the vault URL is on, and
+// the URL in its canonical form; false when it is no cloud's vault URL (a vault
+// name alone belongs to no cloud).
+func CloudOfVault(vaultURL string) (Cloud, string, bool) {
+	if !strings.Contains(vaultURL, "/") {
+		return Cloud{}, "", false
+	}
+	for _, c := range clouds {
+		if u, err := VaultURL(vaultURL, c); err == nil {
+			return c, u, true
+		}
+	}
+	return Cloud{}, "", false
+}
+
+// CloudOfAuthority returns the cloud whose Azure AD is the authority host (the
+// agent's AZURE_AUTHORITY_HOST), ignoring case and a trailing '/'; an empty
+// host is the public cloud's. False for any other host.
+func CloudOfAuthority(host string) (Cloud, bool) {
+	if host == "" {
+		return AzurePublicCloud, true
+	}
+	for _, c := range clouds {
+		if strings.EqualFold(strings.TrimSuffix(host, "/"), strings.TrimSuffix(c.AuthorityHost, "/")) {
+			return c, true
+		}
+	}
+	return Cloud{}, false
 }

@@ -1,4 +1,4 @@
-package mapping
+package agentconfig
 
 import (
 	"net/url"
@@ -82,7 +82,7 @@ func checkFuzzEntries(t *testing.T, entries []Entry) {
 }
 
 // checkFuzzTyped checks the typed fields of an accepted entry: known values
-// only, and only the combinations the README documents.
+// only, and only the combinations docs/contract.md documents.
 func checkFuzzTyped(t *testing.T, e Entry) {
 	t.Helper()
 	switch e.Type {
@@ -240,13 +240,13 @@ func fuzzAgentArgs(mode, dir, vault, identity, secrets, fileMode, rotation strin
 	return args
 }
 
-// canonicalAgentConfig is what Args can express of c: probe mode carries only the
+// canonicalConfig is what Args can express of c: probe mode carries only the
 // directory, and init mode has no polling interval.
-func canonicalAgentConfig(c AgentConfig) AgentConfig {
+func canonicalConfig(c Config) Config {
 	switch c.Mode {
-	case AgentModeProbe:
-		return AgentConfig{Mode: c.Mode, Dir: c.Dir, FileMode: ModeWorldReadable}
-	case AgentModeInit:
+	case ModeProbe:
+		return Config{Mode: c.Mode, Dir: c.Dir, FileMode: ModeWorldReadable}
+	case ModeInit:
 		c.Rotation = 0
 	}
 	return c
@@ -278,37 +278,37 @@ func FuzzAgentArgs(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, mode, dir, vault, identity, secrets, fileMode, rotation string) {
 		args := fuzzAgentArgs(mode, dir, vault, identity, secrets, fileMode, rotation)
-		cfg, err := ParseAgentArgs(args)
+		cfg, err := ParseArgs(args, nil)
 		if err != nil {
 			return
 		}
 		switch cfg.Mode {
-		case AgentModeInit, AgentModeSidecar, AgentModeProbe:
+		case ModeInit, ModeSidecar, ModeProbe:
 		default:
-			t.Fatalf("ParseAgentArgs(%q) accepted the mode %q", args, cfg.Mode)
+			t.Fatalf("ParseArgs(%q) accepted the mode %q", args, cfg.Mode)
 		}
 		if !strings.HasPrefix(cfg.Dir, "/") {
-			t.Errorf("ParseAgentArgs(%q) accepted the relative dir %q", args, cfg.Dir)
+			t.Errorf("ParseArgs(%q) accepted the relative dir %q", args, cfg.Dir)
 		}
-		if cfg.Mode != AgentModeProbe {
+		if cfg.Mode != ModeProbe {
 			checkFuzzEntries(t, cfg.Entries)
 			if u, err := url.Parse(cfg.VaultURL); err != nil || u.Scheme != "https" || u.Host == "" {
-				t.Errorf("ParseAgentArgs(%q) accepted the vault %q", args, cfg.VaultURL)
+				t.Errorf("ParseArgs(%q) accepted the vault %q", args, cfg.VaultURL)
 			}
 			if cfg.FileMode&0o400 == 0 || cfg.FileMode&^0o666 != 0 {
-				t.Errorf("ParseAgentArgs(%q) accepted the file mode %04o", args, cfg.FileMode)
+				t.Errorf("ParseArgs(%q) accepted the file mode %04o", args, cfg.FileMode)
 			}
-			if cfg.Mode == AgentModeSidecar && cfg.Rotation <= 0 {
-				t.Errorf("ParseAgentArgs(%q): sidecar rotation %v", args, cfg.Rotation)
+			if cfg.Mode == ModeSidecar && cfg.Rotation <= 0 {
+				t.Errorf("ParseArgs(%q): sidecar rotation %v", args, cfg.Rotation)
 			}
 		}
 
 		rendered := cfg.Args()
-		got, err := ParseAgentArgs(rendered)
+		got, err := ParseArgs(rendered, nil)
 		if err != nil {
-			t.Fatalf("ParseAgentArgs(%q) accepted, but its rendering %q is refused: %v", args, rendered, err)
+			t.Fatalf("ParseArgs(%q) accepted, but its rendering %q is refused: %v", args, rendered, err)
 		}
-		if d := cmp.Diff(canonicalAgentConfig(cfg), got); d != "" {
+		if d := cmp.Diff(canonicalConfig(cfg), got); d != "" {
 			t.Errorf("round trip of %q through %q (-first +second):\n%s", args, rendered, d)
 		}
 		if again := got.Args(); !cmp.Equal(rendered, again) {

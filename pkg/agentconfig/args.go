@@ -1,0 +1,232 @@
+package agentconfig
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/url"
+	"path"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Agent modes: the first argument of the agent's command line.
+const (
+	// ModeInit fetches every secret once, writes the set and exits.
+	ModeInit = "init"
+	// ModeSidecar fetches, writes, then keeps polling and swaps in changes.
+	ModeSidecar = "sidecar"
+	// ModeProbe exits 0 once a complete set is written (the startup probe).
+	ModeProbe = "probe"
+)
+
+// The flags of the agent's command line that the webhook writes (Args), without
+// their leading "--".
+const (
+	// FlagDir is the directory of the in-memory volume inside the agent container.
+	FlagDir = "dir"
+	// FlagVault is the vault's canonical URL.
+	FlagVault = "vault"
+	// FlagIdentity is the identity kind (the client ID and tenant are in the environment).
+	FlagIdentity = "identity"
+	// FlagFileMode is the octal mode of the files.
+	FlagFileMode = "file-mode"
+	// FlagRotation is the polling interval of sidecar mode.
+	FlagRotation = "rotation"
+	// FlagSecret is one entry of the mapping, repeated for each.
+	FlagSecret = "secret"
+)
+
+// Defaults of what the command line may leave out.
+const (
+	// DefaultRotation is the polling interval of sidecar mode without --rotation
+	// (and of a pod without kvinject.dev/rotation).
+	DefaultRotation = 2 * time.Minute
+	// ModeWorldReadable is the file mode without --file-mode (and without an fsGroup).
+	ModeWorldReadable = 0o444
+)
+
+// TerminationLog is the file where the agent explains a failure by default, and
+// where the webhook tells Kubernetes to read a container's termination message.
+const TerminationLog = "/dev/termination-log"
+
+// Config is what the webhook tells the agent on its command line. Args and
+// ParseArgs are the only writer and reader of that format.
+type Config struct {
+	Mode     string
+	VaultURL string
+	Entries  []Entry
+	// Dir is the directory of the in-memory volume inside the agent container.
+	Dir      string
+	FileMode uint32
+	// Rotation is the polling interval of sidecar mode.
+	Rotation time.Duration
+	Identity IdentityKind
+}
+
+// Args renders the configuration as the agent's arguments.
+func (c Config) Args() []string {
+	f := func(name, value string) string { return "--" + name + "=" + value }
+	args := []string{c.Mode, f(FlagDir, c.Dir)}
+	if c.Mode == ModeProbe {
+		return args
+	}
+	args = append(args,
+		f(FlagVault, c.VaultURL),
+		f(FlagIdentity, string(c.Identity)),
+		f(FlagFileMode, fmt.Sprintf("%04o", c.FileMode)),
+	)
+	if c.Mode == ModeSidecar {
+		args = append(args, f(FlagRotation, c.Rotation.String()))
+	}
+	for _, e := range c.Entries {
+		args = append(args, f(FlagSecret, e.String()))
+	}
+	return args
+}
+
+// RegisterFlags defines the webhook-written flags on fs, storing into c. ParseArgs
+// uses it; a command that accepts the agent's command line (the doctor) can use it
+// to learn the flags' names.
+func (c *Config) RegisterFlags(fs *flag.FlagSet) {
+	fs.StringVar(&c.Dir, FlagDir, "", "directory of the in-memory secrets volume")
+	fs.StringVar(&c.VaultURL, FlagVault, "", "vault URL, e.g. https://myvault.vault.azure.net/")
+	fs.Func(FlagIdentity, "identity kind: workload, managed or system", func(s string) (err error) {
+		c.Identity, err = ParseIdentityKind(s)
+		return err
+	})
+	c.FileMode = ModeWorldReadable
+	fs.Func(FlagFileMode, "octal mode of the files (default 0444)", func(s string) (err error) {
+		c.FileMode, err = ParseFileMode(s)
+		return err
+	})
+	fs.Func(FlagRotation, "polling interval in sidecar mode (default 2m)", func(s string) error {
+		d, err := time.ParseDuration(s)
+		if err != nil || d <= 0 {
+			return fmt.Errorf("%q is not a positive duration such as 2m", s)
+		}
+		c.Rotation = d
+		return nil
+	})
+	fs.Func(FlagSecret, "an entry of the mapping, <file>=[<kind>:]<name>[@<version>][;<option>...]; repeat for each entry", func(s string) error {
+		e, err := ParseEntry(s)
+		if err != nil {
+			return err
+		}
+		c.Entries = append(c.Entries, e)
+		return nil
+	})
+}
+
+// Validate checks a parsed configuration, naming the flag at fault. In sidecar
+// mode it sets a missing Rotation to DefaultRotation.
+func (c *Config) Validate() error {
+	switch c.Mode {
+	case ModeInit, ModeSidecar, ModeProbe:
+	default:
+		return fmt.Errorf("mode %q: the first argument must be %s, %s or %s", c.Mode, ModeInit, ModeSidecar, ModeProbe)
+	}
+	if c.Dir == "" || !path.IsAbs(c.Dir) || path.Clean(c.Dir) != c.Dir {
+		return fmt.Errorf("--dir %q must be a clean absolute path", c.Dir)
+	}
+	if c.Mode == ModeProbe {
+		return nil
+	}
+	if u, err := url.Parse(c.VaultURL); err != nil || u.Scheme != "https" || u.Host == "" {
+		return fmt.Errorf("--vault %q must be an https URL such as https://myvault.vault.azure.net/", c.VaultURL)
+	}
+	if c.Identity == "" {
+		return fmt.Errorf("--identity is required: workload, managed or system")
+	}
+	if len(c.Entries) == 0 {
+		return fmt.Errorf("no --secret given: pass --secret=<entry> for each entry of the mapping, e.g. --secret=<file>=<secret-name>[@<version>]")
+	}
+	if p := fileProblems(c.Entries, nil); len(p) > 0 {
+		return fmt.Errorf("--secret: %s", strings.Join(p, "; "))
+	}
+	if c.Mode == ModeSidecar && c.Rotation == 0 {
+		c.Rotation = DefaultRotation
+	}
+	return nil
+}
+
+// LocalFlags are flags of the agent's command line that the webhook does not
+// write (the agent's own, such as --termination-log). ParseArgs parses them on
+// the same flag set as the webhook's.
+type LocalFlags interface {
+	// Register defines the flags on fs.
+	Register(fs *flag.FlagSet)
+	// Check checks their values once every flag is parsed; ParseArgs calls it
+	// before Config.Validate.
+	Check() error
+}
+
+// FlagError is a flag that the flag set refused (unknown, or a bad value):
+// parsing stopped there, so the flags after it were not read. Its message is
+// the flag package's.
+type FlagError struct {
+	Err error
+}
+
+// Error returns the flag package's message.
+func (e *FlagError) Error() string { return e.Err.Error() }
+
+// Unwrap returns the flag package's error (flag.ErrHelp for -help).
+func (e *FlagError) Unwrap() error { return e.Err }
+
+// ParseArgs reads an agent command line as Args writes it: the mode, then flags.
+// local, when not nil, adds the agent's own flags to the same flag set. The
+// result is checked by local's Check, then by Validate; errors name the
+// argument at fault, and a flag the flag set refuses is a *FlagError. The
+// returned Config holds what was parsed, even with an error.
+func ParseArgs(args []string, local LocalFlags) (Config, error) {
+	var c Config
+	if len(args) == 0 {
+		return c, c.Validate()
+	}
+	c.Mode = args[0]
+	fs := flag.NewFlagSet("kvinject-agent "+c.Mode, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	c.RegisterFlags(fs)
+	if local != nil {
+		local.Register(fs)
+	}
+	if err := fs.Parse(args[1:]); err != nil {
+		return c, &FlagError{Err: err}
+	}
+	if fs.NArg() > 0 {
+		return c, fmt.Errorf("unexpected argument %s", strconv.Quote(fs.Arg(0)))
+	}
+	if local != nil {
+		if err := local.Check(); err != nil {
+			return c, err
+		}
+	}
+	return c, c.Validate()
+}
+
+// IsFlagError reports whether err is (or wraps) a *FlagError.
+func IsFlagError(err error) bool {
+	var fe *FlagError
+	return errors.As(err, &fe)
+}
+
+// ParseFileMode parses an octal mode such as 0440 (a leading 0o is allowed): the
+// owner must be able to read, and nothing may be executable or beyond 0777.
+func ParseFileMode(raw string) (uint32, error) {
+	s := strings.TrimPrefix(strings.TrimPrefix(strings.TrimSpace(raw), "0o"), "0O")
+	m, err := strconv.ParseUint(s, 8, 32)
+	switch {
+	case err != nil:
+		return 0, fmt.Errorf("%q is not an octal mode such as 0440", raw)
+	case m > 0o777:
+		return 0, fmt.Errorf("%q has bits beyond 0777 (setuid, setgid, sticky are not allowed)", raw)
+	case m&0o400 == 0:
+		return 0, fmt.Errorf("%q must let the owner read (0400)", raw)
+	case m&0o111 != 0:
+		return 0, fmt.Errorf("%q must not make secrets executable", raw)
+	}
+	return uint32(m), nil
+}
