@@ -5,7 +5,15 @@ SHELL := /usr/bin/env bash
 
 GO        ?= go
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
-LDFLAGS   := -s -w -X github.com/kvinject/kvinject/internal/version.Version=$(VERSION)
+# The binaries know their version and the agent image the webhook injects by
+# default (internal/version): the agent of this version, by tag. `make images`
+# stamps the agent by digest instead. AGENT_IMAGE=<ref> stamps another default,
+# e.g. a mirror's. VERSION=dev stamps none, as a plain `go build`: no agent:dev
+# image is published. (Recursive: REGISTRY is set further down.)
+VERSION_PKG := github.com/kvinject/kvinject/internal/version
+AGENT_IMAGE ?= $(if $(filter dev,$(VERSION)),,$(REGISTRY)/agent:$(VERSION))
+LDFLAGS_VERSION = -s -w -X $(VERSION_PKG).Version=$(VERSION)
+LDFLAGS   = $(LDFLAGS_VERSION) -X $(VERSION_PKG).AgentImage=$(AGENT_IMAGE)
 BIN       := bin
 # Control-plane binaries (kube-apiserver, etcd) are built once from the Go module
 # proxy into a cache outside the repository; see hack/kube-binaries.sh. A failed
@@ -96,15 +104,29 @@ DIST      := dist
 tools: ## install (once) the pinned kustomize and helm into the cache and print their paths
 	@hack/tools.sh kustomize helm
 
+# The agent first: its image's digest (the image index's with several platforms),
+# written by hack/images into dist/images/agent.ref, is stamped into the webhook
+# as its default agent image (<registry>/agent:<version>@sha256:...), so every
+# pod of a release gets exactly the agent released with its webhook.
+IMAGES_FLAGS = -bindir $(DIST)/bin -platforms '$(PLATFORMS)' -registry '$(REGISTRY)' \
+  -version '$(VERSION)' -source-date-epoch '$(SOURCE_DATE_EPOCH)' -out $(DIST)/images
+
 .PHONY: images
-images: ## build the webhook and agent images as OCI tarballs into dist/images (PLATFORMS, REGISTRY, VERSION)
+images: ## build the agent image, then the webhook's (pinning that agent by digest), as OCI tarballs into dist/images (PLATFORMS, REGISTRY, VERSION)
 	rm -rf $(DIST)/bin $(DIST)/images
 	for p in $$(echo '$(PLATFORMS)' | tr ',' ' '); do \
 	  os=$${p%%/*}; arch=$${p#*/}; \
-	  CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(DIST)/bin/$${os}_$${arch}/ ./cmd/webhook ./cmd/agent; \
+	  CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch $(GO) build -trimpath -ldflags '$(LDFLAGS_VERSION)' -o $(DIST)/bin/$${os}_$${arch}/ ./cmd/agent; \
 	done
-	$(GO) run ./hack/images -bindir $(DIST)/bin -platforms '$(PLATFORMS)' -registry '$(REGISTRY)' \
-	  -version '$(VERSION)' -source-date-epoch '$(SOURCE_DATE_EPOCH)' -out $(DIST)/images
+	$(GO) run ./hack/images -only agent $(IMAGES_FLAGS)
+	agent=$$(cat $(DIST)/images/agent.ref); \
+	  echo "images: the webhook injects $$agent by default"; \
+	  for p in $$(echo '$(PLATFORMS)' | tr ',' ' '); do \
+	    os=$${p%%/*}; arch=$${p#*/}; \
+	    CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch $(GO) build -trimpath -ldflags "$(LDFLAGS_VERSION) -X $(VERSION_PKG).AgentImage=$$agent" \
+	      -o $(DIST)/bin/$${os}_$${arch}/ ./cmd/webhook; \
+	  done
+	$(GO) run ./hack/images -only webhook $(IMAGES_FLAGS)
 
 .PHONY: helm-lint
 helm-lint: ## helm lint --strict the chart in both certificate modes

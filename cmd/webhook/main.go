@@ -17,6 +17,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"time"
@@ -37,6 +38,7 @@ import (
 	"github.com/kvinject/kvinject/internal/injector"
 	"github.com/kvinject/kvinject/internal/offline"
 	"github.com/kvinject/kvinject/internal/version"
+	"github.com/kvinject/kvinject/internal/version/agentimage"
 )
 
 func main() {
@@ -44,6 +46,9 @@ func main() {
 		os.Exit(offline.Main(os.Args[2:], os.Stdin, os.Stdout, os.Stderr))
 	}
 	if err := run(os.Args[1:]); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return // --help: the usage is printed
+		}
 		fmt.Fprintln(os.Stderr, "kvinject-webhook:", err)
 		os.Exit(exitCode(err))
 	}
@@ -62,6 +67,18 @@ func exitCode(err error) int {
 		return 2
 	}
 	return 1
+}
+
+// printVersion writes the version on the first line, then this build's
+// default agent image.
+func printVersion(w io.Writer) {
+	fmt.Fprintln(w, version.Version)
+	agent, err := agentimage.Default()
+	if err != nil {
+		fmt.Fprintln(w, "agent image:", err)
+		return
+	}
+	fmt.Fprintln(w, "agent image:", agent.Describe())
 }
 
 func run(args []string) error {
@@ -88,7 +105,11 @@ func run(args []string) error {
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(fs)
 	if err := fs.Parse(args); err != nil {
-		return err
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		// The flag package has printed the error and the usage.
+		return usageError{err.Error()}
 	}
 	// The server takes no arguments. A subcommand after a flag (kvinject-webhook
 	// --agent-image=x inject -f d.yaml) ends the flags there: refuse it rather
@@ -97,7 +118,7 @@ func run(args []string) error {
 		return usageError{fmt.Sprintf("unexpected argument %q (subcommands such as %s come first)", fs.Arg(0), offline.Command)}
 	}
 	if showVersion {
-		fmt.Println(version.Version)
+		printVersion(os.Stdout)
 		return nil
 	}
 	if err := errors.Join(opts.Complete(), certOpts.Complete()); err != nil {
@@ -185,6 +206,6 @@ func run(args []string) error {
 	if err := mgr.AddReadyzCheck("webhook", server.StartedChecker()); err != nil {
 		return err
 	}
-	log.Info("starting kvinject webhook", "version", version.Version, "agentImage", opts.Mutate.AgentImage, "nativeSidecars", opts.Mutate.NativeSidecars, "certMode", certOpts.Mode)
+	log.Info("starting kvinject webhook", "version", version.Version, "agentImage", opts.Mutate.AgentImage, "agentImageFrom", opts.AgentImageOrigin(), "nativeSidecars", opts.Mutate.NativeSidecars, "certMode", certOpts.Mode)
 	return mgr.Start(ctrl.SetupSignalHandler())
 }

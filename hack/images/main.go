@@ -9,6 +9,15 @@
 // <out>/webhook.tar (ghcr.io/kvinject/webhook:v0.1.0, entrypoint
 // /kvinject-webhook) and <out>/agent.tar (ghcr.io/kvinject/agent:v0.1.0,
 // entrypoint /kvinject-agent), then prints each image's digest and sizes.
+// Next to each archive, <out>/<name>.ref holds the image's reference pinned by
+// digest (ghcr.io/kvinject/agent:v0.1.0@sha256:...; with several platforms
+// the digest is the image index's), the digest a registry reports once the
+// archive is pushed as it is.
+//
+// -only builds some of the images (comma-separated names): `make images`
+// builds the agent first (-only agent), stamps the webhook with the content
+// of agent.ref as its default agent image, then builds the webhook (-only
+// webhook), so a release's webhook injects exactly the agent released with it.
 //
 //	go run ./hack/images -rootfs DIR
 //
@@ -23,6 +32,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -51,6 +61,7 @@ func run(args []string) error {
 		source    = fs.String("source", "https://github.com/kvinject/kvinject", "org.opencontainers.image.source")
 		epoch     = fs.String("source-date-epoch", os.Getenv("SOURCE_DATE_EPOCH"), "seconds since 1970 used for every timestamp (default $SOURCE_DATE_EPOCH, else 0)")
 		rootfs    = fs.String("rootfs", "", "only write the base files into this folder and exit")
+		only      = fs.String("only", "", "comma-separated images to build, e.g. agent (default: all: "+strings.Join(names(images.All()), ", ")+")")
 	)
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -77,13 +88,18 @@ func run(args []string) error {
 		}
 		plats = append(plats, *plat)
 	}
+	selected, err := selectImages(*only)
+	if err != nil {
+		return err
+	}
 	if err := os.MkdirAll(*out, 0o755); err != nil {
 		return err
 	}
 
 	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "IMAGE\tPLATFORM\tCOMPRESSED\tUNPACKED\tDIGEST\tFILE")
-	for _, im := range images.All() {
+	var pinned []string
+	for _, im := range selected {
 		var imgs []v1.Image
 		for _, p := range plats {
 			dir := p.OS + "_" + p.Architecture
@@ -109,8 +125,60 @@ func run(args []string) error {
 		for _, s := range sums {
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", ref, s.Platform, mib(s.Compressed), mib(s.Uncompressed), s.Digest, file)
 		}
+		digest, err := images.Digest(imgs)
+		if err != nil {
+			return fmt.Errorf("the digest of %s: %w", ref, err)
+		}
+		refFile := filepath.Join(*out, im.Name+".ref")
+		if err := os.WriteFile(refFile, []byte(ref+"@"+digest.String()+"\n"), 0o644); err != nil {
+			return fmt.Errorf("writing the pinned reference of %s: %w", ref, err)
+		}
+		pinned = append(pinned, ref+"@"+digest.String()+"  ("+refFile+")")
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	for _, p := range pinned {
+		fmt.Println(p)
+	}
+	return nil
+}
+
+// selectImages returns the images named in only (comma-separated), in the
+// order of images.All; all of them when only is empty.
+func selectImages(only string) ([]images.Image, error) {
+	if strings.TrimSpace(only) == "" {
+		return images.All(), nil
+	}
+	want := map[string]bool{}
+	for _, n := range strings.Split(only, ",") {
+		want[strings.TrimSpace(n)] = true
+	}
+	var out []images.Image
+	for _, im := range images.All() {
+		if want[im.Name] {
+			out = append(out, im)
+			delete(want, im.Name)
+		}
+	}
+	if len(want) > 0 {
+		unknown := make([]string, 0, len(want))
+		for n := range want {
+			unknown = append(unknown, fmt.Sprintf("%q", n))
+		}
+		sort.Strings(unknown)
+		return nil, fmt.Errorf("-only: no image %s; the images are %s", strings.Join(unknown, ", "), strings.Join(names(images.All()), ", "))
+	}
+	return out, nil
+}
+
+// names returns the images' names.
+func names(ims []images.Image) []string {
+	var out []string
+	for _, im := range ims {
+		out = append(out, im.Name)
+	}
+	return out
 }
 
 func mib(n int64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) }

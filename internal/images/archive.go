@@ -73,7 +73,7 @@ func WriteArchive(w io.Writer, ref string, imgs []v1.Image) ([]Summary, error) {
 		if err != nil {
 			return nil, err
 		}
-		mt, err := img.MediaType()
+		desc, err := indexDescriptor(img)
 		if err != nil {
 			return nil, err
 		}
@@ -105,12 +105,7 @@ func WriteArchive(w io.Writer, ref string, imgs []v1.Image) ([]Summary, error) {
 			sum.Uncompressed += u
 		}
 		summaries = append(summaries, sum)
-		descs = append(descs, v1.Descriptor{
-			MediaType: mt,
-			Digest:    manifestDigest,
-			Size:      int64(len(rawManifest)),
-			Platform:  &platform,
-		})
+		descs = append(descs, desc)
 		dockerManifest = append(dockerManifest, map[string]any{
 			"Config":   "blobs/sha256/" + cfgDigest.Hex,
 			"RepoTags": []string{tag.Name()},
@@ -124,11 +119,7 @@ func WriteArchive(w io.Writer, ref string, imgs []v1.Image) ([]Summary, error) {
 	}
 	top := descs[0]
 	if len(imgs) > 1 {
-		idx := mutate.IndexMediaType(empty.Index, types.OCIImageIndex)
-		for i, img := range imgs {
-			idx = mutate.AppendManifests(idx, mutate.IndexAddendum{Add: img, Descriptor: descs[i]})
-		}
-		rawIdx, err := idx.RawManifest()
+		rawIdx, err := rawIndex(imgs, descs)
 		if err != nil {
 			return nil, err
 		}
@@ -198,6 +189,66 @@ func WriteArchive(w io.Writer, ref string, imgs []v1.Image) ([]Summary, error) {
 		}
 	}
 	return summaries, tw.Close()
+}
+
+// Digest returns the digest under which WriteArchive's archive of imgs holds
+// its reference: with one image the image manifest's, with several the image
+// index's. It is the digest that a registry reports once the archive is
+// pushed as it is (crane push, skopeo copy --all --preserve-digests), and the
+// one that pins the reference: ghcr.io/kvinject/agent:v0.1.0@<digest>.
+func Digest(imgs []v1.Image) (v1.Hash, error) {
+	if len(imgs) == 0 {
+		return v1.Hash{}, errors.New("no image to take the digest of")
+	}
+	descs := make([]v1.Descriptor, 0, len(imgs))
+	for _, img := range imgs {
+		d, err := indexDescriptor(img)
+		if err != nil {
+			return v1.Hash{}, err
+		}
+		descs = append(descs, d)
+	}
+	if len(imgs) == 1 {
+		return descs[0].Digest, nil
+	}
+	raw, err := rawIndex(imgs, descs)
+	if err != nil {
+		return v1.Hash{}, err
+	}
+	h, _, err := v1.SHA256(bytes.NewReader(raw))
+	return h, err
+}
+
+// indexDescriptor returns img's entry in an image index: its manifest's media
+// type, digest and size, and its platform.
+func indexDescriptor(img v1.Image) (v1.Descriptor, error) {
+	cfg, err := img.ConfigFile()
+	if err != nil {
+		return v1.Descriptor{}, err
+	}
+	raw, err := img.RawManifest()
+	if err != nil {
+		return v1.Descriptor{}, err
+	}
+	mt, err := img.MediaType()
+	if err != nil {
+		return v1.Descriptor{}, err
+	}
+	h, size, err := v1.SHA256(bytes.NewReader(raw))
+	if err != nil {
+		return v1.Descriptor{}, err
+	}
+	platform := v1.Platform{OS: cfg.OS, Architecture: cfg.Architecture, Variant: cfg.Variant}
+	return v1.Descriptor{MediaType: mt, Digest: h, Size: size, Platform: &platform}, nil
+}
+
+// rawIndex returns the OCI image index of imgs, whose entries are descs.
+func rawIndex(imgs []v1.Image, descs []v1.Descriptor) ([]byte, error) {
+	idx := mutate.IndexMediaType(empty.Index, types.OCIImageIndex)
+	for i, img := range imgs {
+		idx = mutate.AppendManifests(idx, mutate.IndexAddendum{Add: img, Descriptor: descs[i]})
+	}
+	return idx.RawManifest()
 }
 
 func uncompressedSize(l v1.Layer) (int64, error) {

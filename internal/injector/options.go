@@ -10,6 +10,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 
+	"github.com/kvinject/kvinject/internal/version"
+	"github.com/kvinject/kvinject/internal/version/agentimage"
 	"github.com/kvinject/kvinject/pkg/agentconfig"
 	"github.com/kvinject/kvinject/pkg/mapping"
 	"github.com/kvinject/kvinject/pkg/mutate"
@@ -21,9 +23,20 @@ type Options struct {
 	Mutate        mutate.Config
 	LookupTimeout time.Duration
 
+	// AgentImageDefault is this build's default agent image (see
+	// agentimage.Default), set by BindFlags; AgentImageFromFlag, set by
+	// Complete, tells whether --agent-image was given instead.
+	AgentImageDefault  agentimage.Agent
+	AgentImageFromFlag bool
+
 	rotation, pullPolicy, volumeSize                 string
 	cpuRequest, memoryRequest, cpuLimit, memoryLimit string
 	allowedVaults, managedNamespaces                 string
+	// agentImageErr is why this build has no usable default agent image, and
+	// fs the flag set BindFlags defined the flags on (for Complete to tell
+	// whether --agent-image was given).
+	agentImageErr error
+	fs            *flag.FlagSet
 }
 
 // BindFlags defines the flags on fs.
@@ -41,7 +54,9 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.managedNamespaces, "managed-identity-namespaces", "", "policy: globs of the namespaces whose pods may use a managed identity (managed or system); empty allows all")
 
 	m := &o.Mutate
-	fs.StringVar(&m.AgentImage, "agent-image", "", "image of the fetcher agent (required)")
+	o.fs = fs
+	o.AgentImageDefault, o.agentImageErr = agentimage.Default()
+	fs.StringVar(&m.AgentImage, "agent-image", o.AgentImageDefault.Image, agentImageUsage(o.AgentImageDefault))
 	fs.StringVar(&o.pullPolicy, "agent-image-pull-policy", string(corev1.PullIfNotPresent), "agent pull policy: Always, IfNotPresent or Never")
 	fs.BoolVar(&m.NativeSidecars, "native-sidecars", true, "run the rotating agent as a native sidecar (Kubernetes 1.29+); otherwise an init container plus a regular sidecar")
 	fs.StringVar(&o.volumeSize, "volume-size-limit", "16Mi", "size limit of the in-memory secrets volume")
@@ -61,8 +76,16 @@ func (o *Options) Complete() error {
 	if o.Defaults.Rotation, err = mapping.ParseRotation(o.rotation); err != nil {
 		errs = append(errs, fmt.Errorf("--default-rotation: %w", err))
 	}
-	if o.Mutate.AgentImage == "" {
-		errs = append(errs, errors.New("--agent-image is required"))
+	o.AgentImageFromFlag = o.fs != nil && flagSet(o.fs, "agent-image")
+	switch {
+	case o.Mutate.AgentImage != "":
+	case o.agentImageErr != nil:
+		errs = append(errs, fmt.Errorf("--agent-image: this build has no usable default, pass --agent-image=<image>: %w", o.agentImageErr))
+	case o.AgentImageFromFlag:
+		errs = append(errs, errors.New("--agent-image is empty: give the agent image, e.g. --agent-image="+exampleAgentImage))
+	default:
+		errs = append(errs, fmt.Errorf("--agent-image is required: this is a development build (version %s) with no agent image stamped in; "+
+			"pass --agent-image=<image>, e.g. --agent-image=%s, or build with `make build`, which stamps %s/agent:<version>", version.Version, exampleAgentImage, version.Registry))
 	}
 	switch p := corev1.PullPolicy(o.pullPolicy); p {
 	case corev1.PullAlways, corev1.PullIfNotPresent, corev1.PullNever:
@@ -109,6 +132,45 @@ func (o *Options) Complete() error {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
+}
+
+// exampleAgentImage is the agent image that messages give as an example.
+const exampleAgentImage = version.Registry + "/agent:<version>"
+
+// agentImageUsage is the help text of --agent-image, which says what this
+// build's default is (the flag package adds the value itself).
+func agentImageUsage(def agentimage.Agent) string {
+	const what = "image of the fetcher agent injected into pods"
+	switch {
+	case def.Image == "":
+		return what + "; required: this development build (version " + version.Version + ") has no default " +
+			"(builds of `make build` and `make images` default to the agent of their own version, release images by digest)"
+	case def.Pinned:
+		return what + "; the default is this build's agent (version " + version.Version + "), pinned by digest"
+	default:
+		return what + "; the default is this build's agent (version " + version.Version + "), by tag"
+	}
+}
+
+// AgentImageOrigin says, after Complete, where the agent image comes from, for
+// logs and notes: "--agent-image", or this build's default and whether it is
+// pinned by digest.
+func (o *Options) AgentImageOrigin() string {
+	switch {
+	case o.AgentImageFromFlag || o.Mutate.AgentImage != o.AgentImageDefault.Image:
+		return "--agent-image"
+	case o.AgentImageDefault.Pinned:
+		return "this build's default, pinned by digest"
+	default:
+		return "this build's default, by tag"
+	}
+}
+
+// flagSet reports whether the flag called name was given on fs's command line.
+func flagSet(fs *flag.FlagSet, name string) bool {
+	found := false
+	fs.Visit(func(f *flag.Flag) { found = found || f.Name == name })
+	return found
 }
 
 // NewHandler returns a handler configured by o.

@@ -21,7 +21,10 @@ const Command = "inject"
 // errors go to stderr.
 //
 // It takes the webhook's injection flags (injector.Options: --agent-image,
-// --default-*, policy, resources...), exactly as the server does, plus:
+// --default-*, policy, resources...), exactly as the server does, with the
+// same default agent image (the one stamped into this build, see
+// internal/version; a development build has none and needs --agent-image),
+// plus:
 //
 //	-f, --filename                 a file of YAML documents, or - for stdin (repeatable, required)
 //	-n, --namespace                namespace of objects that name none (default "default")
@@ -33,6 +36,10 @@ func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	cmd, code, ok := parse(args, stderr)
 	if !ok {
 		return code
+	}
+	if !cmd.iopts.AgentImageFromFlag {
+		// The image ends up in manifests that may be committed: say which one.
+		fmt.Fprintf(stderr, "%s: agent image %s (%s; --agent-image overrides)\n", cmdName, cmd.opts.Mutate.AgentImage, cmd.iopts.AgentImageOrigin())
 	}
 	var inputs []Input
 	for _, f := range cmd.files {
@@ -111,12 +118,17 @@ func parse(args []string, stderr io.Writer) (cmd command, code int, ok bool) {
 	fs.StringVar(&webhookNamespace, "webhook-namespace", DefaultWebhookNamespace, "the webhook's own namespace (the server's --namespace, the Helm release namespace): the cluster never sends its pods to the webhook, so they are printed unchanged")
 	fs.StringVar(&otherExcluded, "excluded-namespaces", DefaultOtherExcludedNamespaces, "comma-separated namespaces besides --webhook-namespace whose pods the cluster never sends to the webhook (the Helm chart's webhook.excludedNamespaces; empty for none): printed unchanged")
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: %s -f <file|-> [-f ...] --agent-image=<image> [the webhook's flags] [flags]\n\n"+
+		image := "[--agent-image=<image>]"
+		if cmd.iopts.AgentImageDefault.Image == "" {
+			image = "--agent-image=<image>"
+		}
+		fmt.Fprintf(stderr, "Usage: %s -f <file|-> [-f ...] %s [the webhook's flags] [flags]\n\n"+
 			"Prints the documents with every opted-in pod template injected exactly as the webhook would inject it.\n"+
 			"Namespaces and ServiceAccounts are read from the input, else from --namespace-annotation and\n"+
 			"--service-account-annotation. Pods of --webhook-namespace and --excluded-namespaces, which the\n"+
 			"cluster never sends to the webhook, are printed unchanged.\n"+
-			"Exit code: 0 printed, 1 refused or no documents (nothing printed), 2 bad usage.\n\nFlags:\n", cmdName)
+			"Agent image: %s.\n"+
+			"Exit code: 0 printed, 1 refused or no documents (nothing printed), 2 bad usage.\n\nFlags:\n", cmdName, image, cmd.iopts.AgentImageDefault.Describe())
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {

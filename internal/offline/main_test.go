@@ -5,6 +5,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/kvinject/kvinject/internal/version"
 )
 
 // TestMainCommandLine checks the command line: exit codes, where output goes, and that
@@ -59,12 +61,13 @@ spec:
 			stdout: []string{string(mustRead(t, deploy))}, stderr: []string{"excludes namespace shop (excluded: shop)"}},
 		{name: "missing file", args: []string{"-f", filepath.Join(dir, "nope.yaml"), image}, code: 1, noStdout: true, stderr: []string{"nope.yaml"}},
 		{name: "no input", args: []string{image}, code: 2, noStdout: true, stderr: []string{"no input: give -f <file>"}},
-		{name: "no agent image", args: []string{"-f", deploy}, code: 2, noStdout: true, stderr: []string{"--agent-image is required"}},
+		{name: "no agent image", args: []string{"-f", deploy}, code: 2, noStdout: true, stderr: []string{"--agent-image is required: this is a development build (version dev)"}},
 		{name: "bad webhook flag", args: []string{"-f", deploy, image, "--default-rotation=5s"}, code: 2, noStdout: true, stderr: []string{"--default-rotation"}},
 		{name: "unknown flag", args: []string{"-f", deploy, image, "--cert-dir=/x"}, code: 2, noStdout: true, stderr: []string{"flag provided but not defined: -cert-dir"}},
 		{name: "bad annotation flag", args: []string{"-f", deploy, image, "--namespace-annotation=novalue"}, code: 2, noStdout: true, stderr: []string{`"novalue" is not key=value`}},
 		{name: "stray argument", args: []string{deploy, image}, code: 2, noStdout: true, stderr: []string{"unexpected argument"}},
-		{name: "help", args: []string{"--help"}, code: 0, noStdout: true, stderr: []string{"Usage: kvinject-webhook inject -f <file|->"}},
+		{name: "help", args: []string{"--help"}, code: 0, noStdout: true, stderr: []string{"Usage: kvinject-webhook inject -f <file|-> [-f ...] --agent-image=<image> ",
+			"Agent image: none: this is a development build (version dev) with no agent image stamped in."}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			code, stdout, stderr := runMain(t, tc.args, []byte(tc.stdin))
@@ -83,6 +86,66 @@ spec:
 				if !strings.Contains(stderr, w) {
 					t.Errorf("stderr lacks %q:\n%s", w, stderr)
 				}
+			}
+		})
+	}
+}
+
+// TestMainDefaultAgentImage checks that a build with an agent image stamped in
+// injects it without --agent-image, says so on stderr, and that the flag
+// overrides it silently.
+func TestMainDefaultAgentImage(t *testing.T) {
+	const pinned = "ghcr.io/kvinject/agent:v1.2.3@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+	oldVersion, oldImage := version.Version, version.AgentImage
+	t.Cleanup(func() { version.Version, version.AgentImage = oldVersion, oldImage })
+	version.Version, version.AgentImage = "v1.2.3", pinned
+
+	pod := filepath.Join(t.TempDir(), "pod.yaml")
+	if err := os.WriteFile(pod, []byte(`apiVersion: v1
+kind: Pod
+metadata:
+  name: web
+  labels: {kvinject.dev/inject: "true"}
+  annotations: {kvinject.dev/secrets: a=A, kvinject.dev/vault: contoso-shop, kvinject.dev/identity: system}
+spec: {containers: [{name: web, image: web:1}]}
+`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name        string
+		args        []string
+		code        int
+		stdout      []string
+		stderr      []string
+		stderrLacks string
+	}{
+		{name: "the stamped default", args: []string{"-f", pod}, code: 0,
+			stdout: []string{"image: " + pinned},
+			stderr: []string{"kvinject-webhook inject: agent image " + pinned + " (this build's default, pinned by digest; --agent-image overrides)"}},
+		{name: "the flag overrides it", args: []string{"-f", pod, "--agent-image=contoso.azurecr.io/kvinject/agent:v1.2.3"}, code: 0,
+			stdout: []string{"image: contoso.azurecr.io/kvinject/agent:v1.2.3"}, stderrLacks: "agent image"},
+		{name: "help shows the default", args: []string{"--help"}, code: 0,
+			stderr: []string{"Usage: kvinject-webhook inject -f <file|-> [-f ...] [--agent-image=<image>] ",
+				"Agent image: " + pinned + " (stamped at build time, pinned by digest).",
+				`(default "` + pinned + `")`}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			code, stdout, stderr := runMain(t, tc.args, nil)
+			if code != tc.code {
+				t.Fatalf("exit code %d, want %d; stderr:\n%s", code, tc.code, stderr)
+			}
+			for _, w := range tc.stdout {
+				if !strings.Contains(stdout, w) {
+					t.Errorf("stdout lacks %q:\n%s", w, stdout)
+				}
+			}
+			for _, w := range tc.stderr {
+				if !strings.Contains(stderr, w) {
+					t.Errorf("stderr lacks %q:\n%s", w, stderr)
+				}
+			}
+			if tc.stderrLacks != "" && strings.Contains(stderr, tc.stderrLacks) {
+				t.Errorf("stderr has %q:\n%s", tc.stderrLacks, stderr)
 			}
 		})
 	}
