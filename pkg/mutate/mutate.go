@@ -76,8 +76,8 @@ type Config struct {
 // Patch returns the JSON patch that injects spec into pod. An empty patch means the
 // pod already carries the injection. Errors name the conflicting part of the pod.
 func Patch(pod *corev1.Pod, spec *mapping.Spec, cfg Config) ([]jsonpatch.Operation, error) {
-	if pod.Spec.OS != nil && pod.Spec.OS.Name != corev1.Linux {
-		return nil, fmt.Errorf("spec.os.name is %q: kvinject's agent runs on Linux nodes only", pod.Spec.OS.Name)
+	if err := CheckLinux(pod); err != nil {
+		return nil, err
 	}
 	if agent := findContainer(pod, AgentContainerName); agent != nil {
 		spec = adoptInjection(pod, spec, agent)
