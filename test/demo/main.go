@@ -1,7 +1,8 @@
 // Command demo is `make demo`: kvinject end to end on this machine, in about a
-// minute. It starts a real kube-apiserver and etcd with kvinject's webhook
-// configuration, the webhook, and the Key Vault + Azure AD emulator; creates the
-// classic scenario (a vault with DATABASE-CONNECTION-STRING and API-KEY, a
+// minute once built (its time budget, --budget, starts after the build). It
+// starts a real kube-apiserver and etcd with kvinject's webhook configuration,
+// the webhook, and the Key Vault + Azure AD emulator; creates the classic
+// scenario (a vault with DATABASE-CONNECTION-STRING and API-KEY, a
 // ServiceAccount federated with a workload identity, a Deployment-style pod);
 // shows what the webhook changed; runs the injected agent exactly as the pod
 // spec says; rotates a secret; shows a failure and how it explains itself; and
@@ -13,6 +14,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"flag"
 	"fmt"
 	"io/fs"
 	"os"
@@ -23,8 +25,10 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/yaml"
 
 	"github.com/kvinject/kvinject/internal/testing/emulator"
@@ -43,32 +47,73 @@ const (
 
 func main() {
 	start := time.Now()
+	binDir := flag.String("bin-dir", "", "folder with prebuilt webhook and agent binaries (make demo builds them); empty: build them first, outside the budget")
+	budget := flag.Duration("budget", 5*time.Minute, "how long the demo may run once everything is built")
+	flag.Parse()
+	// envtest logs through controller-runtime's global logger, which otherwise
+	// warns (with a stack trace) that it was never set. Its lines are for
+	// debugging envtest, not for the demo's reader; failures come back as errors.
+	ctrllog.SetLogger(logr.Discard())
 	// Ctrl-C or a closed output pipe must still stop what the demo started.
 	signal.Ignore(syscall.SIGPIPE)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := run(ctx)
+	defer stop()
+	err := run(ctx, *binDir, *budget)
+	// Only a signal cancels ctx: read it before stop(), which cancels it too.
+	interrupted := ctx.Err() != nil
 	stop()
 	switch {
-	case err != nil && ctx.Err() != nil:
+	case err != nil && interrupted:
 		fmt.Fprintln(os.Stderr, "\ndemo interrupted; everything it started is stopped")
 		os.Exit(130)
 	case err != nil:
-		fmt.Fprintf(os.Stderr, "\ndemo failed: %v\n", err)
+		fmt.Fprintf(os.Stderr, "\ndemo failed at %q: %v\nEverything the demo started is stopped.\n", current, err)
 		os.Exit(1)
 	}
 	fmt.Printf("\nDone in %s. Everything the demo started is stopped.\n", time.Since(start).Round(100*time.Millisecond))
 }
 
+// current is the step the demo is at, for the failure message.
+var current = "start"
+
 func step(format string, args ...any) {
-	fmt.Printf("\n==> "+format+"\n", args...)
+	current = fmt.Sprintf(format, args...)
+	fmt.Printf("\n==> %s\n", current)
 }
 
-func run(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+// run builds the binaries if none were given, then runs the demo within its
+// budget. The budget starts after the build: a cold build cache needs minutes.
+func run(ctx context.Context, binDir string, budget time.Duration) error {
+	if binDir == "" {
+		step("Building the webhook and agent (not part of the %s budget; a cold build cache takes a few minutes)", budget)
+		root, err := testenv.RepoRoot()
+		if err != nil {
+			return err
+		}
+		dir, err := os.MkdirTemp("", "kvinject-demo-bin-")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(dir)
+		began := time.Now()
+		if err := testenv.Build(ctx, root, dir); err != nil {
+			return err
+		}
+		fmt.Printf("    built in %s\n", time.Since(began).Round(100*time.Millisecond))
+		binDir = dir
+	}
+	ctx, cancel := context.WithTimeout(ctx, budget)
 	defer cancel()
+	err := demo(ctx, binDir)
+	if err != nil && errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		return fmt.Errorf("the demo ran out of its %s budget (the build is not counted; --budget raises it): %w", budget, err)
+	}
+	return err
+}
 
+func demo(ctx context.Context, binDir string) error {
 	step("Starting a local control plane, the kvinject webhook and the Key Vault + Azure AD emulator")
-	env, err := testenv.Start(ctx, testenv.Options{Log: prefixWriter("    ")})
+	env, err := testenv.Start(ctx, testenv.Options{Log: prefixWriter("    "), BinDir: binDir})
 	if err != nil {
 		return err
 	}
@@ -128,7 +173,7 @@ func run(ctx context.Context) error {
 	defer agent.Stop()
 	began := time.Now()
 	if err := waitFor(ctx, 20*time.Second, func() bool { return exists(filepath.Join(agent.Dir, "..data")) }); err != nil {
-		return fmt.Errorf("no files after 20s; agent output:\n%s", agent.Output())
+		return fmt.Errorf("waiting for the first set of files: %w; agent output:\n%s", err, agent.Output())
 	}
 	fmt.Printf("    first complete set written %s after the agent started; the app's files under %s:\n", time.Since(began).Round(time.Millisecond), mapping.DefaultMountPath)
 	before, err := listFiles(agent.Dir)
@@ -144,7 +189,7 @@ func run(ctx context.Context) error {
 		after, _ := hashes(agent.Dir)
 		return after["apikey.txt"] != before["apikey.txt"] && after["apikey.txt"] != ""
 	}); err != nil {
-		return fmt.Errorf("the new version did not arrive within 50s; agent output:\n%s", agent.Output())
+		return fmt.Errorf("waiting for the new API-KEY version on disk: %w; agent output:\n%s", err, agent.Output())
 	}
 	fmt.Printf("    new value on disk %s after the change:\n", time.Since(rotated).Round(time.Second))
 	if _, err := listFiles(agent.Dir); err != nil {
@@ -276,13 +321,18 @@ func hashes(dir string) (map[string]string, error) {
 	return out, err
 }
 
+// waitFor polls ok until it holds. It fails with "not within d" when d passes,
+// and with the context's error when the demo's budget runs out or it is
+// interrupted.
 func waitFor(ctx context.Context, d time.Duration, ok func() bool) error {
-	ctx, cancel := context.WithTimeout(ctx, d)
-	defer cancel()
+	limit := time.NewTimer(d)
+	defer limit.Stop()
 	for !ok() {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
+		case <-limit.C:
+			return fmt.Errorf("not within %s", d)
 		case <-time.After(100 * time.Millisecond):
 		}
 	}

@@ -2,7 +2,8 @@
 // etcd (controller-runtime's envtest, binaries from KUBEBUILDER_ASSETS) with the
 // project's own MutatingWebhookConfiguration from manifests/, the real webhook and
 // agent binaries, and the Key Vault + Azure AD emulator. The integration tests and
-// `make demo` both use it, so the demo shows exactly what the tests prove.
+// `make demo` both use it, so the demo shows exactly what the tests prove. It is
+// test-only (hence internal/testing): no shipped binary links it.
 //
 // Everything listens on 127.0.0.1 and Stop ends everything Start started.
 package testenv
@@ -47,6 +48,10 @@ type Options struct {
 	EmulatorLogger *slog.Logger
 	// EmulatorLatency is added to every Key Vault and Azure AD request.
 	EmulatorLatency time.Duration
+	// BinDir, when set, holds prebuilt webhook and agent binaries (see Build):
+	// Start copies them instead of building, so a caller can keep the build
+	// outside a time budget. Empty: Start builds them.
+	BinDir string
 }
 
 // Env is a running control plane, webhook and emulator.
@@ -70,7 +75,7 @@ type Env struct {
 	probeAddr  string
 }
 
-// Start builds the binaries and starts the emulator, the control plane (with the
+// Start builds (or copies, see Options.BinDir) the binaries and starts the emulator, the control plane (with the
 // ServiceAccount and Pod Security admission plugins) and the webhook.
 func Start(ctx context.Context, opts Options) (_ *Env, err error) {
 	if os.Getenv("KUBEBUILDER_ASSETS") == "" {
@@ -96,11 +101,15 @@ func Start(ctx context.Context, opts Options) (_ *Env, err error) {
 		}
 	}()
 
-	e.logf("building the webhook and agent binaries")
-	build := exec.CommandContext(ctx, "go", "build", "-trimpath", "-o", e.BinDir+"/", "./cmd/webhook", "./cmd/agent")
-	build.Dir, build.Env = root, append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		return nil, fmt.Errorf("go build: %v\n%s", err, out)
+	if opts.BinDir != "" {
+		if err := copyBinaries(opts.BinDir, e.BinDir); err != nil {
+			return nil, err
+		}
+	} else {
+		e.logf("building the webhook and agent binaries")
+		if err := Build(ctx, root, e.BinDir); err != nil {
+			return nil, err
+		}
 	}
 
 	e.logf("starting the Key Vault + Azure AD emulator")
@@ -150,6 +159,42 @@ func Start(ctx context.Context, opts Options) (_ *Env, err error) {
 		return nil, err
 	}
 	return e, nil
+}
+
+// Binaries are the commands Start needs, as `go build` names them.
+var Binaries = []string{"webhook", "agent"}
+
+// Build compiles the webhook and agent (static, as in the images) from the
+// repository at root into dir. On a cold build cache this takes minutes.
+func Build(ctx context.Context, root, dir string) error {
+	args := []string{"build", "-trimpath", "-o", dir + "/"}
+	for _, b := range Binaries {
+		args = append(args, "./cmd/"+b)
+	}
+	build := exec.CommandContext(ctx, "go", args...)
+	build.Dir, build.Env = root, append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		return fmt.Errorf("go build %s: %w\n%s", strings.Join(args[4:], " "), err, out)
+	}
+	return nil
+}
+
+// copyBinaries copies prebuilt binaries into the environment's own folder, which
+// an agent running as another user can reach (see StartAgent).
+func copyBinaries(from, to string) error {
+	if err := os.MkdirAll(to, 0o755); err != nil {
+		return err
+	}
+	for _, b := range Binaries {
+		data, err := os.ReadFile(filepath.Join(from, b))
+		if err != nil {
+			return fmt.Errorf("prebuilt binaries: %w (build them with `make demo`, or leave Options.BinDir empty)", err)
+		}
+		if err := os.WriteFile(filepath.Join(to, b), data, 0o755); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // StartWebhook starts the webhook binary on the port the webhook configuration
