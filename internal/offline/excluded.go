@@ -14,7 +14,7 @@ import (
 // keeps these defaults in step with both.
 const (
 	// DefaultWebhookNamespace is the webhook's own namespace in the kustomize
-	// install and in the README's Helm install.
+	// install and in docs/install.md's Helm install.
 	DefaultWebhookNamespace = "kvinject-system"
 	// DefaultOtherExcludedNamespaces are the excluded namespaces besides the
 	// webhook's own, comma-separated: the chart's webhook.excludedNamespaces.

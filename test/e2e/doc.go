@@ -14,7 +14,7 @@
 // access keeps the app from starting and explains why in the pod's status, a
 // Job-style pod completes, and no secret value is left on the node's disk.
 //
-// Run them with `make e2e-kubelet` (README, "Development"), which builds the
+// Run them with `make e2e-kubelet` (docs/development.md), which builds the
 // kubelet into the cache, installs containerd and runc when they are missing,
 // and sets KUBEBUILDER_ASSETS.
 package e2e

@@ -181,7 +181,7 @@ func TestKustomizeBuiltinCerts(t *testing.T) {
 }
 
 // TestHelmBuiltinCerts installs the chart with its default values in a
-// namespace of another name, labelled as the README tells Helm users.
+// namespace of another name, labelled as docs/install.md tells Helm users.
 func TestHelmBuiltinCerts(t *testing.T) {
 	c := startCluster(t)
 	const ns = "platform-kvinject"

@@ -332,7 +332,7 @@ func (c *cluster) checkInjection(t *testing.T, in *install, agentImage string) {
 		t.Errorf("agent identity: client %q tenant %q, want the ServiceAccount's workload identity", env["AZURE_CLIENT_ID"], env["AZURE_TENANT_ID"])
 	}
 
-	// The README's check: a server-side dry run goes through the webhook
+	// The check docs/install.md gives: a server-side dry run goes through the webhook
 	// (sideEffects None allows it) and creates nothing.
 	dry := appPod(appsNamespace, "kvinject-check", "plain", "myvault")
 	dry.Annotations[mapping.AnnotationIdentity] = "system"
