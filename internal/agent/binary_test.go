@@ -75,30 +75,9 @@ func (h *harness) start(bin string, args []string, extraEnv ...string) *process 
 			env = append(env, k+"="+v)
 		}
 	}
-	p := &process{stderr: &syncBuffer{}, stdout: &syncBuffer{}, done: make(chan struct{})}
 	// The mode, then --termination-log, so that it holds even when a later
 	// argument is bad.
-	p.cmd = exec.Command(bin, append([]string{args[0], "--termination-log=" + h.termLog}, args[1:]...)...)
-	p.cmd.Env = append(env, extraEnv...)
-	p.cmd.Stdout, p.cmd.Stderr = p.stdout, p.stderr
-	if err := p.cmd.Start(); err != nil {
-		h.t.Fatal(err)
-	}
-	go func() {
-		p.err = p.cmd.Wait()
-		close(p.done)
-	}()
-	h.t.Cleanup(func() {
-		select {
-		case <-p.done:
-		default:
-			_ = p.cmd.Process.Kill()
-			<-p.done
-		}
-		h.output(p.stdout.String())
-		h.output(p.stderr.String())
-	})
-	return p
+	return h.startEnv(bin, append([]string{args[0], "--termination-log=" + h.termLog}, args[1:]...), append(env, extraEnv...))
 }
 
 // wait waits for the process to exit and returns its exit code.
