@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -25,6 +26,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
 	"github.com/kvinject/kvinject/internal/injector"
+	"github.com/kvinject/kvinject/pkg/mapping"
 	"github.com/kvinject/kvinject/pkg/mutate"
 )
 
@@ -169,6 +171,9 @@ type checker struct {
 	handler   *injector.Handler
 	namespace string          // the effective namespace of objects that name none
 	excluded  map[string]bool // the namespaces never sent to the webhook
+	// removeCSI is --remove-csi-volumes: the handler is asked about the
+	// template as inject decides it, without the migrated class's CSI volume.
+	removeCSI bool
 }
 
 // newChecker returns a checker whose admission handler is configured by the
@@ -186,7 +191,7 @@ func newChecker(t *testing.T, flags []string, docs []*document) *checker {
 	for _, d := range docs {
 		r.visit(d, "", d.where, d.json, r.collect)
 	}
-	c := &checker{namespace: r.opts.Namespace, excluded: r.excluded}
+	c := &checker{namespace: r.opts.Namespace, excluded: r.excluded, removeCSI: cmd.opts.RemoveCSIVolumes}
 	// The objects the flags describe, for every template that needs one.
 	for _, d := range docs {
 		obj, ok := jsonObject(t, d.json)
@@ -221,6 +226,12 @@ func newChecker(t *testing.T, flags []string, docs []*document) *checker {
 			continue
 		}
 		u := &unstructured.Unstructured{Object: obj}
+		// The CSI driver's CRD serves the same class in each of its versions.
+		gv := u.GroupVersionKind().GroupVersion()
+		if gv.Group != injector.SecretProviderClassGVK.Group || !slices.Contains(spcVersions, gv.Version) {
+			continue
+		}
+		u.SetAPIVersion(injector.SecretProviderClassGVK.GroupVersion().String())
 		if u.GetNamespace() == "" {
 			u.SetNamespace(c.namespace)
 		}
@@ -248,6 +259,9 @@ func (c *checker) comparePods(t *testing.T, what string, in, out []byte) {
 	for i, ip := range inPods {
 		op := outPods[i]
 		where := fmt.Sprintf("%s, %s", what, ip.what)
+		if c.removeCSI {
+			ip.pod = withoutCSIVolumes(t, where, ip.pod)
+		}
 		changed := !cmp.Equal(ip.pod, op.pod)
 		pod := podOfTemplate(t, ip)
 		switch {
@@ -299,6 +313,36 @@ func (c *checker) comparePods(t *testing.T, what string, in, out []byte) {
 			t.Errorf("%s: differs from the admission handler's pod (-handler +offline):\n%s", where, d)
 		}
 	}
+}
+
+// withoutCSIVolumes returns pod without the CSI volumes of the class it
+// migrates, as --remove-csi-volumes removes them.
+func withoutCSIVolumes(t *testing.T, where string, pod map[string]any) map[string]any {
+	t.Helper()
+	raw, _ := json.Marshal(pod)
+	p := &corev1.Pod{}
+	if err := json.Unmarshal(raw, p); err != nil {
+		t.Fatalf("%s: %v", where, err)
+	}
+	class, ok := p.Annotations[mapping.AnnotationSecretProviderClass]
+	if !ok {
+		return pod
+	}
+	rm, err := removeCSIVolumes(p, class)
+	if err != nil || len(rm.ops) == 0 {
+		return pod
+	}
+	ops, _ := json.Marshal(rm.ops)
+	patch, err := jsonpatch.DecodePatch(ops)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if raw, err = patch.Apply(raw); err != nil {
+		t.Fatalf("%s: removing the CSI volumes: %v", where, err)
+	}
+	var out map[string]any
+	_ = json.Unmarshal(raw, &out)
+	return out
 }
 
 // asAdmitted returns the pod of a template as the API server sends it to the

@@ -32,6 +32,7 @@ const Command = "inject"
 //	--service-account-annotation k=v  annotation of every ServiceAccount not in the input (repeatable)
 //	--webhook-namespace ns         the webhook's own namespace, never sent to it (default "kvinject-system")
 //	--excluded-namespaces a,b      other namespaces never sent to it (default "kube-system")
+//	--remove-csi-volumes           remove the CSI volume of the migrated SecretProviderClass and its mounts
 func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	cmd, code, ok := parse(args, stderr)
 	if !ok {
@@ -60,6 +61,9 @@ func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	res, err := Inject(inputs, cmd.opts)
 	for _, w := range res.Warnings {
 		fmt.Fprintln(stderr, "warning:", w)
+	}
+	for _, n := range res.Notes {
+		fmt.Fprintln(stderr, "note:", n)
 	}
 	if err != nil {
 		var e *Error
@@ -117,6 +121,7 @@ func parse(args []string, stderr io.Writer) (cmd command, code int, ok bool) {
 		annotationFlag(&opts.ServiceAccountAnnotations))
 	fs.StringVar(&webhookNamespace, "webhook-namespace", DefaultWebhookNamespace, "the webhook's own namespace (the server's --namespace, the Helm release namespace): the cluster never sends its pods to the webhook, so they are printed unchanged")
 	fs.StringVar(&otherExcluded, "excluded-namespaces", DefaultOtherExcludedNamespaces, "comma-separated namespaces besides --webhook-namespace whose pods the cluster never sends to the webhook (the Helm chart's webhook.excludedNamespaces; empty for none): printed unchanged")
+	fs.BoolVar(&opts.RemoveCSIVolumes, "remove-csi-volumes", false, "remove from a template that names a SecretProviderClass (kvinject.dev/secret-provider-class) the Secrets Store CSI volume of that class and its volumeMounts, keeping the containers' mount path through kvinject.dev/mount-path; other classes' volumes remain (without it such a template is refused, as the webhook refuses the pod)")
 	fs.Usage = func() {
 		image := "[--agent-image=<image>]"
 		if cmd.iopts.AgentImageDefault.Image == "" {

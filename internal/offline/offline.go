@@ -12,7 +12,10 @@
 // SecretProviderClass that the webhook reads from the API come from objects of
 // the input, or else (Namespace and ServiceAccount) from flags. The returned
 // patch is applied to the document as the API server applies it to the pod,
-// so fields this build does not know are kept.
+// so fields this build does not know are kept, and written into the
+// document's text (editYAML), so that its comments and formatting stay.
+// With Options.RemoveCSIVolumes, the CSI volume of the SecretProviderClass a
+// template migrates is removed first (removeCSIVolumes).
 //
 // Documents that are not workloads, workloads whose template is not opted in
 // or is already injected, and workloads in a namespace that the cluster never
@@ -29,6 +32,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"sort"
 	"strings"
 
@@ -60,6 +64,12 @@ type Options struct {
 	// to the webhook (its namespaceSelector); their templates are printed
 	// unchanged, with a warning. nil means DefaultExcludedNamespaces().
 	ExcludedNamespaces []string
+	// RemoveCSIVolumes removes from a template that names a SecretProviderClass
+	// (kvinject.dev/secret-provider-class) the Secrets Store CSI volumes of that
+	// class and their volumeMounts, keeping the directory the containers read
+	// through kvinject.dev/mount-path. Without it, such a template is refused,
+	// as the webhook refuses the pod.
+	RemoveCSIVolumes bool
 }
 
 // Input is one named stream of YAML (or JSON) documents.
@@ -77,6 +87,9 @@ type Result struct {
 	// likely mistakes, and decisions made without a Namespace or
 	// ServiceAccount that the cluster may have.
 	Warnings []string
+	// Notes are for the user too (stderr): what --remove-csi-volumes removed,
+	// and the CSI volumes of other classes that remain.
+	Notes []string
 	// Injected counts the pod templates that were injected.
 	Injected int
 }
@@ -143,7 +156,7 @@ type document struct {
 	raw   []byte // as read
 	json  []byte // nil when the document is empty (comments only)
 	// patch holds the operations on json, with paths from its root.
-	patch []map[string]any
+	patch []patchOp
 }
 
 // run is the state of one Inject call.
@@ -153,6 +166,7 @@ type run struct {
 	nss      map[string]*corev1.Namespace
 	sas      map[string]*corev1.ServiceAccount       // by "<namespace>/<name>"
 	spcs     map[string]*mapping.SecretProviderClass // by "<namespace>/<name>"
+	unserved map[string]string                       // apiVersion of classes in versions not served, by "<namespace>/<name>"
 	warned   map[string]bool
 	reported map[string]bool
 	res      Result
@@ -167,7 +181,7 @@ func newRun(opts Options) *run {
 		opts.ExcludedNamespaces = DefaultExcludedNamespaces()
 	}
 	r := &run{opts: opts, excluded: map[string]bool{}, nss: map[string]*corev1.Namespace{}, sas: map[string]*corev1.ServiceAccount{},
-		spcs:   map[string]*mapping.SecretProviderClass{},
+		spcs: map[string]*mapping.SecretProviderClass{}, unserved: map[string]string{},
 		warned: map[string]bool{}, reported: map[string]bool{}}
 	for _, ns := range opts.ExcludedNamespaces {
 		r.excluded[ns] = true
@@ -313,10 +327,27 @@ func listItems(kind string, raw []byte) ([]json.RawMessage, bool) {
 	return items, true
 }
 
+// spcVersions are the versions of SecretProviderClass that the Secrets Store
+// CSI driver serves (the same schema; v1alpha1 is deprecated but served).
+var spcVersions = []string{"v1", "v1alpha1"}
+
+// isSecretProviderClass reports whether obj is a SecretProviderClass of the
+// CSI driver's group, in any version; served tells whether the driver serves
+// that version.
+func isSecretProviderClass(obj *object) (ok, served bool) {
+	gvk := injector.SecretProviderClassGVK
+	if obj.Kind != gvk.Kind || obj.group() != gvk.Group {
+		return false, false
+	}
+	_, version, _ := strings.Cut(obj.APIVersion, "/")
+	return true, slices.Contains(spcVersions, version)
+}
+
 // readByDecision reports whether a decision reads obj: a Namespace, a
-// ServiceAccount or a SecretProviderClass.
+// ServiceAccount or a SecretProviderClass (of any version, to say when one is
+// not served).
 func readByDecision(obj *object) bool {
-	if obj.APIVersion == injector.SecretProviderClassGVK.GroupVersion().String() && obj.Kind == injector.SecretProviderClassGVK.Kind {
+	if ok, _ := isSecretProviderClass(obj); ok {
 		return true
 	}
 	return obj.group() == "" && (obj.Kind == "Namespace" || obj.Kind == "ServiceAccount")
@@ -329,6 +360,14 @@ func (r *run) collect(d *document, _, where string, obj *object, raw []byte) {
 	}
 	switch obj.Kind {
 	case injector.SecretProviderClassGVK.Kind:
+		if _, served := isSecretProviderClass(obj); !served {
+			ns := obj.Metadata.Namespace
+			if ns == "" {
+				ns = r.opts.Namespace
+			}
+			r.unserved[ns+"/"+obj.Metadata.Name] = obj.APIVersion
+			return
+		}
 		var u map[string]any
 		if err := json.Unmarshal(raw, &u); err != nil {
 			r.problem(d, fmt.Sprintf("%s (SecretProviderClass %s): %v", where, obj.Metadata.Name, err))
@@ -405,6 +444,26 @@ func (r *run) inject(d *document, at, where string, obj *object, raw []byte) {
 			where, namespace, strings.Join(r.opts.ExcludedNamespaces, ", ")))
 		return
 	}
+	var removal csiRemoval
+	if class, ok := pod.Annotations[mapping.AnnotationSecretProviderClass]; ok && r.opts.RemoveCSIVolumes {
+		if removal, err = removeCSIVolumes(pod, class); err != nil {
+			var e *Error
+			if errors.As(err, &e) {
+				for _, p := range e.Problems {
+					fail("%s", p)
+				}
+			} else {
+				fail("%v", err)
+			}
+			return
+		}
+		if len(removal.ops) > 0 {
+			if pod, err = patchPod(podJSON, removal.ops); err != nil {
+				fail("internal error: removing the CSI volume: %v", err)
+				return
+			}
+		}
+	}
 	// As in the handler: a pod being created may not carry its namespace yet.
 	pod.Namespace = namespace
 	// As the API server does before admission: the deprecated
@@ -416,7 +475,10 @@ func (r *run) inject(d *document, at, where string, obj *object, raw []byte) {
 	var spc *mapping.SecretProviderClass
 	if name, ok := pod.Annotations[mapping.AnnotationSecretProviderClass]; ok {
 		// Only from the input: there is no cluster to read it from.
-		if spc = r.spcs[namespace+"/"+name]; spc == nil {
+		if spc = r.spcs[namespace+"/"+name]; spc == nil && r.unserved[namespace+"/"+name] != "" {
+			r.res.Warnings = append(r.res.Warnings, fmt.Sprintf("%s: SecretProviderClass %s/%s of the input is %s, a version the Secrets Store CSI driver does not serve (it serves %s): read as missing (write it as secrets-store.csi.x-k8s.io/v1)",
+				where, namespace, name, r.unserved[namespace+"/"+name], strings.Join(spcVersions, " and ")))
+		} else if spc == nil {
 			r.res.Warnings = append(r.res.Warnings, fmt.Sprintf("%s: SecretProviderClass %s/%s is not in the input (add it: kubectl get secretproviderclass -n %s %s -o yaml)",
 				where, namespace, name, namespace, name))
 		}
@@ -439,15 +501,43 @@ func (r *run) inject(d *document, at, where string, obj *object, raw []byte) {
 	case injector.ResultUnchanged:
 		return
 	}
+	for _, op := range removal.ops {
+		op.Path = at + tmplPath + op.Path
+		d.patch = append(d.patch, op)
+	}
+	for _, n := range removal.notes {
+		r.res.Notes = append(r.res.Notes, where+": "+prefixed(field, n))
+	}
 	for _, op := range dec.Patch {
 		v, err := json.Marshal(op.Value)
 		if err != nil {
 			fail("internal error: encoding the patch: %v", err)
 			return
 		}
-		d.patch = append(d.patch, map[string]any{"op": op.Operation, "path": at + tmplPath + op.Path, "value": json.RawMessage(v)})
+		d.patch = append(d.patch, patchOp{Op: op.Operation, Path: at + tmplPath + op.Path, Value: v})
 	}
 	r.res.Injected++
+}
+
+// patchPod returns the pod podJSON with ops applied.
+func patchPod(podJSON []byte, ops []patchOp) (*corev1.Pod, error) {
+	raw, err := json.Marshal(ops)
+	if err != nil {
+		return nil, err
+	}
+	p, err := jsonpatch.DecodePatch(raw)
+	if err != nil {
+		return nil, err
+	}
+	patched, err := p.Apply(podJSON)
+	if err != nil {
+		return nil, err
+	}
+	pod := &corev1.Pod{}
+	if err := json.Unmarshal(patched, pod); err != nil {
+		return nil, err
+	}
+	return pod, nil
 }
 
 // prefixed puts the template's field before a warning that names an annotation.
@@ -570,7 +660,7 @@ func podOf(raw []byte, path string) ([]byte, error) {
 }
 
 // render returns the document as it is printed: as it came when nothing
-// changed, else the patched document as YAML.
+// changed, else with the patch written into its text (see editYAML).
 func (d *document) render() ([]byte, error) {
 	if len(d.patch) == 0 {
 		if len(d.raw) > 0 && d.raw[len(d.raw)-1] != '\n' {
@@ -578,17 +668,6 @@ func (d *document) render() ([]byte, error) {
 		}
 		return d.raw, nil
 	}
-	ops, err := json.Marshal(d.patch)
-	if err != nil {
-		return nil, err
-	}
-	p, err := jsonpatch.DecodePatch(ops)
-	if err != nil {
-		return nil, fmt.Errorf("internal error: decoding the patch: %w", err)
-	}
-	patched, err := p.Apply(d.json)
-	if err != nil {
-		return nil, fmt.Errorf("internal error: applying the patch: %w", err)
-	}
-	return yaml.JSONToYAML(patched)
+	out, _, err := editYAML(d.raw, d.json, d.patch)
+	return out, err
 }
