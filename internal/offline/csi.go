@@ -3,6 +3,7 @@ package offline
 import (
 	"encoding/json"
 	"fmt"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -12,13 +13,6 @@ import (
 	"github.com/kvinject/kvinject/pkg/mapping"
 )
 
-// The Secrets Store CSI driver's volumes: a csi volume of this driver names
-// its SecretProviderClass in this volume attribute.
-const (
-	csiDriver         = "secrets-store.csi.k8s.io"
-	csiClassAttribute = "secretProviderClass"
-)
-
 // csiRemoval is what inject removes from a pod template with
 // --remove-csi-volumes: the CSI volumes of the SecretProviderClass that the
 // template migrates (kvinject.dev/secret-provider-class), and their mounts.
@@ -26,39 +20,29 @@ type csiRemoval struct {
 	// ops remove the volumes and mounts and, when needed, set
 	// kvinject.dev/mount-path; their paths are from the pod's root.
 	ops []patchOp
-	// notes say what was removed, and which other classes' volumes remain.
+	// notes say what was removed.
 	notes []string
-}
-
-// isCSIVolume reports whether v is a Secrets Store CSI driver volume, and of
-// which SecretProviderClass.
-func isCSIVolume(v corev1.Volume) (class string, ok bool) {
-	if v.CSI == nil || v.CSI.Driver != csiDriver {
-		return "", false
-	}
-	return v.CSI.VolumeAttributes[csiClassAttribute], true
 }
 
 // removeCSIVolumes returns how to remove from pod the CSI volumes of the
 // SecretProviderClass class and every volumeMount of them, keeping the
 // directory the containers read: when the pod does not set
 // kvinject.dev/mount-path, it is set to the mount path of those mounts, which
-// must then be one path. The volumes of other classes are never removed; the
-// notes say they remain. It returns an error, naming the fields and the fix,
+// must then be one path. The volumes of other classes are never removed (the
+// decision warns that they remain). It returns an error, naming the fields and the fix,
 // when the removal would change where or what the containers read.
 func removeCSIVolumes(pod *corev1.Pod, class string) (csiRemoval, error) {
 	var rm csiRemoval
+	// Other classes' volumes stay; the decision's warning says so.
+	ofClass, _ := mapping.FindCSIVolumes(&pod.Spec, class)
 	removed := map[string]bool{}
+	for _, v := range ofClass {
+		removed[v.Name] = true
+	}
 	var volIdx []int
 	for i, v := range pod.Spec.Volumes {
-		c, ok := isCSIVolume(v)
-		switch {
-		case !ok:
-		case c == class:
-			removed[v.Name] = true
+		if removed[v.Name] {
 			volIdx = append(volIdx, i)
-		default:
-			rm.notes = append(rm.notes, fmt.Sprintf("spec.volumes: CSI volume %q of SecretProviderClass %q remains: only the volumes of %s (kvinject.dev/secret-provider-class) are removed", v.Name, c, class))
 		}
 	}
 	if len(volIdx) == 0 {
@@ -137,18 +121,17 @@ func removeCSIVolumes(pod *corev1.Pod, class string) (csiRemoval, error) {
 		}
 		note += fmt.Sprintf(" and its volumeMounts in containers %s", strings.Join(cs, ", "))
 	}
+	// The class's annotation is there, so the template has annotations to add to.
+	set := func(key, value string) {
+		v, _ := json.Marshal(value)
+		rm.ops = append(rm.ops, patchOp{Op: "add", Path: "/metadata/annotations/" + escapePointer(key), Value: v})
+	}
 	if !hasMountPath && len(paths) == 1 {
 		var path string
 		for p := range paths {
 			path = p
 		}
-		v, _ := json.Marshal(path)
-		if pod.Annotations == nil {
-			v, _ = json.Marshal(map[string]string{mapping.AnnotationMountPath: path})
-			rm.ops = append(rm.ops, patchOp{Op: "add", Path: "/metadata/annotations", Value: v})
-		} else {
-			rm.ops = append(rm.ops, patchOp{Op: "add", Path: "/metadata/annotations/" + escapePointer(mapping.AnnotationMountPath), Value: v})
-		}
+		set(mapping.AnnotationMountPath, path)
 		note += fmt.Sprintf("; %s set to %s, where they read the files", mapping.AnnotationMountPath, path)
 	} else if mp := pod.Annotations[mapping.AnnotationMountPath]; hasMountPath && len(paths) > 0 {
 		if len(paths) == 1 && paths[mp] {
@@ -156,6 +139,19 @@ func removeCSIVolumes(pod *corev1.Pod, class string) (csiRemoval, error) {
 		} else {
 			note += fmt.Sprintf("; the files are now written to %s (%s), not where the CSI volume was mounted: point the containers at it", mp, mapping.AnnotationMountPath)
 		}
+	}
+	// Exactly the containers that mounted the class keep seeing the files: the
+	// default (every regular container) may differ, and once the volume is gone
+	// the decision can no longer tell.
+	if _, has := pod.Annotations[mapping.AnnotationContainers]; !has && len(mounts) > 0 {
+		var names []string
+		for _, m := range mounts {
+			if !slices.Contains(names, m.container) {
+				names = append(names, m.container)
+			}
+		}
+		set(mapping.AnnotationContainers, strings.Join(names, ", "))
+		note += fmt.Sprintf("; %s set to %s, the containers that mounted it", mapping.AnnotationContainers, strings.Join(names, ", "))
 	}
 	rm.notes = append([]string{note}, rm.notes...)
 	return rm, nil
