@@ -5,7 +5,7 @@
 #
 #   hack/bench.sh [GROUP...]   default: every group, ~20 minutes
 #
-# Groups: mutation, emulator, agent, rollout, webhook, podcreate.
+# Groups: mutation, emulator, agent, rollout, webhook, podcreate, memory.
 # Environment: BENCH_OUT (default $TMPDIR/kvinject-bench-results) receives <group>.txt and
 # machine.txt. The webhook group runs `hey` for the anchor commands of
 # shared/docs/performance-anchors.md and installs it with apt-get when it is
@@ -17,7 +17,7 @@ OUT=${BENCH_OUT:-${TMPDIR:-/tmp}/kvinject-bench-results}
 mkdir -p "$OUT"
 export KVINJECT_BENCH_SCALE=full
 groups=("$@")
-[ ${#groups[@]} -gt 0 ] || groups=(mutation emulator agent rollout webhook podcreate)
+[ ${#groups[@]} -gt 0 ] || groups=(mutation emulator agent rollout webhook podcreate memory)
 
 log() { echo "bench: $*" >&2; }
 
@@ -74,8 +74,14 @@ for g in "${groups[@]}"; do
     [ "$g" = podcreate ] && bench=BenchmarkPodCreate
     KUBEBUILDER_ASSETS="$assets" run "$g" -tags integration -bench "$bench" -benchtime=1x -timeout=30m ./test/bench/
     ;;
+  memory)
+    # The webhook's memory idle and at 10,000 Namespaces + 60,000 ServiceAccounts
+    # (KVINJECT_BENCH_MEMORY_SIZE=N/M for another size; KVINJECT_BENCH_BINDIR for
+    # prebuilt binaries, such as another commit's).
+    KUBEBUILDER_ASSETS="$(hack/kube-binaries.sh)" run memory -tags integration -bench BenchmarkWebhookMemory -benchtime=1x -timeout=40m ./test/bench/
+    ;;
   *)
-    log "unknown group $g (mutation, emulator, agent, rollout, webhook, podcreate)"
+    log "unknown group $g (mutation, emulator, agent, rollout, webhook, podcreate, memory)"
     exit 2
     ;;
   esac

@@ -18,6 +18,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"os"
 	"time"
@@ -149,7 +150,7 @@ func run(args []string) error {
 		HealthProbeBindAddress: probeAddr,
 		Cache: cache.Options{
 			DefaultTransform: cache.TransformStripManagedFields(),
-			ByObject:         certOpts.CacheByObject(),
+			ByObject:         cacheByObject(certOpts),
 		},
 		WebhookServer: server,
 	})
@@ -158,8 +159,10 @@ func run(args []string) error {
 	}
 
 	h := opts.NewHandler()
-	h.Reader = mgr.GetClient()
-	h.APIReader = mgr.GetAPIReader()
+	// Namespaces and ServiceAccounts are read as metadata (see cacheByObject),
+	// from the cache and, for one not cached yet, from the API server.
+	h.Reader = injector.MetadataReader{Reader: mgr.GetClient()}
+	h.APIReader = injector.MetadataReader{Reader: mgr.GetAPIReader()}
 	h.Log = log.WithName("injector")
 	h.Metrics = injector.NewMetrics(metrics.Registry)
 	recoverPanic := true
@@ -185,9 +188,9 @@ func run(args []string) error {
 	// Start the Namespace and ServiceAccount informers with the manager, not on the
 	// first pod, and report ready only once they are synced: a cold cache in a large
 	// cluster would otherwise make the first admissions wait on the API server.
-	for _, obj := range []client.Object{&corev1.Namespace{}, &corev1.ServiceAccount{}} {
+	for _, obj := range []client.Object{injector.NamespaceMetadata(), injector.ServiceAccountMetadata()} {
 		if _, err := mgr.GetCache().GetInformer(context.Background(), obj, cache.BlockUntilSynced(false)); err != nil {
-			return fmt.Errorf("preparing the %T cache: %w", obj, err)
+			return fmt.Errorf("preparing the %s cache: %w", obj.GetObjectKind().GroupVersionKind().Kind, err)
 		}
 	}
 	if err := mgr.AddReadyzCheck("caches", func(r *http.Request) error {
@@ -208,4 +211,18 @@ func run(args []string) error {
 	}
 	log.Info("starting kvinject webhook", "version", version.Version, "agentImage", opts.Mutate.AgentImage, "agentImageFrom", opts.AgentImageOrigin(), "nativeSidecars", opts.Mutate.NativeSidecars, "certMode", certOpts.Mode)
 	return mgr.Start(ctrl.SetupSignalHandler())
+}
+
+// cacheByObject is the cache's configuration by object: the builtin
+// certificate mode's, and the Namespaces and ServiceAccounts the handler reads,
+// watched as metadata only (metav1.PartialObjectMetadata) and trimmed to the
+// annotations it reads (injector.TrimMetadata): the cache keeps no more of an
+// object than the decision reads, whatever else the cluster puts on it.
+func cacheByObject(certOpts certs.Options) map[client.Object]cache.ByObject {
+	byObject := map[client.Object]cache.ByObject{
+		injector.NamespaceMetadata():      {Transform: injector.TrimNamespaceMetadata()},
+		injector.ServiceAccountMetadata(): {Transform: injector.TrimServiceAccountMetadata()},
+	}
+	maps.Copy(byObject, certOpts.CacheByObject())
+	return byObject
 }
