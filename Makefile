@@ -46,7 +46,7 @@ kube-binaries: ## build (once) and print the cached kube-apiserver/etcd folder
 .PHONY: test-integration
 test-integration: ## tests against a real kube-apiserver + etcd and the Key Vault emulator
 	assets=$$(hack/kube-binaries.sh); \
-	  KUBEBUILDER_ASSETS="$$assets" $(GO) test -count=1 -tags integration -timeout 20m ./test/...
+	  KUBEBUILDER_ASSETS="$$assets" $(GO) test -count=1 -tags integration -timeout 20m ./test/... ./internal/injector/
 
 .PHONY: e2e-kubelet
 e2e-kubelet: ## real pods on a real kubelet + containerd on this machine (root; builds the kubelet, installs containerd/runc)
@@ -68,6 +68,7 @@ FUZZTIME_REVIEW ?= 75s
 fuzz-smoke: ## run every fuzz target briefly; longer: make fuzz-smoke FUZZTIME=10m FUZZTIME_REVIEW=30m
 	for target in FuzzParseEntries FuzzAgentArgs FuzzVaultURL; do \
 	  $(GO) test -run '^$$' -fuzz "^$$target\$$" -fuzztime $(FUZZTIME) ./pkg/agentconfig/; done
+	$(GO) test -run '^$$' -fuzz '^FuzzEditYAML$$' -fuzztime $(FUZZTIME) ./internal/offline/
 	for target in FuzzAdmissionReview FuzzPodAnnotations; do \
 	  $(GO) test -run '^$$' -fuzz "^$$target\$$" -fuzztime $(FUZZTIME_REVIEW) -fuzzminimizetime 3s ./internal/injector/; done
 

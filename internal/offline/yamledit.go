@@ -53,14 +53,25 @@ func editYAML(raw, docJSON []byte, ops []patchOp) ([]byte, int, error) {
 	if err != nil {
 		return nil, 0, fmt.Errorf("internal error: applying the patch: %w", err)
 	}
-	if out, err := spliceYAML(raw, ops); err == nil && sameJSON(out, want) {
+	if out, err := guarded(spliceYAML, raw, ops); err == nil && sameJSON(out, want) {
 		return out, 1, nil
 	}
-	if out, err := reencodeYAML(raw, ops); err == nil && sameJSON(out, want) {
+	if out, err := guarded(reencodeYAML, raw, ops); err == nil && sameJSON(out, want) {
 		return out, 2, nil
 	}
 	out, err := yaml.JSONToYAML(want)
 	return out, 3, err
+}
+
+// guarded runs a formatting step, turning a panic in it into an error: a bug in
+// keeping the text costs formatting (the next step), never the run.
+func guarded(step func([]byte, []patchOp) ([]byte, error), raw []byte, ops []patchOp) (out []byte, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			out, err = nil, fmt.Errorf("internal error: %v", r)
+		}
+	}()
+	return step(raw, ops)
 }
 
 // sameJSON reports whether the YAML document y reads (as inject and kubectl
