@@ -384,19 +384,27 @@ func TestRotation(t *testing.T) {
 	// A poll that was under way at the change may have read the old values (or
 	// one of them); the next one reads both new ones and writes them. So the
 	// polls that ended after the change, up to the one that wrote both new
-	// values, are at most two.
-	polls := h.polls(mark)
-	changed := map[string]bool{}
-	n := 0
-	for _, p := range polls {
-		n++
-		for name := range p.changed {
-			changed[name] = true
+	// values, are at most two. The poll logs its change after the swap that
+	// made the files visible: wait for that record.
+	var (
+		polls   []poll
+		changed map[string]bool
+		n       int
+	)
+	writtenBy := func() bool {
+		polls, changed, n = h.polls(mark), map[string]bool{}, 0
+		for _, p := range polls {
+			n++
+			for name := range p.changed {
+				changed[name] = true
+			}
+			if changed["a"] && changed["b"] {
+				return true
+			}
 		}
-		if changed["a"] && changed["b"] {
-			break
-		}
+		return false
 	}
+	h.waitFor("the change in the logs", 5*time.Second, writtenBy)
 	if !changed["a"] || !changed["b"] || n > 2 {
 		t.Errorf("the change took %d polls to be written, want at most 2 (one under way, one after the change); polls: %+v", n, polls)
 	}
