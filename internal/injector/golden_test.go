@@ -77,13 +77,11 @@ func TestGolden(t *testing.T) {
 	}
 }
 
-func runGoldenCase(t *testing.T, dir string) {
-	reqBody := mustRead(t, filepath.Join(dir, "request.json"))
-	var review admissionv1.AdmissionReview
-	if err := json.Unmarshal(reqBody, &review); err != nil || review.Request == nil {
-		t.Fatalf("request.json is not an AdmissionReview with a request: %v", err)
-	}
-	flags := append([]string(nil), baseFlags...)
+// caseSetup returns a golden case's webhook flags (baseFlags, then its
+// flags.txt) and the file of its cluster objects (its cluster.yaml, else the
+// shared testdata/cluster.yaml).
+func caseSetup(dir string) (flags []string, clusterFile string) {
+	flags = append([]string(nil), baseFlags...)
 	if b, err := os.ReadFile(filepath.Join(dir, "flags.txt")); err == nil {
 		for _, l := range strings.Split(string(b), "\n") {
 			if l = strings.TrimSpace(l); l != "" {
@@ -91,10 +89,20 @@ func runGoldenCase(t *testing.T, dir string) {
 			}
 		}
 	}
-	clusterFile := filepath.Join(goldenDir, "..", "cluster.yaml")
+	clusterFile = filepath.Join(goldenDir, "..", "cluster.yaml")
 	if _, err := os.Stat(filepath.Join(dir, "cluster.yaml")); err == nil {
 		clusterFile = filepath.Join(dir, "cluster.yaml")
 	}
+	return flags, clusterFile
+}
+
+func runGoldenCase(t *testing.T, dir string) {
+	reqBody := mustRead(t, filepath.Join(dir, "request.json"))
+	var review admissionv1.AdmissionReview
+	if err := json.Unmarshal(reqBody, &review); err != nil || review.Request == nil {
+		t.Fatalf("request.json is not an AdmissionReview with a request: %v", err)
+	}
+	flags, clusterFile := caseSetup(dir)
 	srv := newTestServer(t, flags, loadObjects(t, clusterFile))
 
 	resp := srv.review(t, reqBody)

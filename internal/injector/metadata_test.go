@@ -149,18 +149,7 @@ func TestGoldenFromTrimmedMetadata(t *testing.T) {
 		dir := filepath.Join(goldenDir, e.Name())
 		t.Run(e.Name(), func(t *testing.T) {
 			body := mustRead(t, filepath.Join(dir, "request.json"))
-			flags := append([]string(nil), baseFlags...)
-			if b, err := os.ReadFile(filepath.Join(dir, "flags.txt")); err == nil {
-				for _, l := range strings.Split(string(b), "\n") {
-					if l = strings.TrimSpace(l); l != "" {
-						flags = append(flags, l)
-					}
-				}
-			}
-			clusterFile := filepath.Join(goldenDir, "..", "cluster.yaml")
-			if _, err := os.Stat(filepath.Join(dir, "cluster.yaml")); err == nil {
-				clusterFile = filepath.Join(dir, "cluster.yaml")
-			}
+			flags, clusterFile := caseSetup(dir)
 			objs := loadObjects(t, clusterFile)
 			whole := newTestServer(t, flags, objs).review(t, body)
 			srv := newTestServer(t, flags, objs)
