@@ -326,7 +326,6 @@ func csiVolumeProblem(pod *corev1.Pod, ref string, v CSIVolume) string {
 		paths         []string
 		byPath        = map[string][]string{}
 		subs          []string
-		anyInit       bool
 		seenContainer = map[string]bool{}
 	)
 	for _, m := range v.Mounts {
@@ -334,7 +333,6 @@ func csiVolumeProblem(pod *corev1.Pod, ref string, v CSIVolume) string {
 			seenContainer[m.Container] = true
 			names = append(names, m.Container)
 		}
-		anyInit = anyInit || m.Init
 		if m.SubPath != "" {
 			subs = append(subs, fmt.Sprintf("container %q mounts only %q of it at %s: kvinject mounts the whole directory, so read <mount-path>/%s", m.Container, m.SubPath, m.MountPath, m.SubPath))
 			continue
@@ -369,7 +367,10 @@ func csiVolumeProblem(pod *corev1.Pod, ref string, v CSIVolume) string {
 		}
 		fmt.Fprintf(&b, "; the containers mount it at different paths (%s), but kvinject mounts one directory into every selected container: choose one for %s and change the other containers to read from it", strings.Join(per, ", "), AnnotationMountPath)
 	}
-	if len(names) > 0 && (anyInit || !sameSet(names, defaultContainers(pod))) && !sameSet(names, splitNames(pod.Annotations[AnnotationContainers])) {
+	// The containers kvinject would mount into (none when the annotation is
+	// wrong, which podOnlyProblems reports) must be those that mounted the class.
+	selected, _ := selectContainers(pod, pod.Annotations[AnnotationContainers])
+	if len(names) > 0 && !sameSet(names, selected) {
 		add = append(add, fmt.Sprintf("%s: %s", AnnotationContainers, strings.Join(names, ",")))
 	}
 	if len(add) > 0 {
@@ -389,7 +390,7 @@ func containersWarning(pod *corev1.Pod, ref string) []string {
 	if strings.TrimSpace(pod.Annotations[AnnotationContainers]) != "" {
 		return nil
 	}
-	regular := defaultContainers(pod)
+	regular, _ := selectContainers(pod, "") // every regular container: never fails
 	var inits []string
 	for _, c := range pod.Spec.InitContainers {
 		if !IsAgentContainer(c.Name) {
@@ -404,27 +405,6 @@ func containersWarning(pod *corev1.Pod, ref string) []string {
 		w += fmt.Sprintf(" and into no init container (%s)", quoteList(inits))
 	}
 	return []string{w + "; with the CSI driver only the containers that mounted its volume saw them: set " + AnnotationContainers + " to those containers"}
-}
-
-// defaultContainers are the containers kvinject mounts into by default.
-func defaultContainers(pod *corev1.Pod) []string {
-	var names []string
-	for _, c := range pod.Spec.Containers {
-		if !IsAgentContainer(c.Name) {
-			names = append(names, c.Name)
-		}
-	}
-	return names
-}
-
-func splitNames(raw string) []string {
-	var names []string
-	for _, n := range strings.Split(raw, ",") {
-		if n = strings.TrimSpace(n); n != "" {
-			names = append(names, n)
-		}
-	}
-	return names
 }
 
 func sameSet(a, b []string) bool {
