@@ -24,7 +24,7 @@ help: ## list the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
 .PHONY: build
-build: ## build the webhook, agent and emulator into bin/
+build: ## build the webhook, agent, hub and emulator into bin/
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/...
 
 .PHONY: lint
@@ -86,13 +86,13 @@ golden: ## regenerate the golden AdmissionReview answers and offline injections 
 
 # The demo's own budget (5 minutes) starts once everything is built: the first run
 # on an empty cache builds kube-apiserver and etcd (~10 min on 2 cores) and then
-# the demo, webhook and agent (a few minutes), each announced on the terminal.
+# the demo, webhook, agent and hub (a few minutes), each announced on the terminal.
 .PHONY: demo
-demo: ## the local end-to-end demo: control plane, emulator, webhook, agent (first run builds for ~15 min)
+demo: ## the local end-to-end demo: control plane, emulator, webhook, hub, agent (first run builds for ~15 min)
 	@assets=$$(hack/kube-binaries.sh); \
-	  echo "demo: building the demo, webhook and agent into $(BIN)/demo (a cold build cache takes a few minutes)"; \
+	  echo "demo: building the demo, webhook, agent and hub into $(BIN)/demo (a cold build cache takes a few minutes)"; \
 	  start=$$(date +%s); \
-	  CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/demo/ ./test/demo ./cmd/webhook ./cmd/agent; \
+	  CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/demo/ ./test/demo ./cmd/webhook ./cmd/agent ./cmd/hub; \
 	  echo "demo: built in $$(( $$(date +%s) - start ))s"; \
 	  KUBEBUILDER_ASSETS="$$assets" $(BIN)/demo/demo --bin-dir=$(BIN)/demo
 
@@ -120,11 +120,11 @@ IMAGES_FLAGS = -bindir $(DIST)/bin -platforms '$(PLATFORMS)' -registry '$(REGIST
   -version '$(VERSION)' -source-date-epoch '$(SOURCE_DATE_EPOCH)' -out $(DIST)/images
 
 .PHONY: images
-images: ## build the agent image, then the webhook's (pinning that agent by digest), as OCI tarballs into dist/images (PLATFORMS, REGISTRY, VERSION)
+images: ## build the agent image, then the webhook's (pinning that agent by digest) and the hub's, as OCI tarballs into dist/images (PLATFORMS, REGISTRY, VERSION)
 	rm -rf $(DIST)/bin $(DIST)/images
 	for p in $$(echo '$(PLATFORMS)' | tr ',' ' '); do \
 	  os=$${p%%/*}; arch=$${p#*/}; \
-	  CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch $(GO) build -trimpath -ldflags '$(LDFLAGS_VERSION)' -o $(DIST)/bin/$${os}_$${arch}/ ./cmd/agent; \
+	  CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch $(GO) build -trimpath -ldflags '$(LDFLAGS_VERSION)' -o $(DIST)/bin/$${os}_$${arch}/ ./cmd/agent ./cmd/hub; \
 	done
 	$(GO) run ./hack/images -only agent $(IMAGES_FLAGS)
 	agent=$$(cat $(DIST)/images/agent.ref); \
@@ -134,13 +134,15 @@ images: ## build the agent image, then the webhook's (pinning that agent by dige
 	    CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch $(GO) build -trimpath -ldflags "$(LDFLAGS_VERSION) -X $(VERSION_PKG).AgentImage=$$agent" \
 	      -o $(DIST)/bin/$${os}_$${arch}/ ./cmd/webhook; \
 	  done
-	$(GO) run ./hack/images -only webhook $(IMAGES_FLAGS)
+	$(GO) run ./hack/images -only webhook,hub $(IMAGES_FLAGS)
 
 .PHONY: helm-lint
-helm-lint: ## helm lint --strict the chart in both certificate modes
-	helm=$$(hack/tools.sh helm); \
+helm-lint: ## helm lint --strict the chart in both certificate modes, without and with the hub
+	helm=$$(hack/tools.sh helm); hub='--set hub.enabled=true --set hub.identity.clientID=00000000-0000-0000-0000-000000000000'; \
 	  $$helm lint --strict charts/kvinject; \
-	  $$helm lint --strict charts/kvinject --set certificates.mode=cert-manager
+	  $$helm lint --strict charts/kvinject --set certificates.mode=cert-manager; \
+	  $$helm lint --strict charts/kvinject $$hub; \
+	  $$helm lint --strict charts/kvinject --set certificates.mode=cert-manager $$hub
 
 .PHONY: render
 render: ## render the kustomize installs and package the chart into dist/install, for review or release
@@ -148,6 +150,8 @@ render: ## render the kustomize installs and package the chart into dist/install
 	kustomize=$$(hack/tools.sh kustomize); helm=$$(hack/tools.sh helm); \
 	  $$kustomize build manifests/install/builtin-certs > $(DIST)/install/kvinject-builtin-certs.yaml; \
 	  $$kustomize build manifests/install/cert-manager > $(DIST)/install/kvinject-cert-manager.yaml; \
+	  $$kustomize build manifests/install/builtin-certs-hub > $(DIST)/install/kvinject-builtin-certs-hub.yaml; \
+	  $$kustomize build manifests/install/cert-manager-hub > $(DIST)/install/kvinject-cert-manager-hub.yaml; \
 	  $$helm package charts/kvinject --destination $(DIST)/install
 
 .PHONY: test-install

@@ -29,6 +29,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/kvinject/kvinject/internal/certs"
+	"github.com/kvinject/kvinject/internal/hub"
 	"github.com/kvinject/kvinject/internal/injector"
 	"github.com/kvinject/kvinject/pkg/mapping"
 )
@@ -305,13 +306,17 @@ const (
 )
 
 // docsRBAC reads the RBAC table of docs/install.md.
-func docsRBAC(t *testing.T) map[grant]string {
+func docsRBAC(t *testing.T) map[grant]string { return docsRBACOf(t, "docs/install.md") }
+
+// docsRBACOf reads the RBAC table (| installed with | scope | resource | names
+// | verbs |) of a page.
+func docsRBACOf(t *testing.T, path string) map[grant]string {
 	t.Helper()
-	p := pageByPath(t, "docs/install.md")
+	p := pageByPath(t, path)
 	rows, lineNos := table(t, p, "installed with", "scope", "resource", "names", "verbs")
 	out := map[grant]string{}
 	for i, r := range rows {
-		where := fmt.Sprintf("docs/install.md:%d", lineNos[i])
+		where := fmt.Sprintf("%s:%d", path, lineNos[i])
 		if len(r) != 5 {
 			t.Errorf("%s: want 5 cells, got %d", where, len(r))
 			continue
@@ -342,7 +347,7 @@ func docsRBAC(t *testing.T) map[grant]string {
 		}
 	}
 	if len(out) == 0 {
-		t.Fatal("docs/install.md: the RBAC table is empty")
+		t.Fatalf("%s: the RBAC table is empty", path)
 	}
 	return out
 }
@@ -411,6 +416,13 @@ func stripComments(s string) string {
 // bound to the webhook's ServiceAccount.
 func (d rbacDocs) grants(t *testing.T, where, with string) map[grant]string {
 	t.Helper()
+	return d.grantsTo(t, where, with, webhookServiceAccount)
+}
+
+// grantsTo expands the roles into grants, after checking that each role is
+// bound to the ServiceAccount sa of the kvinject namespace.
+func (d rbacDocs) grantsTo(t *testing.T, where, with, sa string) map[grant]string {
+	t.Helper()
 	out := map[grant]string{}
 	for _, r := range d.roles {
 		bound := false
@@ -420,13 +432,13 @@ func (d rbacDocs) grants(t *testing.T, where, with string) map[grant]string {
 				continue
 			}
 			for _, s := range b.Subjects {
-				if s.Kind == "ServiceAccount" && s.Name == webhookServiceAccount && s.Namespace == webhookNamespace {
+				if s.Kind == "ServiceAccount" && s.Name == sa && s.Namespace == webhookNamespace {
 					bound = true
 				}
 			}
 		}
 		if !bound {
-			t.Errorf("%s: %s %q is not bound to the ServiceAccount %s/%s", where, r.Kind, r.Name, webhookNamespace, webhookServiceAccount)
+			t.Errorf("%s: %s %q is not bound to the ServiceAccount %s/%s", where, r.Kind, r.Name, webhookNamespace, sa)
 		}
 		scope := "cluster"
 		if r.Kind == "Role" {
@@ -457,6 +469,12 @@ func (d rbacDocs) grants(t *testing.T, where, with string) map[grant]string {
 // compareGrants reports the grants that one side has and the other lacks.
 func compareGrants(t *testing.T, docs, installed map[grant]string, installedWhat string) {
 	t.Helper()
+	compareGrantsOf(t, "docs/install.md", docs, installed, installedWhat)
+}
+
+// compareGrantsOf is compareGrants for the RBAC table of the page docsPath.
+func compareGrantsOf(t *testing.T, docsPath string, docs, installed map[grant]string, installedWhat string) {
+	t.Helper()
 	var missing, extra []string
 	for g, where := range installed {
 		if _, ok := docs[g]; !ok {
@@ -471,7 +489,7 @@ func compareGrants(t *testing.T, docs, installed map[grant]string, installedWhat
 	sort.Strings(missing)
 	sort.Strings(extra)
 	for _, m := range missing {
-		t.Errorf("docs/install.md's RBAC table lacks %s", m)
+		t.Errorf("%s's RBAC table lacks %s", docsPath, m)
 	}
 	for _, e := range extra {
 		t.Errorf("%s does not grant %s", installedWhat, e)
@@ -563,6 +581,66 @@ func TestRBACTableMatchesChart(t *testing.T) {
 		}
 	}
 	compareGrants(t, docsRBAC(t), installed, "the Helm chart ("+f+")")
+}
+
+// hubServiceAccount is the version hub's ServiceAccount.
+const hubServiceAccount = "kvinject-hub"
+
+// TestHubRBACTable: docs/hub.md's RBAC table equals the rules of the hub's
+// kustomize component and of the chart's hub-rbac.yaml, both bound to the
+// hub's ServiceAccount.
+func TestHubRBACTable(t *testing.T) {
+	docs := docsRBACOf(t, "docs/hub.md")
+	const kf = "manifests/components/hub/hub-rbac.yaml"
+	data, err := os.ReadFile(filepath.Join(root, kf))
+	if err != nil {
+		t.Fatal(err)
+	}
+	compareGrantsOf(t, "docs/hub.md", docs, parseRBAC(t, kf, data).grantsTo(t, kf, "the hub", hubServiceAccount), "the kustomize component ("+kf+")")
+
+	const cf = "charts/kvinject/templates/hub-rbac.yaml"
+	data, err = os.ReadFile(filepath.Join(root, cf))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b strings.Builder
+	for i, line := range strings.Split(string(data), "\n") {
+		trimmed := strings.TrimSpace(line)
+		switch {
+		case trimmed == "{{- if .Values.hub.enabled }}", trimmed == "{{- end }}",
+			strings.HasPrefix(trimmed, "{{- $name :="), strings.HasPrefix(trimmed, `{{- include "kvinject.hubLabels"`):
+			continue
+		case strings.HasPrefix(trimmed, "{{"):
+			t.Fatalf("%s:%d: the docs test cannot read the directive %q: teach TestHubRBACTable about it", cf, i+1, trimmed)
+		}
+		line = strings.ReplaceAll(line, "{{ $name }}", hubServiceAccount)
+		line = strings.ReplaceAll(line, "{{ .Release.Namespace }}", webhookNamespace)
+		if strings.Contains(line, "{{") {
+			t.Fatalf("%s:%d: the docs test cannot read the expression in %q", cf, i+1, strings.TrimSpace(line))
+		}
+		b.WriteString(line + "\n")
+	}
+	compareGrantsOf(t, "docs/hub.md", docs, parseRBAC(t, cf, []byte(b.String())).grantsTo(t, cf, "the hub", hubServiceAccount), "the Helm chart ("+cf+")")
+}
+
+// TestHubFlags: docs/hub.md's flag table lists exactly the flags of
+// kvinject-hub: hub.Flags.Bind's and --kubeconfig.
+func TestHubFlags(t *testing.T) {
+	const mainFile = "cmd/hub/main.go"
+	own, delegated := registeredFlags(t, mainFile, "parseFlags", "fs")
+	if want := []string{"config.RegisterFlags"}; !slices.Equal(delegated, want) {
+		t.Fatalf("%s registers flags through %v; the docs test knows %v: teach TestHubFlags", mainFile, delegated, want)
+	}
+	fs := flag.NewFlagSet("hub", flag.ContinueOnError)
+	var f hub.Flags
+	f.Bind(fs)
+	config.RegisterFlags(fs)
+	code := flagNames(fs)
+	for n := range own {
+		code[n] = true
+	}
+	docs := docsFlags(t, pageByPath(t, "docs/hub.md"), "hub flag", "default", "meaning")
+	compareFlags(t, "docs/hub.md (table | hub flag |)", docs, code, mainFile+" (hub.Flags.Bind, config.RegisterFlags)")
 }
 
 // --- (c) links ---

@@ -20,7 +20,9 @@ import (
 	"io"
 	"maps"
 	"net/http"
+	"net/url"
 	"os"
+	"path/filepath"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -125,6 +127,16 @@ func run(args []string) error {
 	if err := errors.Join(opts.Complete(), certOpts.Complete()); err != nil {
 		return err
 	}
+	if opts.Mutate.HubURL != "" {
+		// The hub serves a certificate of the webhook's CA: in builtin mode the
+		// webhook's own certificate, which then names the hub's Service too.
+		if opts.HubCAFile == "" {
+			opts.HubCAFile = filepath.Join(certDir, certs.CAFile)
+		}
+		if u, err := url.Parse(opts.Mutate.HubURL); err == nil {
+			certOpts.ExtraDNSNames = append(certOpts.ExtraDNSNames, u.Hostname())
+		}
+	}
 	log := zap.New(zap.UseFlagOptions(&zapOpts))
 	ctrl.SetLogger(log)
 
@@ -209,7 +221,7 @@ func run(args []string) error {
 	if err := mgr.AddReadyzCheck("webhook", server.StartedChecker()); err != nil {
 		return err
 	}
-	log.Info("starting kvinject webhook", "version", version.Version, "agentImage", opts.Mutate.AgentImage, "agentImageFrom", opts.AgentImageOrigin(), "nativeSidecars", opts.Mutate.NativeSidecars, "certMode", certOpts.Mode)
+	log.Info("starting kvinject webhook", "version", version.Version, "agentImage", opts.Mutate.AgentImage, "agentImageFrom", opts.AgentImageOrigin(), "nativeSidecars", opts.Mutate.NativeSidecars, "certMode", certOpts.Mode, "hub", opts.Mutate.HubURL)
 	return mgr.Start(ctrl.SetupSignalHandler())
 }
 

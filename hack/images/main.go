@@ -5,10 +5,11 @@
 //	go run ./hack/images -bindir dist/bin -platforms linux/amd64,linux/arm64 \
 //	    -registry ghcr.io/kvinject -version v0.1.0 -out dist/images
 //
-// reads <bindir>/<os>_<arch>/webhook and .../agent and writes
+// reads <bindir>/<os>_<arch>/webhook, .../agent and .../hub and writes
 // <out>/webhook.tar (ghcr.io/kvinject/webhook:v0.1.0, entrypoint
-// /kvinject-webhook) and <out>/agent.tar (ghcr.io/kvinject/agent:v0.1.0,
-// entrypoint /kvinject-agent), then prints each image's digest and sizes.
+// /kvinject-webhook), <out>/agent.tar (ghcr.io/kvinject/agent:v0.1.0,
+// entrypoint /kvinject-agent) and <out>/hub.tar (ghcr.io/kvinject/hub:v0.1.0,
+// entrypoint /kvinject-hub), then prints each image's digest and sizes.
 // Next to each archive, <out>/<name>.ref holds the image's reference pinned by
 // digest (ghcr.io/kvinject/agent:v0.1.0@sha256:...; with several platforms
 // the digest is the image index's), the digest a registry reports once the
@@ -16,8 +17,9 @@
 //
 // -only builds some of the images (comma-separated names): `make images`
 // builds the agent first (-only agent), stamps the webhook with the content
-// of agent.ref as its default agent image, then builds the webhook (-only
-// webhook), so a release's webhook injects exactly the agent released with it.
+// of agent.ref as its default agent image, then builds the webhook and the
+// version hub (-only webhook,hub), so a release's webhook injects exactly the
+// agent released with it.
 //
 //	go run ./hack/images -rootfs DIR
 //
@@ -53,7 +55,7 @@ func main() {
 func run(args []string) error {
 	fs := flag.NewFlagSet("images", flag.ContinueOnError)
 	var (
-		binDir    = fs.String("bindir", "dist/bin", "folder with <os>_<arch>/webhook and <os>_<arch>/agent")
+		binDir    = fs.String("bindir", "dist/bin", "folder with <os>_<arch>/<image> binaries: webhook, agent, hub")
 		platforms = fs.String("platforms", "linux/amd64", "comma-separated platforms, e.g. linux/amd64,linux/arm64")
 		registry  = fs.String("registry", "ghcr.io/kvinject", "registry and namespace of the image names")
 		version   = fs.String("version", "dev", "image tag and org.opencontainers.image.version")
@@ -61,7 +63,7 @@ func run(args []string) error {
 		source    = fs.String("source", "https://github.com/kvinject/kvinject", "org.opencontainers.image.source")
 		epoch     = fs.String("source-date-epoch", os.Getenv("SOURCE_DATE_EPOCH"), "seconds since 1970 used for every timestamp (default $SOURCE_DATE_EPOCH, else 0)")
 		rootfs    = fs.String("rootfs", "", "only write the base files into this folder and exit")
-		only      = fs.String("only", "", "comma-separated images to build, e.g. agent (default: all: "+strings.Join(names(images.All()), ", ")+")")
+		only      = fs.String("only", "", "comma-separated images to build, e.g. agent (default: all: "+strings.Join(names(catalog()), ", ")+")")
 	)
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -144,18 +146,21 @@ func run(args []string) error {
 	return nil
 }
 
+// catalog returns the images this command builds: internal/images' list.
+func catalog() []images.Image { return images.All() }
+
 // selectImages returns the images named in only (comma-separated), in the
-// order of images.All; all of them when only is empty.
+// order of catalog; all of them when only is empty.
 func selectImages(only string) ([]images.Image, error) {
 	if strings.TrimSpace(only) == "" {
-		return images.All(), nil
+		return catalog(), nil
 	}
 	want := map[string]bool{}
 	for _, n := range strings.Split(only, ",") {
 		want[strings.TrimSpace(n)] = true
 	}
 	var out []images.Image
-	for _, im := range images.All() {
+	for _, im := range catalog() {
 		if want[im.Name] {
 			out = append(out, im)
 			delete(want, im.Name)
@@ -167,7 +172,7 @@ func selectImages(only string) ([]images.Image, error) {
 			unknown = append(unknown, fmt.Sprintf("%q", n))
 		}
 		sort.Strings(unknown)
-		return nil, fmt.Errorf("-only: no image %s; the images are %s", strings.Join(unknown, ", "), strings.Join(names(images.All()), ", "))
+		return nil, fmt.Errorf("-only: no image %s; the images are %s", strings.Join(unknown, ", "), strings.Join(names(catalog()), ", "))
 	}
 	return out, nil
 }

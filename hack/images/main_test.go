@@ -67,9 +67,99 @@ func TestOnlyAgentWritesPinnedRef(t *testing.T) {
 // TestOnlyRefusesUnknownImages checks that a misspelt -only names the images.
 func TestOnlyRefusesUnknownImages(t *testing.T) {
 	err := run([]string{"-only", "agent,wehbook", "-bindir", t.TempDir(), "-out", t.TempDir()})
-	if err == nil || !strings.Contains(err.Error(), `-only: no image "wehbook"; the images are webhook, agent`) {
+	if err == nil || !strings.Contains(err.Error(), `-only: no image "wehbook"; the images are webhook, agent, hub`) {
 		t.Fatalf("run = %v", err)
 	}
+}
+
+// TestOnlyWebhookAndHub checks the second step of `make images`: -only
+// webhook,hub builds those two images from their binaries, the hub's with the
+// entrypoint /kvinject-hub, and not the agent's.
+func TestOnlyWebhookAndHub(t *testing.T) {
+	bin, out := t.TempDir(), t.TempDir()
+	dir := filepath.Join(bin, "linux_amd64")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"webhook", "hub"} {
+		if err := os.WriteFile(filepath.Join(dir, name), fakeELF, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	err := run([]string{"-only", "webhook,hub", "-bindir", bin, "-platforms", "linux/amd64",
+		"-registry", "example.com/kvinject", "-version", "v9.9.9", "-source-date-epoch", "1700000000", "-out", out})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(out, "agent.tar")); !os.IsNotExist(err) {
+		t.Errorf("-only webhook,hub wrote the agent's archive (%v)", err)
+	}
+	for _, name := range []string{"webhook", "hub"} {
+		raw, err := os.ReadFile(filepath.Join(out, name+".ref"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		top := topDescriptor(t, filepath.Join(out, name+".tar"))
+		if want := "example.com/kvinject/" + name + ":v9.9.9@" + top.Digest.String() + "\n"; string(raw) != want {
+			t.Errorf("%s.ref = %q, want %q", name, raw, want)
+		}
+	}
+	if got := entrypoint(t, filepath.Join(out, "hub.tar")); len(got) != 1 || got[0] != "/kvinject-hub" {
+		t.Errorf("the hub image's entrypoint is %q, want [/kvinject-hub]", got)
+	}
+}
+
+// TestCatalogHasHubOnce checks that the hub is built once, whether or not
+// internal/images lists it.
+func TestCatalogHasHubOnce(t *testing.T) {
+	n := 0
+	for _, im := range catalog() {
+		if im.Name == "hub" {
+			n++
+			if im.Path != "/kvinject-hub" {
+				t.Errorf("the hub's binary is %s in its image, want /kvinject-hub", im.Path)
+			}
+		}
+	}
+	if n != 1 {
+		t.Errorf("catalog() names the hub %d times, want once", n)
+	}
+}
+
+// entrypoint returns the entrypoint of the single-platform image in the OCI
+// layout archive.
+func entrypoint(t *testing.T, archive string) []string {
+	t.Helper()
+	blobs := map[string][]byte{}
+	f, err := os.Open(archive)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	tr := tar.NewReader(f)
+	for {
+		h, err := tr.Next()
+		if err != nil {
+			break
+		}
+		if strings.HasPrefix(h.Name, "blobs/sha256/") {
+			var b bytes.Buffer
+			if _, err := b.ReadFrom(tr); err != nil {
+				t.Fatal(err)
+			}
+			blobs["sha256:"+strings.TrimPrefix(h.Name, "blobs/sha256/")] = b.Bytes()
+		}
+	}
+	top := topDescriptor(t, archive)
+	var m v1.Manifest
+	if err := json.Unmarshal(blobs[top.Digest.String()], &m); err != nil {
+		t.Fatalf("%s: the manifest %s: %v", archive, top.Digest, err)
+	}
+	var cfg v1.ConfigFile
+	if err := json.Unmarshal(blobs[m.Config.Digest.String()], &cfg); err != nil {
+		t.Fatalf("%s: the config %s: %v", archive, m.Config.Digest, err)
+	}
+	return cfg.Config.Entrypoint
 }
 
 // topDescriptor returns the entry of the OCI layout archive's index.json.

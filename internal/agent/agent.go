@@ -10,10 +10,42 @@
 //
 //   - init: fetch every secret, write the set, exit 0; exit 1 with an
 //     explanation in the termination log on failure.
-//   - sidecar: the same, then poll every --rotation (with jitter) and swap in
-//     a new set when a version or value changed. It never exits because a poll
-//     failed; it exits 0 on SIGTERM or SIGINT.
+//   - sidecar: the same, then keep the set current (see Rotation) and swap in
+//     a new set when a version or value changed. It never exits because a
+//     read failed; it exits 0 on SIGTERM or SIGINT.
 //   - probe: exit 0 once a complete set is written (the startup probe).
+//
+// # Rotation
+//
+// Objects pinned to a version are never read again. Without --hub, the
+// sidecar polls every other object every --rotation (with jitter).
+//
+// With --hub (the version hub, cmd/hub, which lists the vault's metadata for
+// all pods; wire protocol in package hubapi), the secrets at their latest
+// version, plain and history entries alike, are watched instead (hubloop.go):
+// the agent holds one long poll at a time naming each with the version it
+// holds, authenticated by the projected token of KVINJECT_HUB_TOKEN_FILE
+// (read again for every request) over TLS that trusts only the roots of
+// KVINJECT_HUB_CA. When the hub reports a change, the agent reads only the
+// objects named, with its own identity, and swaps in the whole set; while
+// Key Vault still returns the version held (replication lag) it reads again
+// after a short backoff, a few times, before asking the hub again.
+// Certificates and keys are not watched: they are polled every --rotation as
+// without a hub. Every --safety-interval (default 24h, ±10%) the whole set
+// is read again anyway.
+//
+// When the hub is unusable (unreachable, an untrusted certificate, a refusal,
+// a timeout, an answer that is not the protocol's) the agent logs the switch
+// of "rotation source" to "poll" with the reason, polls the watched secrets
+// every HubFallbackStretch x --rotation (jittered), so that a hub outage does
+// not bring back the load the hub removes, and tries the hub again with a
+// jittered exponential backoff (1s to 5m, or the hub's Retry-After). Its
+// first answer after that compares the versions held with the newest ones,
+// so nothing that changed meanwhile is missed, and "rotation source" is
+// logged as "hub" again. With a hub, every rotation log line carries
+// "source" (hub or poll: the agent's rotation source) and "trigger" (hub,
+// poll, rotation or safety: what made it read). An init agent never talks to
+// the hub.
 //
 // Transient failures (429, 5xx, connection errors, an unavailable token
 // endpoint) before the first set are retried with exponential backoff for up
@@ -93,6 +125,15 @@ type Options struct {
 	// are left to the agent's backoff (see keyVaultRetryStatusCodes) unless
 	// StatusCodes is set.
 	SDKRetry policy.RetryOptions
+	// SafetyInterval is the period (jittered by ±10%) of the full re-read of
+	// the set while the hub drives rotation (default DefaultSafetyInterval).
+	// Main sets it from --safety-interval.
+	SafetyInterval time.Duration
+	// HubMinBackoff and HubMaxBackoff bound the delays between attempts to
+	// reach an unusable hub (defaults DefaultHubMinBackoff and
+	// DefaultHubMaxBackoff). HubMinBackoff also spaces watch requests that the
+	// hub answers at once without a change.
+	HubMinBackoff, HubMaxBackoff time.Duration
 }
 
 func (o *Options) defaults() {
@@ -120,6 +161,16 @@ func (o *Options) defaults() {
 	if o.RoundTimeout <= 0 {
 		o.RoundTimeout = DefaultRoundTimeout
 	}
+	if o.SafetyInterval <= 0 {
+		o.SafetyInterval = DefaultSafetyInterval
+	}
+	if o.HubMinBackoff <= 0 {
+		o.HubMinBackoff = DefaultHubMinBackoff
+	}
+	if o.HubMaxBackoff <= 0 {
+		o.HubMaxBackoff = DefaultHubMaxBackoff
+	}
+	o.HubMaxBackoff = max(o.HubMaxBackoff, o.HubMinBackoff)
 }
 
 // ErrStopped is wrapped by the error of a run stopped (SIGTERM, SIGINT)
@@ -144,6 +195,32 @@ type localFlags struct {
 	terminationLog string
 	logLevel       slog.Level
 	initTimeout    time.Duration
+	// safetyInterval is zero unless --safety-interval is given.
+	safetyInterval safetyFlag
+}
+
+// safetyFlag is --safety-interval: zero (not given) means DefaultSafetyInterval.
+type safetyFlag time.Duration
+
+// String implements flag.Value.
+func (f *safetyFlag) String() string {
+	if f == nil || *f == 0 {
+		return DefaultSafetyInterval.String()
+	}
+	return time.Duration(*f).String()
+}
+
+// Set implements flag.Value.
+func (f *safetyFlag) Set(s string) error {
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return err
+	}
+	if d <= 0 {
+		return fmt.Errorf("%q must be positive, such as 24h", s)
+	}
+	*f = safetyFlag(d)
+	return nil
 }
 
 // Register implements agentconfig.LocalFlags.
@@ -151,6 +228,7 @@ func (l *localFlags) Register(fs *flag.FlagSet) {
 	fs.StringVar(&l.terminationLog, "termination-log", DefaultTerminationLog, "file that receives the explanation of a failure (empty: none)")
 	fs.TextVar(&l.logLevel, "log-level", slog.LevelInfo, "log level: debug, info, warn or error")
 	fs.DurationVar(&l.initTimeout, "init-timeout", DefaultInitTimeout, "how long to retry transient failures before the first set is written")
+	fs.Var(&l.safetyInterval, "safety-interval", "with --hub: how often to re-read every object anyway, jittered by ±10% (default 24h)")
 }
 
 // Check implements agentconfig.LocalFlags.
@@ -216,8 +294,8 @@ func lastFlagValue(args []string, name string) (string, bool) {
 // returns the process's exit code: 0 on success, 1 on failure, 2 on bad
 // arguments. Besides the webhook's flags (agentconfig.Config) it accepts
 // --termination-log (default /dev/termination-log), --log-level (default
-// info) and --init-timeout (default 2m). Options set by these flags are
-// overridden.
+// info), --init-timeout (default 2m) and --safety-interval (default 24h).
+// Options set by these flags are overridden.
 func Main(ctx context.Context, args []string, opts Options) int {
 	if opts.Stderr == nil {
 		opts.Stderr = os.Stderr
@@ -234,6 +312,9 @@ func Main(ctx context.Context, args []string, opts Options) int {
 	}
 	opts.TerminationLog = local.terminationLog
 	opts.InitTimeout = local.initTimeout
+	if local.safetyInterval > 0 {
+		opts.SafetyInterval = time.Duration(local.safetyInterval)
+	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.NewJSONHandler(opts.Stderr, &slog.HandlerOptions{Level: local.logLevel}))
 	}
@@ -463,13 +544,20 @@ func (a *agent) write(values map[objectRef]objectValue) error {
 	return nil
 }
 
-// rotate polls until ctx is done, swapping in changed sets.
+// rotate keeps the set current until ctx is done: with a hub, rotateHub;
+// without, it polls every object that is not pinned to a version.
 func (a *agent) rotate(ctx context.Context) {
 	// Pinned versions never change; only the latest ones are polled.
-	var polled []objectRef
+	var polled, watched, others []objectRef
 	for _, r := range a.refs {
-		if r.version == "" {
-			polled = append(polled, r)
+		if r.version != "" {
+			continue
+		}
+		polled = append(polled, r)
+		if watchable(r) {
+			watched = append(watched, r)
+		} else {
+			others = append(others, r)
 		}
 	}
 	if len(polled) == 0 {
@@ -477,20 +565,41 @@ func (a *agent) rotate(ctx context.Context) {
 		<-ctx.Done()
 		return
 	}
-	interval := a.cfg.Rotation
+	if a.cfg.Hub == "" {
+		a.pollLoop(ctx, polled, a.cfg.Rotation, a.log)
+		return
+	}
+	if len(watched) == 0 {
+		log := a.log.With("source", sourcePoll, "trigger", triggerRotation)
+		log.Info("rotation source", "reason", "the hub watches secrets only; every object here is a certificate or a key", "pollEvery", a.cfg.Rotation.String())
+		a.pollLoop(ctx, polled, a.cfg.Rotation, log)
+		return
+	}
+	a.rotateHub(ctx, watched, others)
+}
+
+// watchable reports whether the hub watches r: a secret (plain or history)
+// at its latest version.
+func watchable(r objectRef) bool {
+	return r.version == "" && (r.kind == "" || r.kind == agentconfig.ObjectSecret)
+}
+
+// pollLoop polls refs every interval (with jitter) until ctx is done,
+// swapping in changed sets, and logs to log.
+func (a *agent) pollLoop(ctx context.Context, polled []objectRef, interval time.Duration, log *slog.Logger) {
 	b := backoff{min: min(a.opts.MinBackoff, interval), max: interval}
 	delay := jittered(interval)
 	for {
 		if !sleep(ctx, delay) {
 			return
 		}
-		err := a.poll(ctx, polled)
+		_, err := a.refresh(ctx, polled, log)
 		if ctx.Err() != nil {
 			return
 		}
 		if err != nil {
 			delay = b.next(err)
-			a.log.Warn("poll failed; keeping the last good set", append(errAttrs(err), "retryIn", delay.String())...)
+			log.Warn("poll failed; keeping the last good set", append(errAttrs(err), "retryIn", delay.String())...)
 			continue
 		}
 		b.reset()
@@ -498,15 +607,26 @@ func (a *agent) rotate(ctx context.Context) {
 	}
 }
 
-// poll reads the polled secrets once and writes a new set if any changed.
-func (a *agent) poll(ctx context.Context, polled []objectRef) error {
-	res := a.round(ctx, polled)
+// refreshed is what a refresh found besides its error.
+type refreshed struct {
+	// moved counts the refs read at a version other than the one held.
+	moved int
+	// held are the refs read at the version already held.
+	held []objectRef
+}
+
+// refresh reads refs once and writes a new set if any changed, logging to
+// log. A ref that is gone (deleted, disabled) keeps its last value; any other
+// failure writes nothing and is returned.
+func (a *agent) refresh(ctx context.Context, refs []objectRef, log *slog.Logger) (refreshed, error) {
+	var out refreshed
+	res := a.round(ctx, refs)
 	next := make(map[objectRef]objectValue, len(a.last))
 	for r, v := range a.last {
 		next[r] = v
 	}
 	var hard error
-	for _, r := range polled {
+	for _, r := range refs {
 		if v, ok := res.values[r]; ok {
 			next[r] = v
 			continue
@@ -517,7 +637,7 @@ func (a *agent) poll(ctx context.Context, polled []objectRef) error {
 		}
 		if gone(err) {
 			e := a.entries[r]
-			a.log.Warn("secret unavailable; keeping its last value", append(errAttrs(err), "secret", e.Name, "file", e.File, "keptVersion", a.last[r].versionDesc())...)
+			log.Warn("secret unavailable; keeping its last value", append(errAttrs(err), "secret", e.Name, "file", e.File, "keptVersion", a.last[r].versionDesc())...)
 			continue
 		}
 		if hard == nil {
@@ -526,26 +646,33 @@ func (a *agent) poll(ctx context.Context, polled []objectRef) error {
 	}
 	if hard != nil {
 		a.resetOnUnauthorized(hard)
-		return hard
+		return out, hard
 	}
 	var changed []any
-	for _, r := range polled {
+	for _, r := range refs {
 		old, cur := a.last[r], next[r]
+		if _, read := res.values[r]; read {
+			if strings.EqualFold(old.version, cur.version) {
+				out.held = append(out.held, r)
+			} else {
+				out.moved++
+			}
+		}
 		if !old.same(cur) {
 			e := a.entries[r]
 			changed = append(changed, slog.Group(e.Name, "from", old.versionDesc(), "to", cur.versionDesc()))
 		}
 	}
 	if len(changed) == 0 {
-		a.log.Debug("no change")
-		return nil
+		log.Debug("no change")
+		return out, nil
 	}
 	if err := a.write(next); err != nil {
-		return err
+		return out, err
 	}
 	a.last = next
-	a.log.Info("secrets changed; wrote a new set", slog.Group("changed", changed...))
-	return nil
+	log.Info("secrets changed; wrote a new set", slog.Group("changed", changed...))
+	return out, nil
 }
 
 // gone reports whether err says that a secret, certificate or key was

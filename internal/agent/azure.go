@@ -55,16 +55,7 @@ func newTransport(env Env, log *slog.Logger) (*http.Transport, error) {
 		if err != nil {
 			return nil, &ConfigError{Msg: fmt.Sprintf("%s: %v", agentconfig.EnvTestResolve, err)}
 		}
-		d := &net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}
-		t.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
-			host, _, err := net.SplitHostPort(addr)
-			if err == nil {
-				if to, ok := rules.lookup(host); ok {
-					addr = to
-				}
-			}
-			return d.DialContext(ctx, network, addr)
-		}
+		t.DialContext = rules.dialContext
 		log.Warn("TEST OPTION IN USE: dialing overridden by "+agentconfig.EnvTestResolve+"; never set this in production",
 			"env", agentconfig.EnvTestResolve, "rules", env.TestResolve)
 	}
@@ -106,6 +97,18 @@ func parseResolve(s string) (resolveRules, error) {
 	return r, nil
 }
 
+// dialContext dials addr, or the address a rule gives for its host.
+func (r resolveRules) dialContext(ctx context.Context, network, addr string) (net.Conn, error) {
+	d := &net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}
+	host, _, err := net.SplitHostPort(addr)
+	if err == nil {
+		if to, ok := r.lookup(host); ok {
+			addr = to
+		}
+	}
+	return d.DialContext(ctx, network, addr)
+}
+
 func (r resolveRules) lookup(host string) (string, bool) {
 	host = strings.ToLower(strings.TrimSuffix(host, "."))
 	if a, ok := r.exact[host]; ok {
@@ -125,8 +128,15 @@ func (r resolveRules) lookup(host string) (string, bool) {
 type userAgentPolicy struct{ suffix string }
 
 // userAgent returns the User-Agent suffix of the agent in pod ("ns/name").
-func userAgent(pod string) string {
-	ua := "kvinject-agent/" + version.Version
+func userAgent(pod string) string { return productUserAgent("", pod) }
+
+// productUserAgent is userAgent for another product than kvinject-agent
+// (Env.Product); empty means kvinject-agent.
+func productUserAgent(product, pod string) string {
+	if product == "" {
+		product = "kvinject-agent"
+	}
+	ua := product + "/" + version.Version
 	if pod != "" {
 		ua += " (pod " + pod + ")"
 	}
@@ -171,7 +181,7 @@ func clientOptions(t policy.Transporter, env Env, retry policy.RetryOptions) azc
 		Cloud:           cloudFor(env.AuthorityHost),
 		Transport:       t,
 		Retry:           retry,
-		PerCallPolicies: []policy.Policy{userAgentPolicy{suffix: userAgent(env.Pod())}},
+		PerCallPolicies: []policy.Policy{userAgentPolicy{suffix: productUserAgent(env.Product, env.Pod())}},
 	}
 }
 

@@ -92,6 +92,9 @@ func TestCloudFor(t *testing.T) {
 }
 
 func TestUserAgentString(t *testing.T) {
+	if got, want := productUserAgent("kvinject-hub", ""), "kvinject-hub/"+version.Version; got != want {
+		t.Errorf("hub User-Agent %q, want %q", got, want)
+	}
 	if got, want := userAgent("shop/checkout-1"), "kvinject-agent/"+version.Version+" (pod shop/checkout-1)"; got != want {
 		t.Errorf("userAgent = %q, want %q", got, want)
 	}

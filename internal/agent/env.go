@@ -19,8 +19,17 @@ type Env struct {
 	PodName        string
 	PodNamespace   string
 	ServiceAccount string
-	TestCAFile     string
-	TestResolve    string
+	// HubTokenFile and HubCA are set with --hub: the projected token the
+	// agent presents to the hub, and the PEM roots it trusts for the hub.
+	HubTokenFile string
+	HubCA        string
+	TestCAFile   string
+	TestResolve  string
+	// Product names the program in the User-Agent of its Azure requests, for
+	// Key Vault's and Azure AD's audit logs; empty means "kvinject-agent". Not
+	// read from the environment: the version hub, which builds its clients
+	// with NewClients, sets "kvinject-hub".
+	Product string
 }
 
 // ReadEnv reads the agent's environment through getenv (os.Getenv when nil).
@@ -37,6 +46,8 @@ func ReadEnv(getenv func(string) string) Env {
 		PodName:        g(agentconfig.EnvPodName),
 		PodNamespace:   g(agentconfig.EnvPodNamespace),
 		ServiceAccount: g(agentconfig.EnvServiceAccount),
+		HubTokenFile:   g(agentconfig.EnvHubTokenFile),
+		HubCA:          g(agentconfig.EnvHubCA),
 		TestCAFile:     g(agentconfig.EnvTestCAFile),
 		TestResolve:    g(agentconfig.EnvTestResolve),
 	}

@@ -7,6 +7,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/hex"
+	"encoding/pem"
 	"fmt"
 	"net/http"
 	"os"
@@ -76,11 +77,33 @@ func SetupBuiltin(mgr manager.Manager, o Options, certDir string, log logr.Logge
 	// rather than after its retries.
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := mgr.GetAPIReader().Get(ctx, key, &corev1.Secret{}); err != nil {
-		if apierrors.IsNotFound(err) {
-			return nil, fmt.Errorf("built-in certificates: Secret %s does not exist; the webhook fills it but does not create it: apply the whole install, which has it (empty), or fix --cert-secret or --namespace", key)
+	for attempt := 0; ; attempt++ {
+		var secret corev1.Secret
+		if err := mgr.GetAPIReader().Get(ctx, key, &secret); err != nil {
+			if apierrors.IsNotFound(err) {
+				return nil, fmt.Errorf("built-in certificates: Secret %s does not exist; the webhook fills it but does not create it: apply the whole install, which has it (empty), or fix --cert-secret or --namespace", key)
+			}
+			return nil, fmt.Errorf("built-in certificates: reading Secret %s: %w", key, err)
 		}
-		return nil, fmt.Errorf("built-in certificates: reading Secret %s: %w", key, err)
+		// The rotator renews a serving certificate only when it does not name
+		// DNSName; one that lacks an extra name (the hub was enabled on an
+		// existing install) is dropped here, so that the rotator issues a new
+		// one from the same CA. The update is conditional on the Secret's
+		// resourceVersion: of several replicas, one drops it.
+		missing := missingNames(secret.Data[CertFile], o.ExtraDNSNames)
+		if len(missing) == 0 {
+			break
+		}
+		delete(secret.Data, CertFile)
+		delete(secret.Data, KeyFile)
+		err := mgr.GetClient().Update(ctx, &secret, client.FieldOwner(fieldOwner))
+		if err == nil {
+			log.Info("the serving certificate does not name every extra DNS name; dropped it so that a new one is issued from the same CA", "missing", missing)
+			break
+		}
+		if !apierrors.IsConflict(err) || attempt >= 3 {
+			return nil, fmt.Errorf("built-in certificates: replacing the serving certificate in Secret %s, which does not name %v: %w", key, missing, err)
+		}
 	}
 	// The rotator reads the Secret and the MutatingWebhookConfiguration through a
 	// cache of its own, writes with mgr's client, and closes IsReady once tls.crt
@@ -91,6 +114,7 @@ func SetupBuiltin(mgr manager.Manager, o Options, certDir string, log logr.Logge
 		CAName:                 "kvinject-ca",
 		CAOrganization:         "kvinject",
 		DNSName:                o.DNSName(),
+		ExtraDNSNames:          o.ExtraDNSNames,
 		IsReady:                b.ready,
 		Webhooks:               []rotator.WebhookInfo{{Name: o.WebhookConfigName, Type: rotator.Mutating}},
 		FieldOwner:             fieldOwner,
@@ -233,4 +257,24 @@ func (s *secretSync) write(data map[string][]byte) error {
 	sum := sha256.Sum256(leaf.Raw)
 	s.log.Info("serving certificate written", "sha256", hex.EncodeToString(sum[:]), "notAfter", leaf.NotAfter)
 	return nil
+}
+
+// missingNames returns the names of want that the PEM certificate crt does not
+// cover; none when there is no certificate (the rotator will issue one).
+func missingNames(crt []byte, want []string) []string {
+	blk, _ := pem.Decode(crt)
+	if blk == nil || len(want) == 0 {
+		return nil
+	}
+	cert, err := x509.ParseCertificate(blk.Bytes)
+	if err != nil {
+		return nil // the rotator replaces a certificate that does not parse
+	}
+	var missing []string
+	for _, n := range want {
+		if cert.VerifyHostname(n) != nil {
+			missing = append(missing, n)
+		}
+	}
+	return missing
 }

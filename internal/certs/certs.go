@@ -67,6 +67,9 @@ type Options struct {
 	// ServiceName is the webhook's Service: the certificate is issued for
 	// <ServiceName>.<Namespace>.svc, the name the API server verifies.
 	ServiceName string
+	// ExtraDNSNames are further names of the serving certificate: the version
+	// hub's Service, which in builtin mode serves the webhook's certificate too.
+	ExtraDNSNames []string
 	// CAValidity and Validity are the lifetimes of a new CA and serving certificate.
 	CAValidity, Validity time.Duration
 	// RenewBefore is how long before its expiry a certificate is renewed.

@@ -14,6 +14,7 @@ import (
 	"math/big"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -243,3 +244,25 @@ func TestStartWhenReady(t *testing.T) {
 type runnableFunc func(context.Context) error
 
 func (f runnableFunc) Start(ctx context.Context) error { return f(ctx) }
+
+func TestMissingNames(t *testing.T) {
+	crt, _ := selfSigned(t, "kvinject-webhook.kvinject-system.svc")
+	for _, tc := range []struct {
+		name string
+		crt  []byte
+		want []string
+		miss []string
+	}{
+		{"no extra names", crt, nil, nil},
+		{"covered", crt, []string{"kvinject-webhook.kvinject-system.svc"}, nil},
+		{"hub missing", crt, []string{"kvinject-webhook.kvinject-system.svc", "kvinject-hub.kvinject-system.svc"}, []string{"kvinject-hub.kvinject-system.svc"}},
+		{"no certificate yet", nil, []string{"kvinject-hub.kvinject-system.svc"}, nil},
+		{"certificate does not parse", []byte("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"), []string{"x"}, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := missingNames(tc.crt, tc.want); !slices.Equal(got, tc.miss) {
+				t.Fatalf("missingNames = %v, want %v", got, tc.miss)
+			}
+		})
+	}
+}

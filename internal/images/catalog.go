@@ -36,10 +36,12 @@ var (
 	Webhook = Image{Name: "webhook", Path: "/kvinject-webhook", Description: "kvinject's mutating admission webhook: injects the Key Vault fetcher agent into opted-in pods"}
 	// Agent is the fetcher agent's image, which every opted-in pod runs.
 	Agent = Image{Name: "agent", Path: "/kvinject-agent", Description: "kvinject's Key Vault fetcher agent, injected into pods by the webhook"}
+	// Hub is the version hub's image (cmd/hub, docs/hub.md).
+	Hub = Image{Name: "hub", Path: "/kvinject-hub", Description: "kvinject's version hub: watches Key Vault for new secret versions once for all rotating agents"}
 )
 
 // All returns kvinject's images in the order `make images` builds them.
-func All() []Image { return []Image{Webhook, Agent} }
+func All() []Image { return []Image{Webhook, Agent, Hub} }
 
 // Spec returns the Spec of im holding binary for platform p.
 func (im Image) Spec(binary []byte, p v1.Platform, version, source string, sourceDateEpoch time.Time) Spec {

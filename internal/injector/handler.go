@@ -40,6 +40,10 @@ type Handler struct {
 	Log           logr.Logger
 	// Metrics counts decisions; nil disables counting.
 	Metrics *Metrics
+	// HubCA supplies Mutate.HubCA when Mutate.HubURL is set; nil keeps
+	// Mutate.HubCA as it is. When it fails, pods are injected without the hub
+	// (their agents poll) and the failure is logged.
+	HubCA *HubCA
 }
 
 // Decision results, as counted in metrics and logged.
@@ -64,6 +68,23 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	}, []string{"result"})}
 	reg.MustRegister(m.Decisions)
 	return m
+}
+
+// mutateConfig is Mutate with the hub's current CA bundle, or without the hub
+// when that bundle cannot be read (agents then poll Key Vault themselves).
+func (h *Handler) mutateConfig() mutate.Config {
+	cfg := h.Mutate
+	if cfg.HubURL == "" || h.HubCA == nil {
+		return cfg
+	}
+	ca, err := h.HubCA.Get()
+	if err != nil {
+		h.Log.Error(err, "cannot read the hub's CA bundle; injecting agents that poll Key Vault instead of watching the hub")
+		cfg.HubURL = ""
+		return cfg
+	}
+	cfg.HubCA = ca
+	return cfg
 }
 
 // Handle implements admission.Handler.
@@ -134,7 +155,7 @@ func (h *Handler) handle(ctx context.Context, req admission.Request) (admission.
 			return admission.Errored(http.StatusInternalServerError, err), ResultError, pod
 		}
 	}
-	d := DecideWithClass(pod, ns, sa, spc, h.Defaults, h.Mutate)
+	d := DecideWithClass(pod, ns, sa, spc, h.Defaults, h.mutateConfig())
 	switch d.Result {
 	case ResultDenied:
 		return withWarnings(admission.Denied(d.Denial.Error()), d.Warnings), d.Result, pod

@@ -22,6 +22,9 @@ type Options struct {
 	Defaults      mapping.Defaults
 	Mutate        mutate.Config
 	LookupTimeout time.Duration
+	// HubCAFile is the PEM bundle agents trust for the hub (--hub-ca-file);
+	// with Mutate.HubURL set and HubCAFile empty, CertDir's ca.crt.
+	HubCAFile string
 
 	// AgentImageDefault is this build's default agent image (see
 	// agentimage.Default), set by BindFlags; AgentImageFromFlag, set by
@@ -65,6 +68,8 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.memoryRequest, "agent-memory-request", "24Mi", "agent memory request (empty for none)")
 	fs.StringVar(&o.cpuLimit, "agent-cpu-limit", "", "agent CPU limit (empty for none)")
 	fs.StringVar(&o.memoryLimit, "agent-memory-limit", "64Mi", "agent memory limit (empty for none)")
+	fs.StringVar(&m.HubURL, "hub-url", "", "the version hub's https URL (kvinject-hub Service); rotating agents then watch it instead of polling Key Vault (empty: they poll)")
+	fs.StringVar(&o.HubCAFile, "hub-ca-file", "", "PEM CA bundle that agents trust for the hub's certificate, re-read when it changes (default: ca.crt in --cert-dir, the webhook's own CA)")
 	fs.DurationVar(&o.LookupTimeout, "lookup-timeout", 3*time.Second, "bound on reading a pod's Namespace and ServiceAccount")
 }
 
@@ -97,6 +102,13 @@ func (o *Options) Complete() error {
 		errs = append(errs, fmt.Errorf("--token-expiration-seconds %d: must be between 3600 and 86400", o.Mutate.TokenExpirationSeconds))
 	}
 	o.Defaults.Policy = mapping.Policy{AllowedVaults: splitFlag(o.allowedVaults), ManagedIdentityNamespaces: splitFlag(o.managedNamespaces)}
+	if o.Mutate.HubURL != "" {
+		if err := checkHubURL(o.Mutate.HubURL); err != nil {
+			errs = append(errs, err)
+		}
+	} else if o.HubCAFile != "" {
+		errs = append(errs, errors.New("--hub-ca-file without --hub-url: give the hub's URL too, or drop --hub-ca-file"))
+	}
 	if o.LookupTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("--lookup-timeout %s: must be positive", o.LookupTimeout))
 	}
@@ -175,7 +187,11 @@ func flagSet(fs *flag.FlagSet, name string) bool {
 
 // NewHandler returns a handler configured by o.
 func (o *Options) NewHandler() *Handler {
-	return &Handler{Defaults: o.Defaults, Mutate: o.Mutate, LookupTimeout: o.LookupTimeout}
+	h := &Handler{Defaults: o.Defaults, Mutate: o.Mutate, LookupTimeout: o.LookupTimeout}
+	if o.Mutate.HubURL != "" && o.HubCAFile != "" {
+		h.HubCA = NewHubCA(o.HubCAFile)
+	}
+	return h
 }
 
 // splitFlag splits a comma-separated flag value, dropping blanks.

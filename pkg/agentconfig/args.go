@@ -37,6 +37,9 @@ const (
 	FlagRotation = "rotation"
 	// FlagSecret is one entry of the mapping, repeated for each.
 	FlagSecret = "secret"
+	// FlagHub is the version hub's URL (sidecar mode only; optional): the agent
+	// watches it for new versions instead of polling Key Vault.
+	FlagHub = "hub"
 )
 
 // Defaults of what the command line may leave out.
@@ -64,6 +67,8 @@ type Config struct {
 	// Rotation is the polling interval of sidecar mode.
 	Rotation time.Duration
 	Identity IdentityKind
+	// Hub is the version hub's https URL (sidecar mode only); empty: poll.
+	Hub string
 }
 
 // Args renders the configuration as the agent's arguments.
@@ -80,6 +85,9 @@ func (c Config) Args() []string {
 	)
 	if c.Mode == ModeSidecar {
 		args = append(args, f(FlagRotation, c.Rotation.String()))
+		if c.Hub != "" {
+			args = append(args, f(FlagHub, c.Hub))
+		}
 	}
 	for _, e := range c.Entries {
 		args = append(args, f(FlagSecret, e.String()))
@@ -110,6 +118,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 		c.Rotation = d
 		return nil
 	})
+	fs.StringVar(&c.Hub, FlagHub, "", "the version hub's https URL (sidecar mode): watch it for new versions instead of polling Key Vault")
 	fs.Func(FlagSecret, "an entry of the mapping, <file>=[<kind>:]<name>[@<version>][;<option>...]; repeat for each entry", func(s string) error {
 		e, err := ParseEntry(s)
 		if err != nil {
@@ -145,6 +154,14 @@ func (c *Config) Validate() error {
 	}
 	if p := fileProblems(c.Entries, nil); len(p) > 0 {
 		return fmt.Errorf("--secret: %s", strings.Join(p, "; "))
+	}
+	if c.Hub != "" {
+		if c.Mode != ModeSidecar {
+			return fmt.Errorf("--hub is only for sidecar mode (an init agent reads once and never watches)")
+		}
+		if u, err := url.Parse(c.Hub); err != nil || u.Scheme != "https" || u.Host == "" || (u.Path != "" && u.Path != "/") || u.RawQuery != "" {
+			return fmt.Errorf("--hub %q must be an https URL with no path, such as https://kvinject-hub.kvinject-system.svc", c.Hub)
+		}
 	}
 	if c.Mode == ModeSidecar && c.Rotation == 0 {
 		c.Rotation = DefaultRotation

@@ -1,6 +1,6 @@
 package agentconfig
 
-// Environment variables of the agent container. The webhook sets the first seven
+// Environment variables of the agent container. The webhook sets the first seven, and the two hub ones with --hub
 // (the first four are azidentity's own contract, the next three come from the
 // downward API); the agent and its doctor read them. The test-only ones are never
 // set by the webhook.
@@ -21,6 +21,12 @@ const (
 	// EnvServiceAccount is the pod's ServiceAccount (downward API:
 	// FieldServiceAccount), for messages.
 	EnvServiceAccount = EnvPrefix + "SERVICE_ACCOUNT"
+	// EnvHubTokenFile is the projected ServiceAccount token (audience
+	// hubapi.Audience) the agent presents to the version hub; set with --hub.
+	EnvHubTokenFile = EnvPrefix + "HUB_TOKEN_FILE"
+	// EnvHubCA holds the PEM roots the agent trusts for the hub's serving
+	// certificate (the webhook's --hub-ca-file); set with --hub.
+	EnvHubCA = EnvPrefix + "HUB_CA"
 	// EnvTestCAFile names a PEM file; when set, the agent trusts only those
 	// roots. For tests against a local emulator only.
 	EnvTestCAFile = EnvPrefix + "TEST_CA_FILE"

@@ -59,6 +59,8 @@ func CheckInvariants(pod *corev1.Pod) error {
 			switch {
 			case m.Name == TokenVolumeName:
 				fail("container %q mounts the identity token; only the agent may", c.Name)
+			case m.Name == HubTokenVolumeName:
+				fail("container %q mounts the hub token; only the agent may", c.Name)
 			case m.Name == VolumeName && !m.ReadOnly:
 				fail("container %q mounts the secrets volume read-write", c.Name)
 			case m.Name == VolumeName && init && !agentSeen:

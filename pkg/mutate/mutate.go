@@ -22,6 +22,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 
 	"github.com/kvinject/kvinject/pkg/agentconfig"
+	"github.com/kvinject/kvinject/pkg/hubapi"
 	"github.com/kvinject/kvinject/pkg/mapping"
 )
 
@@ -52,6 +53,15 @@ const (
 	TokenDir = "/var/run/secrets/kvinject/azure-token"
 	// TokenFile is the token's file name inside TokenDir.
 	TokenFile = "azure-identity-token"
+	// HubTokenVolumeName is the projected token the rotating agent presents to the hub.
+	HubTokenVolumeName = "kvinject-hub-token"
+	// HubTokenDir is where the rotating agent sees the hub token.
+	HubTokenDir = "/var/run/secrets/kvinject/hub-token"
+	// HubTokenFile is the hub token's file name.
+	HubTokenFile = "token"
+	// HubTokenExpirationSeconds is the hub token's lifetime: the API server's
+	// minimum; the kubelet renews it at 80%.
+	HubTokenExpirationSeconds = 600
 	// TokenAudience is the audience Azure AD expects of a federated ServiceAccount token.
 	TokenAudience = "api://AzureADTokenExchange"
 	// TerminationLog is where the agent explains a failure for kubectl describe.
@@ -71,6 +81,12 @@ type Config struct {
 	VolumeSizeLimit resource.Quantity
 	// TokenExpirationSeconds is the projected token's lifetime (3600-86400).
 	TokenExpirationSeconds int64
+	// HubURL is the version hub's https URL; empty: rotating agents poll Key
+	// Vault themselves. With it, the rotating agent (never the init-mode one)
+	// gets --hub, a projected token of audience hubapi.Audience and HubCA.
+	HubURL string
+	// HubCA is the PEM bundle the agent trusts for the hub's certificate.
+	HubCA string
 }
 
 // Patch returns the JSON patch that injects spec into pod. An empty patch means the
@@ -168,6 +184,8 @@ func checkReserved(pod *corev1.Pod, selected map[string]bool, cfg Config, rotati
 			switch {
 			case mounts(&c, TokenVolumeName):
 				return fmt.Errorf("container %q mounts %q: the name is reserved for kvinject's identity token, which only the agent may mount", c.Name, TokenVolumeName)
+			case mounts(&c, HubTokenVolumeName):
+				return fmt.Errorf("container %q mounts %q: the name is reserved for kvinject's hub token, which only the agent may mount", c.Name, HubTokenVolumeName)
 			case mounts(&c, VolumeName) && !selected[c.Name]:
 				return fmt.Errorf("container %q mounts %q but is not among the containers that get the secrets; add it to %s", c.Name, VolumeName, mapping.AnnotationContainers)
 			}
@@ -218,6 +236,9 @@ func Desired(pod *corev1.Pod, spec *mapping.Spec, cfg Config) Injection {
 	if spec.Identity.Kind == agentconfig.IdentityWorkload {
 		inj.Volumes = append(inj.Volumes, tokenVolume(cfg.TokenExpirationSeconds))
 	}
+	if usesHub(spec, cfg) {
+		inj.Volumes = append(inj.Volumes, hubTokenVolume())
+	}
 	inj.Volumes = append(inj.Volumes, noAPITokenVolume())
 	base := agentconfig.Config{
 		VaultURL: spec.VaultURL,
@@ -248,12 +269,24 @@ func Desired(pod *corev1.Pod, spec *mapping.Spec, cfg Config) Injection {
 // container unchanged.
 func agentContainer(name, mode string, base agentconfig.Config, spec *mapping.Spec, cfg Config, uid, gid int64) corev1.Container {
 	base.Mode = mode
+	hub := mode == agentconfig.ModeSidecar && usesHub(spec, cfg)
 	if mode == agentconfig.ModeInit {
 		base.Rotation = 0
+	}
+	if hub {
+		base.Hub = cfg.HubURL
 	}
 	mounts := []corev1.VolumeMount{{Name: VolumeName, MountPath: AgentDir}}
 	if spec.Identity.Kind == agentconfig.IdentityWorkload {
 		mounts = append(mounts, corev1.VolumeMount{Name: TokenVolumeName, MountPath: TokenDir, ReadOnly: true})
+	}
+	env := agentEnv(spec)
+	if hub {
+		mounts = append(mounts, corev1.VolumeMount{Name: HubTokenVolumeName, MountPath: HubTokenDir, ReadOnly: true})
+		env = append(env,
+			corev1.EnvVar{Name: agentconfig.EnvHubTokenFile, Value: path.Join(HubTokenDir, HubTokenFile)},
+			corev1.EnvVar{Name: agentconfig.EnvHubCA, Value: cfg.HubCA},
+		)
 	}
 	mounts = append(mounts, corev1.VolumeMount{Name: NoAPITokenVolumeName, MountPath: APITokenDir, ReadOnly: true})
 	pull := cfg.AgentImagePullPolicy
@@ -266,7 +299,7 @@ func agentContainer(name, mode string, base agentconfig.Config, spec *mapping.Sp
 		ImagePullPolicy:          pull,
 		Command:                  []string{AgentBinary},
 		Args:                     base.Args(),
-		Env:                      agentEnv(spec),
+		Env:                      env,
 		Resources:                spec.Resources,
 		VolumeMounts:             mounts,
 		TerminationMessagePath:   TerminationLog,
@@ -343,6 +376,31 @@ func tokenVolume(expiration int64) corev1.Volume {
 				Audience:          TokenAudience,
 				ExpirationSeconds: &expiration,
 				Path:              TokenFile,
+			}}},
+			DefaultMode: &mode,
+		}},
+	}
+}
+
+// usesHub reports whether the rotating agent watches the version hub: a hub is
+// configured and the pod rotates.
+func usesHub(spec *mapping.Spec, cfg Config) bool {
+	return cfg.HubURL != "" && spec.Rotation > 0
+}
+
+// hubTokenVolume is the projected ServiceAccount token the rotating agent
+// presents to the version hub: audience hubapi.Audience, which the API server
+// does not accept, and the shortest lifetime the API server allows.
+func hubTokenVolume() corev1.Volume {
+	expiration := int64(HubTokenExpirationSeconds)
+	mode := int32(0o644)
+	return corev1.Volume{
+		Name: HubTokenVolumeName,
+		VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{
+			Sources: []corev1.VolumeProjection{{ServiceAccountToken: &corev1.ServiceAccountTokenProjection{
+				Audience:          hubapi.Audience,
+				ExpirationSeconds: &expiration,
+				Path:              HubTokenFile,
 			}}},
 			DefaultMode: &mode,
 		}},

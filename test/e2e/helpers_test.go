@@ -110,6 +110,10 @@ func newWorkload(t *testing.T, prefix string, grant bool) workload {
 		if err := env.Emulator.Grant(w.vault, w.clientID, emulator.PermGet); err != nil {
 			t.Fatal(err)
 		}
+		// The version hub watches the vault with list (metadata) only.
+		if err := env.GrantHub(w.vault); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if err := env.RegisterWorkloadIdentity(w.clientID, tenant, w.ns, "app"); err != nil {
 		t.Fatal(err)

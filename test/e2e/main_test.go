@@ -171,9 +171,11 @@ func run(m *testing.M) int {
 
 	var err error
 	env, err = testenv.Start(ctx, testenv.Options{
-		WebhookArgs:    []string{"--agent-image=" + agentImage},
-		Log:            os.Stderr,
-		EmulatorLogger: slog.New(slog.NewJSONHandler(&emulatorL, nil)),
+		WebhookArgs:      []string{"--agent-image=" + agentImage},
+		Hub:              true,
+		HubSweepInterval: hubSweep,
+		Log:              os.Stderr,
+		EmulatorLogger:   slog.New(slog.NewJSONHandler(&emulatorL, nil)),
 	})
 	if err != nil {
 		return fail("starting the control plane, webhook and emulator: %v", err)

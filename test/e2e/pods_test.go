@@ -30,6 +30,11 @@ import (
 // contract allows. The agent polls every interval ±10%.
 const rotation = 30 * time.Second
 
+// hubSweep is the version hub's --sweep-interval: the rotating pod's agent
+// watches the hub (the webhook is given --hub-url), so a new version reaches
+// it within one sweep, well before its 30 s polling interval would.
+const hubSweep = 5 * time.Second
+
 // TestPodsOnRealKubelet runs the pods on the node in parallel, deletes them,
 // and then checks what they left on the node.
 func TestPodsOnRealKubelet(t *testing.T) {
@@ -113,16 +118,16 @@ func testDeploymentPod(t *testing.T) {
 	t.Logf("pod %s running on %s; agent started %s, app started %s", pod.Name, pod.Spec.NodeName,
 		agentStatus.State.Running.StartedAt.Format(time.RFC3339), appStatus.State.Running.StartedAt.Format(time.RFC3339))
 
-	// (4, first half) Rotate two secrets now, before the agent's first poll
-	// (which comes 27-33 s after the first set), so that no poll can see one
-	// changed and the other not: every set the app may see is the old or the
-	// new one, and anything else is a torn set.
-	readsBefore := env.Emulator.VaultReads(w.vault)
+	// (4, first half) Rotate two secrets now. The agent watches the hub, which
+	// may see the vault between the two changes: every set the app may see is
+	// one the vault held (old, the connection string alone changed, or new),
+	// and anything else is a torn set. The agent reads no value meanwhile.
+	readsBefore := env.Emulator.ValueReads(w.clientID)
 	rotatedAt := time.Now()
 	newConn := setSecret(t, w.vault, "DATABASE-CONNECTION-STRING")
 	newAPIKey := setSecret(t, w.vault, "API-KEY")
-	if env.Emulator.VaultReads(w.vault) != readsBefore {
-		t.Fatal("the agent polled while the test rotated the secrets: the rotation is not a clean cut")
+	if env.Emulator.ValueReads(w.clientID) != readsBefore {
+		t.Fatal("the agent read a value while the test rotated the secrets: the rotation is not a clean cut")
 	}
 
 	// (1) The app's first look, at its first instruction, and the gating.
@@ -243,8 +248,10 @@ func testDeploymentPod(t *testing.T) {
 	// (4, second half) The rotation reaches the running app within the
 	// interval, and every set it read is the old or the new one.
 	oldSet := setLine(files, map[string]string{"apikey.txt": apiKey, "connectionstring.txt": conn, "db/password": dbPass})
+	midSet := setLine(files, map[string]string{"apikey.txt": apiKey, "connectionstring.txt": newConn, "db/password": dbPass})
 	newSet := setLine(files, map[string]string{"apikey.txt": newAPIKey, "connectionstring.txt": newConn, "db/password": dbPass})
-	limit := rotation + rotation/10 + 5*time.Second
+	// One sweep (jittered by 10%), then the notification and the agent's read.
+	limit := hubSweep + hubSweep/10 + 5*time.Second
 	var arrived time.Time
 	deadline := rotatedAt.Add(limit + 10*time.Second)
 	for arrived.IsZero() && time.Now().Before(deadline) {
@@ -260,13 +267,21 @@ func testDeploymentPod(t *testing.T) {
 	if arrived.IsZero() {
 		t.Fatalf("the rotated secrets did not reach the app within %s", limit+10*time.Second)
 	}
-	t.Logf("rotation reached the app %s after the vault changed (interval %s ±10%%)", arrived.Sub(rotatedAt).Round(time.Millisecond), rotation)
+	t.Logf("rotation reached the app %s after the vault changed (hub sweep %s ±10%%, polling interval %s)", arrived.Sub(rotatedAt).Round(time.Millisecond), hubSweep, rotation)
 	if d := arrived.Sub(rotatedAt); d > limit {
-		t.Errorf("the rotation took %s, more than the interval (%s) allows", d, limit)
+		t.Errorf("the rotation took %s, more than the hub's sweep (%s) allows", d, limit)
+	}
+	// The agent learned it from the hub, not from a poll.
+	var fromHub bool
+	for _, l := range containerLog(t, pod, mutate.AgentContainerName, 0) {
+		fromHub = fromHub || (strings.Contains(l.Text, `"secrets changed; wrote a new set"`) && strings.Contains(l.Text, `"source":"hub"`) && strings.Contains(l.Text, `"trigger":"hub"`))
+	}
+	if !fromHub {
+		t.Errorf("the agent's log has no new set triggered by the hub")
 	}
 	// Let the app read the new set for a while longer, then judge every read.
 	time.Sleep(2 * time.Second)
-	checkSets(t, containerLog(t, pod, "app", 0), oldSet, newSet)
+	checkSets(t, containerLog(t, pod, "app", 0), oldSet, midSet, newSet)
 	pod, err = env.Kube.CoreV1().Pods(pod.Namespace).Get(ctx, pod.Name, metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -415,13 +430,14 @@ func setOf(kv map[string]string) string {
 	return strings.Join(parts, " ")
 }
 
-// checkSets judges every set the app read: each is the old or the new set,
-// the old ones come before the new ones, a published directory never changes,
-// and no read failed.
-func checkSets(t *testing.T, lines []logLine, oldSet, newSet string) {
+// checkSets judges every set the app read: each is one of the states the
+// vault went through (oldest first, the last the newest), never an older one
+// after a newer one, a published directory never changes, and no read failed.
+func checkSets(t *testing.T, lines []logLine, states ...string) {
 	t.Helper()
+	newSet := states[len(states)-1]
 	dirs := map[string]string{}
-	sets, sawNew := 0, false
+	sets, sawNew, at := 0, false, 0
 	for _, l := range lines {
 		ev, kv := words(l.Text)
 		switch ev {
@@ -430,15 +446,15 @@ func checkSets(t *testing.T, lines []logLine, oldSet, newSet string) {
 		case "set":
 			sets++
 			s := setOf(kv)
-			switch s {
-			case oldSet:
-				if sawNew {
-					t.Errorf("the app read the old set again after the new one (dir %s)", kv["dir"])
-				}
-			case newSet:
-				sawNew = true
+			i := slices.Index(states, s)
+			switch {
+			case i < 0:
+				t.Errorf("the app read a torn set (dir %s): it is none of the %d sets the vault held", kv["dir"], len(states))
+			case i < at:
+				t.Errorf("the app read an older set again after a newer one (dir %s)", kv["dir"])
 			default:
-				t.Errorf("the app read a torn set (dir %s): it is neither the old nor the new one", kv["dir"])
+				at = i
+				sawNew = sawNew || s == newSet
 			}
 			if prev, ok := dirs[kv["dir"]]; ok && prev != s {
 				t.Errorf("the published directory %s changed in place", kv["dir"])

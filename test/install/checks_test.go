@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	appsv1 "k8s.io/api/apps/v1"
 	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -31,27 +32,34 @@ const appsNamespace = "apps"
 // pod made non-compliant is refused, so the admission means something.
 func (c *cluster) checkPodSecurity(t *testing.T, in *install) {
 	t.Helper()
-	ns, err := c.kube.CoreV1().Namespaces().Get(context.Background(), in.namespace, metav1.GetOptions{})
+	c.checkTemplateSecurity(t, in.namespace, in.deployment)
+}
+
+// checkTemplateSecurity does checkPodSecurity's checks for the pod template of
+// Deployment d in namespace ns.
+func (c *cluster) checkTemplateSecurity(t *testing.T, namespace string, d *appsv1.Deployment) {
+	t.Helper()
+	ns, err := c.kube.CoreV1().Namespaces().Get(context.Background(), namespace, metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if got := ns.Labels["pod-security.kubernetes.io/enforce"]; got != "restricted" {
-		t.Fatalf("namespace %s enforces Pod Security %q, want restricted", in.namespace, got)
+		t.Fatalf("namespace %s enforces Pod Security %q, want restricted", namespace, got)
 	}
-	tmpl := in.deployment.Spec.Template
-	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "pod-security-check", Namespace: in.namespace, Labels: tmpl.Labels, Annotations: tmpl.Annotations}, Spec: *tmpl.Spec.DeepCopy()}
+	tmpl := d.Spec.Template
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "pod-security-check", Namespace: namespace, Labels: tmpl.Labels, Annotations: tmpl.Annotations}, Spec: *tmpl.Spec.DeepCopy()}
 	c.takeWarnings()
-	if _, err := c.kube.CoreV1().Pods(in.namespace).Create(context.Background(), pod, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}}); err != nil {
-		t.Fatalf("a pod from the Deployment's template is refused in %s: %v", in.namespace, err)
+	if _, err := c.kube.CoreV1().Pods(namespace).Create(context.Background(), pod, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}}); err != nil {
+		t.Fatalf("a pod from the template of Deployment %s is refused in %s: %v", d.Name, namespace, err)
 	}
 	if w := c.takeWarnings(); len(w) > 0 {
-		t.Errorf("a pod from the Deployment's template draws warnings: %q", w)
+		t.Errorf("a pod from the template of Deployment %s draws warnings: %q", d.Name, w)
 	}
 	bad := pod.DeepCopy()
 	bad.Spec.SecurityContext.RunAsNonRoot = nil
 	bad.Spec.SecurityContext.RunAsUser = nil
 	bad.Spec.Containers[0].SecurityContext.Capabilities = nil
-	_, err = c.kube.CoreV1().Pods(in.namespace).Create(context.Background(), bad, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
+	_, err = c.kube.CoreV1().Pods(namespace).Create(context.Background(), bad, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
 	if err == nil || !strings.Contains(err.Error(), "violates PodSecurity \"restricted") {
 		t.Fatalf("a non-compliant pod was not refused by Pod Security: %v", err)
 	}

@@ -13,7 +13,14 @@
 //     modes, after which pods created through the API are mutated by the API
 //     server calling the webhook's Service over TLS;
 //   - built-in certificates are shared by the replicas and renewed without a
-//     failed admission, and cert-manager renewals are followed the same way.
+//     failed admission, and cert-manager renewals are followed the same way;
+//   - with the version hub (the *-hub installs, Helm's hub.enabled): its pods
+//     pass Pod Security, its ServiceAccount may create TokenReviews and get
+//     pods and nothing else (SelfSubjectRulesReview, SubjectAccessReview), its
+//     certificate is trusted under the webhook's --hub-url name with the CA the
+//     webhook gives agents, rotating agents are given the hub, and kvinject-hub,
+//     run as its pod template says, gets ready and authenticates and authorizes
+//     an agent's request.
 //
 // The API server reaches the webhook exactly as in a cluster: through the
 // Service named in the webhook configuration, verifying the certificate for
@@ -40,6 +47,9 @@ var (
 	root string
 	// webhookBin is the webhook binary built for this run.
 	webhookBin string
+	// hubBin is the version hub's binary (cmd/hub), or "" when it did not
+	// build: hubBuildErr says why, and only the tests that run it fail.
+	hubBin, hubBuildErr string
 	// kustomizeBin and helmBin are the pinned tools.
 	kustomizeBin, helmBin string
 )
@@ -72,6 +82,13 @@ func run(m *testing.M) int {
 		return 1
 	}
 	webhookBin = filepath.Join(tmp, "webhook")
+	build = exec.Command("go", "build", "-trimpath", "-o", filepath.Join(tmp, "hub"), "./cmd/hub")
+	build.Dir, build.Env = root, append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		hubBuildErr = fmt.Sprintf("go build ./cmd/hub: %v\n%s", err, out)
+	} else {
+		hubBin = filepath.Join(tmp, "hub")
+	}
 
 	tools := exec.Command(filepath.Join(root, "hack", "tools.sh"), "kustomize", "helm")
 	tools.Stderr = os.Stderr

@@ -38,6 +38,9 @@ type install struct {
 	deployment *appsv1.Deployment
 	service    *corev1.Service
 	webhook    *admissionv1.MutatingWebhookConfiguration
+	// hub and hubService are the version hub's (docs/hub.md); nil without it.
+	hub        *appsv1.Deployment
+	hubService *corev1.Service
 }
 
 // renderKustomize builds a kustomization folder of the repository.
@@ -78,14 +81,32 @@ func parseInstall(t *testing.T, name string, yamlDocs []byte) *install {
 	t.Helper()
 	in := &install{name: name, objs: decodeYAML(t, yamlDocs)}
 	for _, u := range in.objs {
+		// The webhook's and the hub's objects are told apart by their component.
+		component := u.GetLabels()["app.kubernetes.io/component"]
 		switch u.GetKind() {
 		case "Deployment":
-			in.deployment = &appsv1.Deployment{}
-			fromUnstructured(t, u, in.deployment)
-			in.namespace = u.GetNamespace()
+			d := &appsv1.Deployment{}
+			fromUnstructured(t, u, d)
+			switch component {
+			case "webhook":
+				in.deployment = d
+				in.namespace = u.GetNamespace()
+			case "hub":
+				in.hub = d
+			default:
+				t.Fatalf("%s: %s has the component label %q, want webhook or hub", name, describe(u), component)
+			}
 		case "Service":
-			in.service = &corev1.Service{}
-			fromUnstructured(t, u, in.service)
+			svc := &corev1.Service{}
+			fromUnstructured(t, u, svc)
+			switch component {
+			case "webhook":
+				in.service = svc
+			case "hub":
+				in.hubService = svc
+			default:
+				t.Fatalf("%s: %s has the component label %q, want webhook or hub", name, describe(u), component)
+			}
 		case "MutatingWebhookConfiguration":
 			in.webhook = &admissionv1.MutatingWebhookConfiguration{}
 			fromUnstructured(t, u, in.webhook)
@@ -93,6 +114,9 @@ func parseInstall(t *testing.T, name string, yamlDocs []byte) *install {
 	}
 	if in.deployment == nil || in.service == nil || in.webhook == nil {
 		t.Fatalf("%s: rendered no Deployment, Service or MutatingWebhookConfiguration", name)
+	}
+	if (in.hub == nil) != (in.hubService == nil) {
+		t.Fatalf("%s: the hub's Deployment and Service come together: rendered %v and %v", name, in.hub != nil, in.hubService != nil)
 	}
 	return in
 }
@@ -148,7 +172,8 @@ func (in *install) container(t *testing.T) *corev1.Container {
 // that values.schema.json refuses a wrong value with a useful message.
 func TestHelmLint(t *testing.T) {
 	chart := filepath.Join(root, "charts", "kvinject")
-	for _, set := range [][]string{nil, {"certificates.mode=cert-manager"}, {"certificates.mode=cert-manager", "certificates.certManager.issuerRef.name=corp-ca", "certificates.certManager.issuerRef.kind=ClusterIssuer"}} {
+	for _, set := range [][]string{nil, {"certificates.mode=cert-manager"}, {"certificates.mode=cert-manager", "certificates.certManager.issuerRef.name=corp-ca", "certificates.certManager.issuerRef.kind=ClusterIssuer"},
+		hubValues, append([]string{"certificates.mode=cert-manager"}, hubValues...), {"hub.enabled=true", "hub.identity.kind=system"}} {
 		args := []string{"lint", "--strict", chart}
 		for _, s := range set {
 			args = append(args, "--set", s)
@@ -161,6 +186,11 @@ func TestHelmLint(t *testing.T) {
 		{"defaults.cloud=AzureGermanCloud", "/defaults/cloud"},
 		{"replicaCount=0", "/replicaCount"},
 		{"unknownValue=1", "unknownValue"},
+		{"hub.identity.kind=pod", "/hub/identity/kind"},
+		{"hub.readBudget=0", "/hub/readBudget"},
+		{"hub.readBudget=500", "/hub/readBudget"},
+		{"hub.sweepInterval=often", "/hub/sweepInterval"},
+		{"hub.replicas=0", "/hub/replicas"},
 	} {
 		cmd := exec.Command(helmBin, "lint", "--strict", chart, "--set", tc.set)
 		out, err := cmd.CombinedOutput()
@@ -172,21 +202,45 @@ func TestHelmLint(t *testing.T) {
 	if out, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(out), "defaults.managedIdentityClientID") {
 		t.Errorf("identity managed without a client ID: %v\n%s", err, out)
 	}
+	for _, kind := range []string{"workload", "managed"} {
+		cmd := exec.Command(helmBin, "template", "x", chart, "--set", "hub.enabled=true", "--set", "hub.identity.kind="+kind)
+		if out, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(out), "hub.identity.clientID") {
+			t.Errorf("the hub's identity %s without a client ID: %v\n%s", kind, err, out)
+		}
+	}
 }
 
 // TestKustomizeAndHelmAgree checks that the chart, with default values and the
 // release "kvinject" in kvinject-system, installs what the kustomize install
 // does: the same objects, webhook configuration, RBAC rules, pod template and
 // effective webhook flags (after the kubelet's $(VAR) expansion, with the
-// webhook's defaults for flags one side leaves out).
+// webhook's defaults for flags one side leaves out). With the version hub
+// (hub.enabled, the kustomize installs *-hub), the hub's objects, pod template
+// and flags too.
 func TestKustomizeAndHelmAgree(t *testing.T) {
-	for _, mode := range []struct{ kustomize, helmMode string }{
-		{"manifests/install/builtin-certs", "builtin"},
-		{"manifests/install/cert-manager", "cert-manager"},
+	for _, mode := range []struct {
+		kustomize, helmMode string
+		hub                 bool
+	}{
+		{"manifests/install/builtin-certs", "builtin", false},
+		{"manifests/install/cert-manager", "cert-manager", false},
+		{"manifests/install/builtin-certs-hub", "builtin", true},
+		{"manifests/install/cert-manager-hub", "cert-manager", true},
 	} {
-		t.Run(mode.helmMode, func(t *testing.T) {
+		name := mode.helmMode
+		if mode.hub {
+			name += "+hub"
+		}
+		t.Run(name, func(t *testing.T) {
 			k := renderKustomize(t, mode.kustomize)
-			h := renderHelm(t, "kvinject", "kvinject-system", "certificates.mode="+mode.helmMode)
+			set := []string{"certificates.mode=" + mode.helmMode}
+			if mode.hub {
+				set = append(set, hubValues...)
+			}
+			h := renderHelm(t, "kvinject", "kvinject-system", set...)
+			if (k.hub != nil) != mode.hub || (h.hub != nil) != mode.hub {
+				t.Fatalf("the hub is rendered by kustomize: %v, by Helm: %v; want %v", k.hub != nil, h.hub != nil, mode.hub)
+			}
 
 			// The same objects, except the ConfigMap kustomize uses for the flags
 			// and the Namespace (Helm installs into an existing one).
@@ -242,7 +296,52 @@ func TestKustomizeAndHelmAgree(t *testing.T) {
 			if diff := cmp.Diff(kd, hd); diff != "" {
 				t.Errorf("Deployment specs differ (-kustomize +helm):\n%s", diff)
 			}
+			if mode.hub {
+				compareHubs(t, k, h)
+			}
 		})
+	}
+}
+
+// hubValues enable the hub in the chart, with the workload identity the
+// kustomize install leaves to an overlay.
+var hubValues = []string{"hub.enabled=true", "hub.identity.clientID=" + hubClientID}
+
+// hubClientID is the client ID of the hub's Azure identity in the tests.
+const hubClientID = "0b0b0b0b-1111-4222-8333-444455556666"
+
+// compareHubs checks that the chart's hub is the kustomize install's: its
+// pod template (labels aside, but for the workload identity one), its flags,
+// its Deployment's and Service's specs (selectors aside).
+func compareHubs(t *testing.T, k, h *install) {
+	t.Helper()
+	const wiLabel = "azure.workload.identity/use"
+	kp, hp := k.hub.Spec.Template.DeepCopy(), h.hub.Spec.Template.DeepCopy()
+	if kp.Labels[wiLabel] != "true" || hp.Labels[wiLabel] != "true" {
+		t.Errorf("the hub's pods lack the label %s=true (kustomize %q, Helm %q)", wiLabel, kp.Labels[wiLabel], hp.Labels[wiLabel])
+	}
+	if diff := cmp.Diff(hubFlags(t, k), hubFlags(t, h)); diff != "" {
+		t.Errorf("the hub's flags differ (-kustomize +helm):\n%s", diff)
+	}
+	for _, p := range []*corev1.PodTemplateSpec{kp, hp} {
+		p.Labels = nil
+		for i := range p.Spec.TopologySpreadConstraints {
+			p.Spec.TopologySpreadConstraints[i].LabelSelector = nil
+		}
+		p.Spec.Containers[0].Args = nil
+	}
+	if diff := cmp.Diff(kp, hp); diff != "" {
+		t.Errorf("the hub's pod templates differ (-kustomize +helm):\n%s", diff)
+	}
+	kd, hd := k.hub.Spec.DeepCopy(), h.hub.Spec.DeepCopy()
+	kd.Template, hd.Template, kd.Selector, hd.Selector = corev1.PodTemplateSpec{}, corev1.PodTemplateSpec{}, nil, nil
+	if diff := cmp.Diff(kd, hd); diff != "" {
+		t.Errorf("the hub's Deployment specs differ (-kustomize +helm):\n%s", diff)
+	}
+	ks, hs := k.hubService.Spec.DeepCopy(), h.hubService.Spec.DeepCopy()
+	ks.Selector, hs.Selector = nil, nil
+	if diff := cmp.Diff(ks, hs); diff != "" {
+		t.Errorf("the hub's Service specs differ (-kustomize +helm):\n%s", diff)
 	}
 }
 

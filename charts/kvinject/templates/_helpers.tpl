@@ -65,4 +65,40 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- if and (eq .Values.defaults.identity "managed") (not .Values.defaults.managedIdentityClientID) -}}
 {{- fail "defaults.identity=managed needs defaults.managedIdentityClientID (or write managed:<client-id>)" -}}
 {{- end -}}
+{{- if and .Values.hub.enabled (ne .Values.hub.identity.kind "system") (not .Values.hub.identity.clientID) -}}
+{{- fail (printf "hub.identity.kind=%s needs hub.identity.clientID: the client ID of the hub's Azure identity, which may only list secrets (see docs/hub.md), or use hub.identity.kind=system" .Values.hub.identity.kind) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Name of the version hub's Deployment, Service, ServiceAccount and RBAC. */}}
+{{- define "kvinject.hubName" -}}
+{{- printf "%s-hub" (include "kvinject.fullname" .) -}}
+{{- end -}}
+
+{{/* The hub's https URL, the webhook's --hub-url: its Service in the release namespace. */}}
+{{- define "kvinject.hubURL" -}}
+{{- printf "https://%s.%s.svc" (include "kvinject.hubName" .) .Release.Namespace -}}
+{{- end -}}
+
+{{/* Secret of the hub's serving certificate: in builtin mode the webhook's, in cert-manager mode its own. */}}
+{{- define "kvinject.hubCertSecretName" -}}
+{{- if eq .Values.certificates.mode "builtin" -}}
+{{- include "kvinject.certSecretName" . -}}
+{{- else -}}
+{{- printf "%s-hub-tls" (include "kvinject.fullname" .) -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "kvinject.hubSelectorLabels" -}}
+app.kubernetes.io/name: kvinject
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: hub
+{{- end -}}
+
+{{- define "kvinject.hubLabels" -}}
+{{ include "kvinject.hubSelectorLabels" . }}
+app.kubernetes.io/part-of: kvinject
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- end -}}

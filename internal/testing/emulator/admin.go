@@ -120,6 +120,8 @@ func (s SecretConfig) options() []SecretOption {
 type AdminStats struct {
 	Stats
 	VaultReads map[string]int64 `json:"vaultReads"`
+	// ValueReads are the get requests by client ID (see Emulator.ValueReads).
+	ValueReads map[string]int64 `json:"valueReads,omitempty"`
 }
 
 // serveAdmin serves the admin API. Routes (JSON bodies):
@@ -132,6 +134,7 @@ type AdminStats struct {
 //	PUT    /_emulator/vaults/{vault}/secrets/{name}  SecretConfig (name from the path) -> {"version":...}
 //	POST   /_emulator/vaults/{vault}/secrets/{name}/disable
 //	POST   /_emulator/vaults/{vault}/secrets/{name}/enable
+//	PATCH  /_emulator/vaults/{vault}/secrets/{name}  SecretUpdate
 //	DELETE /_emulator/vaults/{vault}/secrets/{name}
 //	PUT    /_emulator/vaults/{vault}/certificates/{name}  CertificateConfig (name from the path) -> {"version":...}
 //	PUT    /_emulator/vaults/{vault}/keys/{name}          KeyConfig (name from the path) -> {"version":...}
@@ -179,6 +182,15 @@ func (e *Emulator) newAdminMux() *http.ServeMux {
 		for name, v := range e.vaults {
 			s.VaultReads[name] = v.reads.Load()
 		}
+		e.byClient.Range(func(k, c any) bool {
+			if n := c.(*clientCounters).valueReads.Load(); n > 0 {
+				if s.ValueReads == nil {
+					s.ValueReads = map[string]int64{}
+				}
+				s.ValueReads[k.(string)] = n
+			}
+			return true
+		})
 		return s, nil
 	})
 	handle("POST /reset-stats", func(*http.Request) (any, error) { e.ResetStats(); return nil, nil })
@@ -216,6 +228,13 @@ func (e *Emulator) newAdminMux() *http.ServeMux {
 	})
 	handle("POST /vaults/{vault}/secrets/{name}/enable", func(r *http.Request) (any, error) {
 		return nil, e.EnableSecret(r.PathValue("vault"), r.PathValue("name"))
+	})
+	handle("PATCH /vaults/{vault}/secrets/{name}", func(r *http.Request) (any, error) {
+		var u SecretUpdate
+		if err := decode(r, &u); err != nil {
+			return nil, err
+		}
+		return nil, e.UpdateSecret(r.PathValue("vault"), r.PathValue("name"), u)
 	})
 	handle("DELETE /vaults/{vault}/secrets/{name}", func(r *http.Request) (any, error) {
 		return nil, e.DeleteSecret(r.PathValue("vault"), r.PathValue("name"))

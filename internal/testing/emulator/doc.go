@@ -42,6 +42,10 @@
 // firewall denials, per-vault throttling with Retry-After, AADSTS70021 for a federated
 // credential mismatch and so on. Faults (status codes, connection resets, throttling) and
 // latency can be injected. Secret values, access tokens and assertions are never logged.
+// Listings are paged in id order, not time order, and timestamps have whole seconds, as
+// in Key Vault; [Emulator.UpdateSecret] changes a version's properties (tags, enabled)
+// without a new version. [Emulator.ValueReads] and [Emulator.ListRequests] count the
+// requests of one identity, so a test can prove that an identity never read a value.
 //
 // # Certificates and keys
 //

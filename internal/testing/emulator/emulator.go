@@ -96,6 +96,10 @@ type Emulator struct {
 
 	stats counters
 
+	// byClient holds the per-identity counters (*clientCounters), by lower-case
+	// client ID.
+	byClient sync.Map
+
 	mu         sync.RWMutex
 	vaults     map[string]*vault       // by lower-case name
 	principals map[string]*principal   // by lower-case client ID
@@ -252,18 +256,57 @@ func (e *Emulator) Stats() Stats {
 	}
 }
 
-// ResetStats sets all request counters, per-vault read counts included, to zero.
+// ResetStats sets all request counters, per-vault and per-identity counts included, to zero.
 func (e *Emulator) ResetStats() {
 	c := &e.stats
 	for _, a := range []*atomic.Int64{&c.requests, &c.http2, &c.connections, &c.gets, &c.lists,
 		&c.throttled, &c.challenges, &c.discovery, &c.instanceDiscovery, &c.tokenRequests, &c.tokensIssued, &c.faults} {
 		a.Store(0)
 	}
+	e.byClient.Range(func(k, _ any) bool {
+		e.byClient.Delete(k)
+		return true
+	})
 	e.mu.RLock()
 	defer e.mu.RUnlock()
 	for _, v := range e.vaults {
 		v.reads.Store(0)
 	}
+}
+
+// clientCounters count the Key Vault requests of one identity.
+type clientCounters struct {
+	valueReads, lists atomic.Int64
+}
+
+func (e *Emulator) clientCounters(clientID string) *clientCounters {
+	key := strings.ToLower(clientID)
+	if c, ok := e.byClient.Load(key); ok {
+		return c.(*clientCounters)
+	}
+	c, _ := e.byClient.LoadOrStore(key, &clientCounters{})
+	return c.(*clientCounters)
+}
+
+// ValueReads is the number of Key Vault get requests (of a secret, a certificate or a
+// key: the requests that can return a value) that the identity with this client ID
+// sent since start or ResetStats, whatever the answer: denied, faulted and throttled
+// ones included. A test proves with it that an identity never read a value.
+func (e *Emulator) ValueReads(clientID string) int64 {
+	if c, ok := e.byClient.Load(strings.ToLower(clientID)); ok {
+		return c.(*clientCounters).valueReads.Load()
+	}
+	return 0
+}
+
+// ListRequests is the number of Key Vault list requests (pages of secrets or of
+// versions) that the identity with this client ID sent since start or ResetStats,
+// whatever the answer.
+func (e *Emulator) ListRequests(clientID string) int64 {
+	if c, ok := e.byClient.Load(strings.ToLower(clientID)); ok {
+		return c.(*clientCounters).lists.Load()
+	}
+	return 0
 }
 
 // DialContext dials the emulator for every host name it emulates (vault hosts of existing

@@ -330,6 +330,55 @@ func (e *Emulator) setEnabled(vaultName, name string, enabled bool) error {
 	return nil
 }
 
+// SecretUpdate changes the properties of an existing version of a secret without
+// adding a version, as Key Vault's Update Secret (PATCH /secrets/{name}/{version})
+// does: the version's updated attribute becomes now (whole seconds), and so does the
+// secret's in a listing when the version is the current one. Nil fields stay as
+// they are.
+type SecretUpdate struct {
+	// Version is the version to update; empty means the current one.
+	Version string `json:"version,omitempty"`
+	// Enabled enables or disables the version.
+	Enabled *bool `json:"enabled,omitempty"`
+	// ContentType replaces the content type.
+	ContentType *string `json:"contentType,omitempty"`
+	// Tags replace all tags; an empty, non-nil map removes them.
+	Tags map[string]string `json:"tags"`
+}
+
+// UpdateSecret updates the properties of a version of a secret (see SecretUpdate).
+func (e *Emulator) UpdateSecret(vaultName, name string, u SecretUpdate) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	s, err := e.secretLocked(vaultName, name)
+	if err != nil {
+		return err
+	}
+	sv := s.versions[len(s.versions)-1]
+	if u.Version != "" {
+		sv = nil
+		for _, x := range s.versions {
+			if strings.EqualFold(x.version, u.Version) {
+				sv = x
+			}
+		}
+		if sv == nil {
+			return fmt.Errorf("emulator: secret %q in vault %q has no version %q: %w", name, vaultName, u.Version, ErrNotFound)
+		}
+	}
+	if u.Enabled != nil {
+		sv.enabled = *u.Enabled
+	}
+	if u.ContentType != nil {
+		sv.contentType = *u.ContentType
+	}
+	if u.Tags != nil {
+		sv.tags = maps.Clone(u.Tags)
+	}
+	sv.updated = time.Now().UTC().Truncate(time.Second)
+	return nil
+}
+
 // DeleteSecret deletes a secret with all its versions.
 func (e *Emulator) DeleteSecret(vaultName, name string) error {
 	e.mu.Lock()
@@ -566,6 +615,11 @@ func (e *Emulator) serveKeyVault(w http.ResponseWriter, r *http.Request, vaultNa
 		return
 	}
 	ri.clientID = tok.clientID
+	if cc := e.clientCounters(tok.clientID); req.op == OpGet {
+		cc.valueReads.Add(1)
+	} else {
+		cc.lists.Add(1)
+	}
 	caller := fmt.Sprintf("appid=%s;oid=%s;iss=https://sts.windows.net/%s/", tok.clientID, tok.objectID, tok.tenantID)
 	vaultDesc := vaultName + ";location=" + opts.Location
 
@@ -783,9 +837,12 @@ func (e *Emulator) serveList(w http.ResponseWriter, r *http.Request, host, vault
 
 	type item struct {
 		key string
-		m   map[string]any
+		s   *secret
+		sv  *secretVersion // nil: the secret's current version, unversioned id
 	}
 	var items []item
+	// Under the lock: UpdateSecret changes versions in place. Only the page's
+	// items are rendered.
 	e.mu.RLock()
 	v := e.vaults[vaultName]
 	if req.list == "versions" {
@@ -796,21 +853,25 @@ func (e *Emulator) serveList(w http.ResponseWriter, r *http.Request, host, vault
 			return
 		}
 		for _, sv := range s.versions {
-			items = append(items, item{sv.version, propertiesJSON("https://"+host+"/secrets/"+s.name+"/"+sv.version, sv)})
+			items = append(items, item{sv.version, s, sv})
 		}
 	} else {
 		for _, s := range v.secrets {
-			cur := s.versions[len(s.versions)-1]
-			items = append(items, item{strings.ToLower(s.name), propertiesJSON("https://"+host+"/secrets/"+s.name, cur)})
+			items = append(items, item{strings.ToLower(s.name), s, nil})
+		}
+	}
+	slices.SortFunc(items, func(a, b item) int { return strings.Compare(a.key, b.key) })
+	page := []map[string]any{}
+	for i := skip; i < len(items) && len(page) < maxResults; i++ {
+		it := items[i]
+		if it.sv == nil {
+			page = append(page, propertiesJSON("https://"+host+"/secrets/"+it.s.name, it.s.versions[len(it.s.versions)-1]))
+		} else {
+			page = append(page, propertiesJSON("https://"+host+"/secrets/"+it.s.name+"/"+it.sv.version, it.sv))
 		}
 	}
 	e.mu.RUnlock()
-	slices.SortFunc(items, func(a, b item) int { return strings.Compare(a.key, b.key) })
 
-	page := []map[string]any{}
-	for i := skip; i < len(items) && len(page) < maxResults; i++ {
-		page = append(page, items[i].m)
-	}
 	var next any
 	if end := skip + len(page); end < len(items) {
 		nq := "api-version=" + url.QueryEscape(q.Get("api-version")) +

@@ -18,6 +18,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/kvinject/kvinject/internal/testing/emulator"
+	"github.com/kvinject/kvinject/pkg/agentconfig"
 	"github.com/kvinject/kvinject/pkg/mutate"
 )
 
@@ -29,6 +30,8 @@ type Agent struct {
 	TerminationLog string
 	// TokenFile is the host file holding the projected ServiceAccount token, if any.
 	TokenFile string
+	// HubTokenFile is the host file holding the projected hub token, if any.
+	HubTokenFile string
 	// Args and Env are what the process was started with.
 	Args, Env []string
 
@@ -99,11 +102,17 @@ func (e *Env) StartAgent(ctx context.Context, pod *corev1.Pod, container string)
 				return nil, fmt.Errorf("env %s: %w", ev.Name, err)
 			}
 		}
-		if ev.Name == "AZURE_FEDERATED_TOKEN_FILE" {
-			if a.TokenFile, err = e.projectToken(ctx, pod, mountDir, val, cred); err != nil {
+		switch ev.Name {
+		case agentconfig.EnvTokenFile:
+			if a.TokenFile, err = e.projectToken(ctx, pod, mutate.TokenVolumeName, mountDir, val, cred); err != nil {
 				return nil, err
 			}
 			val = a.TokenFile
+		case agentconfig.EnvHubTokenFile:
+			if a.HubTokenFile, err = e.projectToken(ctx, pod, mutate.HubTokenVolumeName, mountDir, val, cred); err != nil {
+				return nil, err
+			}
+			val = a.HubTokenFile
 		}
 		a.Env = append(a.Env, ev.Name+"="+val)
 	}
@@ -131,8 +140,18 @@ func (e *Env) StartAgent(ctx context.Context, pod *corev1.Pod, container string)
 }
 
 // ResolveOverride is the agent's test-only dial override: the Azure host names the
-// emulator serves, all on its loopback address.
+// emulator serves, all on its loopback address, and the hub's Service name when
+// the environment runs a hub.
 func (e *Env) ResolveOverride() string {
+	r := e.emulatorResolve()
+	if e.hub != nil {
+		r += "," + HubHost + "=" + e.hub.addr
+	}
+	return r
+}
+
+// emulatorResolve is the dial override of the Azure host names only.
+func (e *Env) emulatorResolve() string {
 	addr := e.Emulator.Addr()
 	var parts []string
 	for _, h := range []string{"login.microsoftonline.com", "login.microsoftonline.us", "login.chinacloudapi.cn", "*.vault.azure.net", "*.vault.usgovcloudapi.net", "*.vault.azure.cn"} {
@@ -182,15 +201,15 @@ func (e *Env) prepareAsKubelet(pod *corev1.Pod, c *corev1.Container, a *Agent) (
 // projectToken mints the token the kubelet would project for the pod's token volume,
 // readable the way the kubelet makes it: by everyone in the container without an
 // fsGroup (only the agent mounts it), else by the fsGroup.
-func (e *Env) projectToken(ctx context.Context, pod *corev1.Pod, mountDir map[string]string, file string, cred *syscall.Credential) (string, error) {
+func (e *Env) projectToken(ctx context.Context, pod *corev1.Pod, volume string, mountDir map[string]string, file string, cred *syscall.Credential) (string, error) {
 	var proj *corev1.ServiceAccountTokenProjection
 	for _, v := range pod.Spec.Volumes {
-		if v.Name == mutate.TokenVolumeName && v.Projected != nil && len(v.Projected.Sources) == 1 {
+		if v.Name == volume && v.Projected != nil && len(v.Projected.Sources) == 1 {
 			proj = v.Projected.Sources[0].ServiceAccountToken
 		}
 	}
-	if proj == nil || filepath.Join(mountDir[mutate.TokenVolumeName], proj.Path) != file {
-		return "", fmt.Errorf("AZURE_FEDERATED_TOKEN_FILE %q is not the projected token volume", file)
+	if proj == nil || filepath.Join(mountDir[volume], proj.Path) != file {
+		return "", fmt.Errorf("token file %q is not in the projected token volume %s", file, volume)
 	}
 	tr, err := e.Kube.CoreV1().ServiceAccounts(pod.Namespace).CreateToken(ctx, pod.Spec.ServiceAccountName, &authenticationv1.TokenRequest{
 		Spec: authenticationv1.TokenRequestSpec{

@@ -52,6 +52,12 @@ type Options struct {
 	// Start copies them instead of building, so a caller can keep the build
 	// outside a time budget. Empty: Start builds them.
 	BinDir string
+	// Hub runs the version hub (see hubproc.go) and gives the webhook --hub-url.
+	Hub bool
+	// HubSweepInterval is the hub's --sweep-interval (default 2s).
+	HubSweepInterval time.Duration
+	// HubArgs are extra flags for the hub.
+	HubArgs []string
 }
 
 // Env is a running control plane, webhook and emulator.
@@ -73,6 +79,7 @@ type Env struct {
 	webhook    *exec.Cmd
 	webhookLog *os.File
 	probeAddr  string
+	hub        *hubProc
 }
 
 // Start builds (or copies, see Options.BinDir) the binaries and starts the emulator, the control plane (with the
@@ -155,14 +162,24 @@ func Start(ctx context.Context, opts Options) (_ *Env, err error) {
 	if err := os.WriteFile(e.kubeconfig, kc, 0o600); err != nil {
 		return nil, err
 	}
+	if opts.Hub {
+		if err := e.prepareHub(); err != nil {
+			return nil, err
+		}
+	}
 	if err := e.StartWebhook(ctx); err != nil {
 		return nil, err
+	}
+	if opts.Hub {
+		if err := e.startHub(ctx); err != nil {
+			return nil, err
+		}
 	}
 	return e, nil
 }
 
 // Binaries are the commands Start needs, as `go build` names them.
-var Binaries = []string{"webhook", "agent"}
+var Binaries = []string{"webhook", "agent", "hub"}
 
 // Build compiles the webhook and agent (static, as in the images) from the
 // repository at root into dir. On a cold build cache this takes minutes.
@@ -286,6 +303,7 @@ func (e *Env) WebhookLog() string {
 
 // Stop ends everything Start started and removes the working directory.
 func (e *Env) Stop() {
+	e.StopHub()
 	e.StopWebhook()
 	if e.API != nil && e.Config != nil {
 		_ = e.API.Stop()

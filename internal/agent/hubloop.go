@@ -1,0 +1,366 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/kvinject/kvinject/pkg/hubapi"
+)
+
+// rotateHub keeps the set current with the version hub until ctx is done.
+//
+// The watched objects (secrets at their latest version) are read when the
+// hub reports them changed, with one long poll at a time (hubapi). While the
+// hub is unusable (unreachable, refusing, answering nonsense) they are polled
+// every HubFallbackStretch x --rotation instead, and the hub is tried again
+// with a jittered exponential backoff; its first answer after that compares
+// the versions held with the newest, so nothing changed meanwhile is missed.
+// The others (certificates and keys) are polled every --rotation, and every
+// SafetyInterval the whole set is read again while the hub drives rotation.
+//
+// Only the loop's goroutine reads Key Vault and writes the set; each watch
+// request runs in a goroutine of its own, which only talks to the hub and
+// hands the answer back.
+func (a *agent) rotateHub(ctx context.Context, watched, others []objectRef) {
+	hub, err := newHubClient(a.cfg.Hub, a.env, a.log)
+	if err == nil {
+		if n := len(watchObjects(a, watched)); n > hubapi.MaxObjects {
+			hub.close()
+			err = &ConfigError{Msg: fmt.Sprintf("the pod maps %d secrets of one vault; a watch request names at most %d", n, hubapi.MaxObjects)}
+		}
+	}
+	var all []objectRef
+	for _, r := range a.refs {
+		if r.version == "" {
+			all = append(all, r)
+		}
+	}
+	if err != nil {
+		// The hub cannot ever be used: poll as without a hub.
+		log := a.log.With("source", sourcePoll, "trigger", triggerPoll)
+		log.Error("rotation source", "reason", hubReasonConfig, "error", errText(err), "pollEvery", a.cfg.Rotation.String())
+		a.pollLoop(ctx, all, a.cfg.Rotation, log)
+		return
+	}
+	defer hub.close()
+	rot, stretched := a.cfg.Rotation, HubFallbackStretch*a.cfg.Rotation
+	l := &hubLoop{
+		a: a, hub: hub, watched: watched, others: others, all: all,
+		source: sourceHub, stretched: stretched, maxWait: defaultHubMaxWait,
+		hubB:    backoff{min: a.opts.HubMinBackoff, max: a.opts.HubMaxBackoff},
+		readB:   backoff{min: min(a.opts.MinBackoff, rot), max: rot},
+		stuckB:  backoff{min: min(a.opts.MinBackoff, stretched), max: stretched},
+		pollB:   backoff{min: min(a.opts.MinBackoff, stretched), max: stretched},
+		othersB: backoff{min: min(a.opts.MinBackoff, rot), max: rot},
+		safetyB: backoff{min: min(a.opts.MinBackoff, stretched), max: stretched},
+	}
+	l.run(ctx)
+}
+
+// hubLoop is the state of rotateHub's loop.
+type hubLoop struct {
+	a                      *agent
+	hub                    *hubClient
+	watched, others, all   []objectRef
+	source                 string // sourceHub or sourcePoll
+	reason                 string // why the hub is unusable (sourcePoll)
+	stretched              time.Duration
+	maxWait                time.Duration // the hub's, from hubapi.MaxWaitHeader
+	safetyReads            int
+	hubB, readB, stuckB    backoff
+	pollB, othersB         backoff
+	safetyB                backoff
+	pollAt, othersAt, safe alarm
+}
+
+// alarm is a timer that can be off; its channel is nil then.
+type alarm struct {
+	t *time.Timer
+	c <-chan time.Time
+}
+
+func (al *alarm) set(d time.Duration) {
+	al.stop()
+	al.t = time.NewTimer(d)
+	al.c = al.t.C
+}
+
+func (al *alarm) stop() {
+	if al.t != nil {
+		al.t.Stop()
+		al.t, al.c = nil, nil
+	}
+}
+
+func (l *hubLoop) run(ctx context.Context) {
+	a := l.a
+	a.log.Info("rotation source", "source", sourceHub, "hub", a.cfg.Hub, "watched", len(l.watched), "polled", len(l.others),
+		"rotation", a.cfg.Rotation.String(), "safetyInterval", a.opts.SafetyInterval.String())
+	if len(l.others) > 0 {
+		l.othersAt.set(jittered(a.cfg.Rotation))
+	}
+	l.safe.set(jittered(a.opts.SafetyInterval))
+	var hubAt alarm
+	defer func() {
+		for _, al := range []*alarm{&hubAt, &l.pollAt, &l.othersAt, &l.safe} {
+			al.stop()
+		}
+	}()
+	results := make(chan watchResult, 1)
+	inflight, watchNow := false, true
+	for {
+		if watchNow && !inflight {
+			watchNow, inflight = false, true
+			req, timeout := l.request(), hubTimeout(l.maxWait)
+			go func() { results <- l.hub.watch(ctx, req, timeout) }()
+		}
+		select {
+		case <-ctx.Done():
+			if inflight {
+				<-results
+			}
+			return
+		case r := <-results:
+			inflight = false
+			if ctx.Err() != nil {
+				return
+			}
+			if d := l.answer(ctx, r); d > 0 {
+				hubAt.set(d)
+			} else {
+				watchNow = true
+			}
+		case <-hubAt.c:
+			hubAt.stop()
+			watchNow = true
+		case <-l.pollAt.c:
+			l.pollAt.stop()
+			l.poll(ctx)
+		case <-l.othersAt.c:
+			l.othersAt.stop()
+			l.pollOthers(ctx)
+		case <-l.safe.c:
+			l.safe.stop()
+			l.safety(ctx)
+		}
+	}
+}
+
+// log is the logger of a read for trigger.
+func (l *hubLoop) log(trigger string) *slog.Logger {
+	return l.a.log.With("source", l.source, "trigger", trigger)
+}
+
+// watchObjects are the objects of a watch request for refs, each once, with
+// the version held.
+func watchObjects(a *agent, refs []objectRef) []hubapi.Object {
+	objs := make([]hubapi.Object, 0, len(refs))
+	seen := make(map[string]bool, len(refs))
+	for _, r := range refs {
+		if seen[r.name] {
+			continue // a plain and a history entry of the same secret
+		}
+		seen[r.name] = true
+		objs = append(objs, hubapi.Object{Kind: hubapi.KindSecret, Name: a.entries[r].Name, Version: a.last[r].version})
+	}
+	return objs
+}
+
+// request is the next watch request: the versions held now.
+func (l *hubLoop) request() hubapi.WatchRequest {
+	return hubapi.WatchRequest{Vault: l.a.cfg.VaultURL, Objects: watchObjects(l.a, l.watched)}
+}
+
+// answer handles a watch request's outcome and returns the delay before the
+// next one (0: at once).
+func (l *hubLoop) answer(ctx context.Context, r watchResult) time.Duration {
+	if r.err != nil {
+		d := l.hubB.next(nil)
+		if ra := r.err.retryAfter; ra > d {
+			d = ra + rand.N(min(ra, retryAfterSpread)+1)
+		}
+		l.toPoll(r.err, d)
+		return d
+	}
+	l.hubB.reset()
+	if r.maxWait > 0 {
+		l.maxWait = r.maxWait
+	}
+	l.toHub()
+	refs := l.notified(r.changed)
+	if len(refs) == 0 {
+		if len(r.changed) > 0 {
+			l.log(triggerHub).Debug("the hub reported versions already held", "changed", objectList(r.changed))
+		}
+		// Ask again at once, but not more often than every HubMinBackoff: a
+		// hub that answers at once without news must not make a hot loop.
+		return l.a.opts.HubMinBackoff - r.took
+	}
+	return l.readNotified(ctx, refs)
+}
+
+// objectList names objects for logs.
+func objectList(objs []hubapi.Object) string {
+	s := make([]string, len(objs))
+	for i, o := range objs {
+		s[i] = o.String()
+	}
+	return strings.Join(s, ",")
+}
+
+// refNames names refs for logs.
+func (l *hubLoop) refNames(refs []objectRef) string {
+	s := make([]string, len(refs))
+	for i, r := range refs {
+		s[i] = l.a.entries[r].Name
+	}
+	return strings.Join(s, ",")
+}
+
+// notified returns the watched refs of the changed objects whose version is
+// not the one held.
+func (l *hubLoop) notified(changed []hubapi.Object) []objectRef {
+	var refs []objectRef
+	for _, o := range changed {
+		if !strings.EqualFold(o.Kind, hubapi.KindSecret) {
+			continue
+		}
+		name := strings.ToLower(o.Name)
+		for _, r := range l.watched {
+			if r.name == name && !strings.EqualFold(l.a.last[r].version, o.Version) && !slices.Contains(refs, r) {
+				refs = append(refs, r)
+			}
+		}
+	}
+	return refs
+}
+
+// readNotified reads the objects the hub reported changed and swaps in the
+// new set. While Key Vault still returns the version held (its replicas
+// lag), it reads those again after MinBackoff, twice that and so on,
+// hubLagRetries times. It returns the delay before the next watch request:
+// 0 once something new was written; a growing one (at most the stretched
+// interval) when Key Vault did not serve the reported change, so that a hub
+// and a vault that disagree never make a loop.
+func (l *hubLoop) readNotified(ctx context.Context, refs []objectRef) time.Duration {
+	log := l.log(triggerHub)
+	pending := refs
+	var (
+		progress bool
+		stuck    []objectRef
+	)
+	for attempt := 0; ; attempt++ {
+		res, err := l.a.refresh(ctx, pending, log)
+		if ctx.Err() != nil {
+			return 0
+		}
+		if err != nil {
+			d := l.readB.next(err)
+			log.Warn("read failed; keeping the last good set", append(errAttrs(err), "retryIn", d.String())...)
+			return d
+		}
+		progress = progress || res.moved > 0
+		stuck = res.held
+		if len(stuck) == 0 || attempt == hubLagRetries {
+			break
+		}
+		d := jittered(l.a.opts.MinBackoff << attempt)
+		log.Debug("Key Vault still serves the version held; reading again", "secrets", l.refNames(stuck), "attempt", attempt+1, "retryIn", d.String())
+		if !sleep(ctx, d) {
+			return 0
+		}
+		pending = stuck
+	}
+	l.readB.reset()
+	if len(stuck) == 0 && progress {
+		l.stuckB.reset()
+		return 0
+	}
+	d := l.stuckB.next(nil)
+	if len(stuck) > 0 {
+		log.Warn("Key Vault still serves the version held of a secret the hub reported changed; asking the hub again later",
+			"secrets", l.refNames(stuck), "reads", hubLagRetries+1, "retryIn", d.String())
+	} else {
+		log.Info("nothing new to read for the hub's report; asking the hub again later", "retryIn", d.String())
+	}
+	return d
+}
+
+// toPoll records a failed watch request: the first after a success (or one
+// for another reason) is logged as the switch of the rotation source to
+// polling at the stretched interval; the next hub attempt is in retryIn.
+func (l *hubLoop) toPoll(err *hubError, retryIn time.Duration) {
+	if l.source == sourcePoll && l.reason == err.reason {
+		l.a.log.Debug("the hub is still unusable", "source", sourcePoll, "reason", err.reason, "error", err.msg, "hubRetryIn", retryIn.String())
+		return
+	}
+	wasHub := l.source == sourceHub
+	l.source, l.reason = sourcePoll, err.reason
+	attrs := []any{"source", sourcePoll, "reason", err.reason}
+	if err.status != 0 {
+		attrs = append(attrs, "status", err.status)
+	}
+	attrs = append(attrs, "error", err.msg, "pollEvery", l.stretched.String(), "hubRetryIn", retryIn.String())
+	l.a.log.Warn("rotation source", attrs...)
+	if wasHub {
+		// Not at once: the agents of a whole cluster lose the hub together.
+		l.pollAt.set(jittered(l.stretched))
+	}
+}
+
+// toHub records a watch answer: after failures, the switch back to the hub.
+func (l *hubLoop) toHub() {
+	if l.source == sourceHub {
+		return
+	}
+	l.source, l.reason = sourceHub, ""
+	l.pollAt.stop()
+	l.pollB.reset()
+	l.a.log.Info("rotation source", "source", sourceHub, "hub", l.a.cfg.Hub)
+}
+
+// poll reads the watched objects while the hub is unusable.
+func (l *hubLoop) poll(ctx context.Context) {
+	if l.source != sourcePoll {
+		return
+	}
+	l.pollAt.set(l.pollOnce(ctx, l.watched, triggerPoll, &l.pollB, l.stretched))
+}
+
+// pollOthers reads the objects the hub does not watch.
+func (l *hubLoop) pollOthers(ctx context.Context) {
+	l.othersAt.set(l.pollOnce(ctx, l.others, triggerRotation, &l.othersB, l.a.cfg.Rotation))
+}
+
+// safety re-reads the whole set while the hub drives rotation (while it does
+// not, the stretched poll reads the watched objects anyway).
+func (l *hubLoop) safety(ctx context.Context) {
+	if l.source != sourceHub {
+		l.log(triggerSafety).Debug("safety re-read skipped: the watched objects are polled")
+		l.safe.set(jittered(l.a.opts.SafetyInterval))
+		return
+	}
+	l.safetyReads++
+	l.log(triggerSafety).Info("safety re-read", "count", l.safetyReads, "objects", len(l.all))
+	l.safe.set(l.pollOnce(ctx, l.all, triggerSafety, &l.safetyB, l.a.opts.SafetyInterval))
+}
+
+// pollOnce reads refs once and returns the delay before the next poll:
+// jittered interval, or b's next delay after a failure.
+func (l *hubLoop) pollOnce(ctx context.Context, refs []objectRef, trigger string, b *backoff, interval time.Duration) time.Duration {
+	log := l.log(trigger)
+	if _, err := l.a.refresh(ctx, refs, log); err != nil {
+		d := b.next(err)
+		if ctx.Err() == nil {
+			log.Warn("poll failed; keeping the last good set", append(errAttrs(err), "retryIn", d.String())...)
+		}
+		return d
+	}
+	b.reset()
+	return jittered(interval)
+}

@@ -1,0 +1,79 @@
+package hub
+
+import (
+	"flag"
+	"io"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/kvinject/kvinject/pkg/agentconfig"
+)
+
+func parseHubFlags(t *testing.T, args ...string) (*Flags, error) {
+	t.Helper()
+	fs := flag.NewFlagSet("kvinject-hub", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	var f Flags
+	f.Bind(fs)
+	if err := fs.Parse(args); err != nil {
+		t.Fatalf("parse %q: %v", args, err)
+	}
+	return &f, f.Validate()
+}
+
+func TestFlagDefaults(t *testing.T) {
+	f, err := parseHubFlags(t)
+	if err != nil {
+		t.Fatalf("the defaults do not validate: %v", err)
+	}
+	want := Flags{
+		BindAddress: ":8443", CertDir: DefaultCertDir, MetricsBindAddress: ":8080", HealthProbeBindAddress: ":8081",
+		Identity: "workload", SweepInterval: 30 * time.Second, ReadBudget: 100, Replicas: 1, MaxWait: 5 * time.Minute,
+		MaxConnectionAge: 30 * time.Minute, MaxVersions: 500, PodCacheTTL: time.Minute, LogLevel: "info",
+		IdentityKind: agentconfig.IdentityWorkload, Level: slog.LevelInfo,
+	}
+	if *f != want {
+		t.Errorf("defaults\n%+v\nwant\n%+v", *f, want)
+	}
+	f, err = parseHubFlags(t, "--read-budget=100", "--replicas=4", "--pod-cache-ttl=0", "--metrics-bind-address=0", "--log-level=debug", "--identity=system")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.ReplicaBudget() != 25 || f.ServerPodCacheTTL() >= 0 || f.Level != slog.LevelDebug || f.IdentityKind != agentconfig.IdentitySystem {
+		t.Errorf("budget %v, pod cache %v, level %v, identity %v", f.ReplicaBudget(), f.ServerPodCacheTTL(), f.Level, f.IdentityKind)
+	}
+}
+
+func TestFlagErrorsNameTheFlag(t *testing.T) {
+	tests := []struct {
+		arg  string
+		want string
+	}{
+		{"--bind-address=localhost", `--bind-address "localhost": not host:port; use host:port, e.g. :8443`},
+		{"--bind-address=:99999", `--bind-address ":99999": port "99999" is not a number from 0 to 65535`},
+		{"--metrics-bind-address=x", `--metrics-bind-address "x": not host:port; use host:port, e.g. :8080, or 0 to disable metrics`},
+		{"--health-probe-bind-address=0", `--health-probe-bind-address "0"`},
+		{"--cert-dir=", "--cert-dir is empty"},
+		{"--identity=Workload", `--identity "Workload": use workload, managed or system`},
+		{"--sweep-interval=500ms", "--sweep-interval 500ms: use a duration from 1s to 1h"},
+		{"--sweep-interval=2h", "--sweep-interval 2h0m0s: use a duration from 1s to 1h"},
+		{"--read-budget=0", "--read-budget 0: use a number of reads per second above 0 and at most 400"},
+		{"--read-budget=NaN", "--read-budget NaN"},
+		{"--read-budget=401", "--read-budget 401"},
+		{"--replicas=-1", "--replicas -1: use the Deployment's replica count, 1 or more"},
+		{"--max-wait=500ms", "--max-wait 500ms: use a duration from 1s to 1h"},
+		{"--max-connection-age=0s", "--max-connection-age 0s: use a duration of 1s or more"},
+		{"--max-versions=0", "--max-versions 0: use a number from 1 to 100000"},
+		{"--pod-cache-ttl=-1s", "--pod-cache-ttl -1s: use a duration from 0 to 10m"},
+		{"--pod-cache-ttl=1h", "--pod-cache-ttl 1h0m0s"},
+		{"--log-level=trace", `--log-level "trace": use debug, info, warn or error`},
+	}
+	for _, tc := range tests {
+		_, err := parseHubFlags(t, tc.arg)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v, want %q", tc.arg, err, tc.want)
+		}
+	}
+}

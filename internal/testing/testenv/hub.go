@@ -1,0 +1,14 @@
+package testenv
+
+import rbacv1 "k8s.io/api/rbac/v1"
+
+// HubRules returns the rules of the install's hub ClusterRole (HubRBACFile),
+// for a test that runs the hub in its own process as a user holding exactly
+// those rules.
+func (e *Env) HubRules() ([]rbacv1.PolicyRule, error) {
+	role, err := hubClusterRole(e.Root)
+	if err != nil {
+		return nil, err
+	}
+	return role.Rules, nil
+}

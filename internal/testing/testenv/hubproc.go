@@ -1,0 +1,297 @@
+package testenv
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"fmt"
+	"io"
+	"math/big"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	rbacv1 "k8s.io/api/rbac/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	"sigs.k8s.io/yaml"
+
+	"github.com/kvinject/kvinject/internal/testing/emulator"
+)
+
+// The version hub as the test environment runs it (Options.Hub): the hub binary
+// on 127.0.0.1, reached by the agents under its Service name through their
+// test-only dial override, with a serving certificate of a CA the webhook
+// injects (--hub-ca-file), a Kubernetes user bound to exactly the install's
+// hub ClusterRole, and a managed identity of its own in the emulator that is
+// granted list only (GrantHub).
+const (
+	// HubHost is the hub Service's name, as in the installs.
+	HubHost = "kvinject-hub.kvinject-system.svc"
+	// HubUser is the Kubernetes user the hub runs as: its ServiceAccount's name.
+	HubUser = "system:serviceaccount:kvinject-system:kvinject-hub"
+	// HubClientID is the client ID of the hub's managed identity in the emulator.
+	HubClientID = "0d7a6c41-6b1f-4f5e-9c8e-4b5d0f0a1b2c"
+	// HubURL is the --hub-url the webhook is given.
+	HubURL = "https://" + HubHost
+)
+
+// HubRBACFile is the install's RBAC of the hub, relative to the repository
+// root: the hub of the tests gets exactly its ClusterRole.
+const HubRBACFile = "manifests/components/hub/hub-rbac.yaml"
+
+// hubClusterRole reads the ClusterRole of HubRBACFile.
+func hubClusterRole(root string) (*rbacv1.ClusterRole, error) {
+	data, err := os.ReadFile(filepath.Join(root, HubRBACFile))
+	if err != nil {
+		return nil, err
+	}
+	for _, doc := range strings.Split(string(data), "\n---") {
+		var r rbacv1.ClusterRole
+		if err := yaml.Unmarshal([]byte(doc), &r); err != nil {
+			return nil, fmt.Errorf("%s: %w", HubRBACFile, err)
+		}
+		if r.Kind == "ClusterRole" {
+			return &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: r.Name}, Rules: r.Rules}, nil
+		}
+	}
+	return nil, fmt.Errorf("%s holds no ClusterRole", HubRBACFile)
+}
+
+// hubProc is the running hub.
+type hubProc struct {
+	addr, probeAddr, metricsAddr string
+	certDir                      string
+	cmd                          *exec.Cmd
+	log                          *os.File
+	done                         chan struct{}
+}
+
+// prepareHub writes the hub's certificate and reserves its ports, before the
+// webhook starts (the webhook is given --hub-url and --hub-ca-file).
+func (e *Env) prepareHub() error {
+	dir := filepath.Join(e.work, "hub-tls")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	if err := writeHubCert(dir); err != nil {
+		return fmt.Errorf("hub certificate: %w", err)
+	}
+	ports := make([]string, 3)
+	for i := range ports {
+		p, err := freePort()
+		if err != nil {
+			return err
+		}
+		ports[i] = "127.0.0.1:" + strconv.Itoa(p)
+	}
+	e.hub = &hubProc{addr: ports[0], probeAddr: ports[1], metricsAddr: ports[2], certDir: dir}
+	e.opts.WebhookArgs = append(e.opts.WebhookArgs, "--hub-url="+HubURL, "--hub-ca-file="+filepath.Join(dir, "ca.crt"))
+	return nil
+}
+
+// startHub gives the hub its user and RBAC, its identity in the emulator, and
+// starts it.
+func (e *Env) startHub(ctx context.Context) error {
+	user, err := e.API.AddUser(envtest.User{Name: HubUser, Groups: []string{"system:serviceaccounts", "system:authenticated"}}, nil)
+	if err != nil {
+		return err
+	}
+	kc, err := user.KubeConfig()
+	if err != nil {
+		return err
+	}
+	kubeconfig := filepath.Join(e.work, "hub.kubeconfig")
+	if err := os.WriteFile(kubeconfig, kc, 0o600); err != nil {
+		return err
+	}
+	role, err := hubClusterRole(e.Root)
+	if err != nil {
+		return err
+	}
+	if err := e.Client.Create(ctx, role); err != nil {
+		return fmt.Errorf("hub ClusterRole: %w", err)
+	}
+	binding := &rbacv1.ClusterRoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: "kvinject-hub"},
+		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: role.Name},
+		Subjects:   []rbacv1.Subject{{Kind: rbacv1.UserKind, APIGroup: rbacv1.GroupName, Name: HubUser}},
+	}
+	if err := e.Client.Create(ctx, binding); err != nil {
+		return fmt.Errorf("hub ClusterRoleBinding: %w", err)
+	}
+	if err := e.Emulator.AddManagedIdentity(HubClientID); err != nil {
+		return err
+	}
+	return e.StartHub(ctx)
+}
+
+// StartHub starts the hub process (again, after StopHub) and waits until it is
+// ready.
+func (e *Env) StartHub(ctx context.Context) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	h := e.hub
+	if h == nil {
+		return fmt.Errorf("the environment was started without Options.Hub")
+	}
+	if h.cmd != nil {
+		return nil
+	}
+	sweep := e.opts.HubSweepInterval
+	if sweep == 0 {
+		sweep = 2 * time.Second
+	}
+	args := append([]string{
+		"--kubeconfig=" + filepath.Join(e.work, "hub.kubeconfig"),
+		"--cert-dir=" + h.certDir,
+		"--bind-address=" + h.addr,
+		"--metrics-bind-address=" + h.metricsAddr,
+		"--health-probe-bind-address=" + h.probeAddr,
+		"--identity=managed",
+		"--sweep-interval=" + sweep.String(),
+	}, e.opts.HubArgs...)
+	logFile, err := os.OpenFile(filepath.Join(e.work, "hub.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command(filepath.Join(e.BinDir, "hub"), args...)
+	cmd.Env = []string{
+		"AZURE_CLIENT_ID=" + HubClientID,
+		"IDENTITY_ENDPOINT=" + e.Emulator.MSIEndpoint(),
+		"IDENTITY_HEADER=" + e.Emulator.IdentityHeader(),
+		"KVINJECT_TEST_CA_FILE=" + e.CAFile,
+		"KVINJECT_TEST_RESOLVE=" + e.emulatorResolve(),
+		"POD_NAMESPACE=kvinject-system",
+		"PATH=" + os.Getenv("PATH"),
+	}
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	if err := cmd.Start(); err != nil {
+		logFile.Close()
+		return fmt.Errorf("starting the hub: %w", err)
+	}
+	h.cmd, h.log, h.done = cmd, logFile, make(chan struct{})
+	go func(done chan struct{}) { _ = cmd.Wait(); close(done) }(h.done)
+	e.logf("hub listening on https://%s (as %s)", h.addr, HubURL)
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) && ctx.Err() == nil {
+		select {
+		case <-h.done:
+			return fmt.Errorf("the hub exited at start; its log:\n%s", e.HubLog())
+		default:
+		}
+		if resp, err := http.Get("http://" + h.probeAddr + "/readyz"); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return fmt.Errorf("the hub was not ready within 30s; its log:\n%s", e.HubLog())
+}
+
+// StopHub stops the hub process (SIGTERM, then SIGKILL after 10s).
+func (e *Env) StopHub() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	h := e.hub
+	if h == nil || h.cmd == nil {
+		return
+	}
+	_ = h.cmd.Process.Signal(os.Interrupt)
+	select {
+	case <-h.done:
+	case <-time.After(10 * time.Second):
+		_ = h.cmd.Process.Kill()
+		<-h.done
+	}
+	h.log.Close()
+	h.cmd = nil
+}
+
+// HubLog returns what the hub has logged so far.
+func (e *Env) HubLog() string {
+	b, _ := os.ReadFile(filepath.Join(e.work, "hub.log"))
+	return string(b)
+}
+
+// HubMetrics returns the hub's Prometheus metrics text.
+func (e *Env) HubMetrics() (string, error) {
+	if e.hub == nil {
+		return "", fmt.Errorf("no hub")
+	}
+	resp, err := http.Get("http://" + e.hub.metricsAddr + "/metrics")
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return string(b), err
+}
+
+// GrantHub gives the hub's identity the list permission (metadata only) on a vault.
+func (e *Env) GrantHub(vault string) error {
+	return e.Emulator.Grant(vault, HubClientID, emulator.PermList)
+}
+
+// writeHubCert writes a CA (ca.crt) and a serving certificate for HubHost and
+// 127.0.0.1 signed by it (tls.crt, tls.key) into dir.
+func writeHubCert(dir string) error {
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return err
+	}
+	now := time.Now()
+	caTmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "kvinject-ca (testenv)"},
+		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(24 * time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
+	}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		return err
+	}
+	ca, err := x509.ParseCertificate(caDER)
+	if err != nil {
+		return err
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: HubHost},
+		DNSNames: []string{HubHost, HubHost + ".cluster.local"}, IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
+		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(24 * time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
+	if err != nil {
+		return err
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return err
+	}
+	files := map[string][]byte{
+		"ca.crt":  pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}),
+		"tls.crt": pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
+		"tls.key": pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}),
+	}
+	for name, b := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), b, 0o600); err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -1,0 +1,424 @@
+//go:build integration
+
+package integration
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"log/slog"
+	"math/big"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
+	"github.com/Azure/azure-sdk-for-go/sdk/security/keyvault/azsecrets"
+	authenticationv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+
+	"github.com/kvinject/kvinject/internal/agent"
+	"github.com/kvinject/kvinject/internal/hub"
+	"github.com/kvinject/kvinject/internal/hub/vaults"
+	"github.com/kvinject/kvinject/internal/testing/emulator"
+	"github.com/kvinject/kvinject/pkg/agentconfig"
+	"github.com/kvinject/kvinject/pkg/hubapi"
+	"github.com/kvinject/kvinject/pkg/mapping"
+	"github.com/kvinject/kvinject/pkg/mutate"
+)
+
+// inProcessHub is the real hub Server and vaults.Hub, run in the test's
+// process over real TLS on 127.0.0.1, against the real API server as a
+// Kubernetes user holding exactly the install's hub ClusterRole's rules
+// (env.HubRules), and against the emulator as an Azure identity granted
+// list only.
+type inProcessHub struct {
+	server   *hub.Server
+	url      string
+	client   *http.Client
+	clientID string
+	logs     *lockedBuffer
+}
+
+// lockedBuffer collects the hub's log.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// hubIdentity gives the in-process hub a Kubernetes user bound to the
+// install's hub rules and a workload identity (federated with a ServiceAccount
+// of its own namespace) granted list on vaults. It returns the hub's
+// API server client and Key Vault client builder.
+func hubIdentity(t *testing.T, clientID string, vaultNames ...string) (kubernetes.Interface, func(string) (*azsecrets.Client, error)) {
+	t.Helper()
+	ctx := context.Background()
+	ns := newNamespace(t, nil, map[string]map[string]string{"kvinject-hub": nil})
+	user, err := env.API.AddUser(envtest.User{Name: "kvinject-hub-" + ns, Groups: []string{"system:authenticated"}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rules, err := env.HubRules()
+	if err != nil {
+		t.Fatal(err)
+	}
+	role := &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: "hub-" + ns}, Rules: rules}
+	binding := &rbacv1.ClusterRoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: "hub-" + ns},
+		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: role.Name},
+		Subjects:   []rbacv1.Subject{{Kind: rbacv1.UserKind, APIGroup: rbacv1.GroupName, Name: "kvinject-hub-" + ns}},
+	}
+	mustCreate(t, role)
+	mustCreate(t, binding)
+	kube, err := kubernetes.NewForConfig(user.Config())
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	tenant := env.Emulator.TenantID()
+	if err := env.RegisterWorkloadIdentity(clientID, tenant, ns, "kvinject-hub"); err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range vaultNames {
+		if err := env.Emulator.Grant(v, clientID, emulator.PermList); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tr, err := env.Kube.CoreV1().ServiceAccounts(ns).CreateToken(ctx, "kvinject-hub", &authenticationv1.TokenRequest{
+		Spec: authenticationv1.TokenRequestSpec{Audiences: []string{mutate.TokenAudience}, ExpirationSeconds: ptr(int64(3600))},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tokenFile := filepath.Join(t.TempDir(), "azure-identity-token")
+	if err := os.WriteFile(tokenFile, []byte(tr.Status.Token), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	azEnv := agent.Env{ClientID: clientID, TenantID: tenant, TokenFile: tokenFile, TestCAFile: env.CAFile, TestResolve: env.ResolveOverride()}
+	newClient := func(u string) (*azsecrets.Client, error) {
+		// As cmd/hub builds it: the agent's builder, no SDK retries.
+		c, err := agent.NewClients(u, agentconfig.IdentityWorkload, azEnv, policy.RetryOptions{MaxRetries: -1}, slog.New(slog.DiscardHandler))
+		if err != nil {
+			return nil, err
+		}
+		t.Cleanup(c.Transport.CloseIdleConnections)
+		return c.Secrets, nil
+	}
+	return kube, newClient
+}
+
+// startHub runs a hub in process until the test ends.
+func startHub(t *testing.T, kube kubernetes.Interface, newClient func(string) (*azsecrets.Client, error), clientID string, opts hub.Options) *inProcessHub {
+	t.Helper()
+	h := &inProcessHub{clientID: clientID, logs: &lockedBuffer{}}
+	log := slog.New(slog.NewTextHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	vh, err := vaults.New(vaults.Options{Client: newClient, SweepInterval: 500 * time.Millisecond, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts.Kube, opts.Vaults, opts.Logger = kube, vh, log
+	if h.server, err = hub.NewServer(opts); err != nil {
+		t.Fatal(err)
+	}
+	cert, pool := servingCert(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.url = "https://" + ln.Addr().String() + hubapi.WatchPath
+	ctx, cancel := context.WithCancel(context.Background())
+	served, ran := make(chan error, 1), make(chan error, 1)
+	go func() { ran <- vh.Run(ctx) }()
+	go func() {
+		served <- h.server.Serve(ctx, ln, hub.TLSConfig(func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return &cert, nil }))
+	}()
+	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}}
+	h.client = &http.Client{Transport: tr, Timeout: time.Minute}
+	t.Cleanup(func() {
+		cancel()
+		if err := <-served; err != nil {
+			t.Errorf("hub Serve: %v", err)
+		}
+		<-ran
+		tr.CloseIdleConnections()
+	})
+	return h
+}
+
+// servingCert returns a certificate for 127.0.0.1 and a pool trusting only it.
+func servingCert(t *testing.T) (tls.Certificate, *x509.CertPool) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "kvinject-hub (integration)"},
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		BasicConstraintsValid: true, IsCA: true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(leaf)
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}, pool
+}
+
+// hubAnswer is an answer of the hub.
+type hubAnswer struct {
+	status  int
+	changed []hubapi.Object
+	refusal *hubapi.Refusal
+	took    time.Duration
+}
+
+// watch sends one watch request with token.
+func (h *inProcessHub) watch(t *testing.T, token, vaultURL string, objs ...hubapi.Object) hubAnswer {
+	t.Helper()
+	body, _ := json.Marshal(hubapi.WatchRequest{Vault: vaultURL, Objects: objs})
+	req, _ := http.NewRequest(http.MethodPost, h.url, bytes.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer "+token)
+	start := time.Now()
+	resp, err := h.client.Do(req)
+	if err != nil {
+		t.Fatalf("watch: %v", err)
+	}
+	defer resp.Body.Close()
+	a := hubAnswer{status: resp.StatusCode, took: time.Since(start)}
+	if resp.StatusCode == http.StatusOK {
+		var wr hubapi.WatchResponse
+		if err := json.NewDecoder(resp.Body).Decode(&wr); err != nil {
+			t.Fatal(err)
+		}
+		a.changed = wr.Changed
+	} else {
+		a.refusal = hubapi.ReadRefusal(resp)
+	}
+	return a
+}
+
+// expectRefusal checks that an answer is the refusal wanted.
+func expectRefusal(t *testing.T, what string, a hubAnswer, status int, reason string) {
+	t.Helper()
+	if a.status != status || a.refusal == nil || a.refusal.Reason != reason {
+		t.Errorf("%s: answer %d %+v %+v, want %d %s", what, a.status, a.changed, a.refusal, status, reason)
+		return
+	}
+	t.Logf("%s: %d %s: %s", what, a.status, a.refusal.Reason, a.refusal.Message)
+}
+
+// podToken mints a token of the pod's ServiceAccount with the audience,
+// bound to the pod unless pod.UID is empty; a real projected token.
+func podToken(t *testing.T, pod *corev1.Pod, audience string) string {
+	t.Helper()
+	spec := authenticationv1.TokenRequestSpec{Audiences: []string{audience}, ExpirationSeconds: ptr(int64(mutate.HubTokenExpirationSeconds))}
+	if pod.UID != "" {
+		spec.BoundObjectRef = &authenticationv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: pod.Name, UID: pod.UID}
+	}
+	tr, err := env.Kube.CoreV1().ServiceAccounts(pod.Namespace).CreateToken(context.Background(), pod.Spec.ServiceAccountName,
+		&authenticationv1.TokenRequest{Spec: spec}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("minting a token for %s: %v", pod.Name, err)
+	}
+	return tr.Status.Token
+}
+
+func secretObject(name, version string) hubapi.Object {
+	return hubapi.Object{Kind: hubapi.KindSecret, Name: name, Version: version}
+}
+
+// TestHubOnTheRealAPIServer runs the hub against the real API server
+// (TokenReview of real projected tokens bound to pods the webhook injected,
+// pod lookups as a user holding only the install's hub rules) and the
+// emulator: a valid watch hears of a new version; wrong audience, another
+// pod's objects, a made-up version, a token of no pod and a deleted pod are
+// refused; and the hub's identity never reads a value.
+func TestHubOnTheRealAPIServer(t *testing.T) {
+	const (
+		appID  = "c0ffee16-0000-4000-8000-000000000001"
+		hubID  = "c0ffee16-0000-4000-8000-0000000000a1"
+		vault  = "hub-server-vault"
+		vaultU = "https://" + vault + ".vault.azure.net/"
+	)
+	ns := workloadNamespace(t, vault, appID, emulator.PermGet)
+	apiV1 := setSecret(t, vault, "API-KEY", "hub-api-key-1")
+	dbV1 := setSecret(t, vault, "DB-PASSWORD", "hub-db-password-1")
+	pinned := setSecret(t, vault, "PINNED", "hub-pinned-1")
+	otherV1 := setSecret(t, vault, "OTHER-SECRET", "hub-other-1")
+
+	ordersAnnotations := map[string]string{
+		mapping.AnnotationVault:    vault,
+		mapping.AnnotationSecrets:  "api.txt=API-KEY, db.txt=DB-PASSWORD, pinned.txt=PINNED@" + pinned,
+		mapping.AnnotationRotation: "1m",
+	}
+	newOrders := func() *corev1.Pod {
+		p := appPod(ns, "orders", ordersAnnotations)
+		p.Spec.ServiceAccountName = "app"
+		return p
+	}
+	orders := newOrders()
+	mustCreate(t, orders) // the webhook injects the rotating agent
+	agentArgs := findContainer(t, orders, mapping.AgentContainerName).Args
+	if len(agentArgs) == 0 || agentArgs[0] != agentconfig.ModeSidecar {
+		t.Fatalf("the webhook did not inject a rotating agent: %q", agentArgs)
+	}
+	neighbour := appPod(ns, "neighbour", map[string]string{
+		mapping.AnnotationVault: vault, mapping.AnnotationSecrets: "other.txt=OTHER-SECRET", mapping.AnnotationRotation: "1m",
+	})
+	neighbour.Spec.ServiceAccountName = "app"
+	mustCreate(t, neighbour)
+
+	kube, newClient := hubIdentity(t, hubID, vault)
+	h := startHub(t, kube, newClient, hubID, hub.Options{MaxWait: 30 * time.Second})
+	// A second replica that never caches pods, to show what a cached review
+	// of a deleted pod's token meets.
+	h2 := startHub(t, kube, newClient, hubID, hub.Options{MaxWait: 30 * time.Second, PodCacheTTL: -1})
+
+	ordersToken := podToken(t, orders, hubapi.Audience)
+	var tokens []string
+	tokens = append(tokens, ordersToken)
+
+	// A valid watch is held, then answered with the new version.
+	secretValues = append(secretValues, "hub-api-key-2")
+	go func() {
+		time.Sleep(2 * time.Second)
+		env.Emulator.SetSecret(vault, "API-KEY", "hub-api-key-2")
+	}()
+	a := h.watch(t, ordersToken, vaultU, secretObject("API-KEY", apiV1), secretObject("DB-PASSWORD", dbV1))
+	apiV2, _ := env.Emulator.Secret(vault, "API-KEY")
+	if a.status != http.StatusOK || len(a.changed) != 1 || a.changed[0] != secretObject("API-KEY", apiV2.Version) {
+		t.Fatalf("valid watch: %d %+v %+v, want API-KEY@%s", a.status, a.changed, a.refusal, apiV2.Version)
+	}
+	if a.took < 1500*time.Millisecond || a.took > 15*time.Second {
+		t.Errorf("the change was answered after %v: want after it was made (2s) and within a few sweeps", a.took)
+	}
+	t.Logf("valid watch: held %v, answered %+v", a.took, a.changed)
+	// Holding the newest version, the watch is held (here: until the client gives up).
+	ctx, cancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)
+	body, _ := json.Marshal(hubapi.WatchRequest{Vault: vaultU, Objects: []hubapi.Object{secretObject("API-KEY", apiV2.Version)}})
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, h.url, bytes.NewReader(body))
+	req.Header.Set("Authorization", "Bearer "+ordersToken)
+	if resp, err := h.client.Do(req); err == nil {
+		resp.Body.Close()
+		t.Errorf("a watch of the newest version was answered %d at once", resp.StatusCode)
+	}
+	cancel()
+
+	// Refusals.
+	wrongAudience := podToken(t, orders, mutate.TokenAudience)
+	neighbourToken := podToken(t, neighbour, hubapi.Audience)
+	noPod := podToken(t, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "none"}, Spec: corev1.PodSpec{ServiceAccountName: "app"}}, hubapi.Audience)
+	tokens = append(tokens, wrongAudience, neighbourToken, noPod)
+	expectRefusal(t, "audience api://AzureADTokenExchange", h.watch(t, wrongAudience, vaultU, secretObject("API-KEY", apiV2.Version)), 401, hubapi.ReasonUnauthenticated)
+	expectRefusal(t, "a token of no pod", h.watch(t, noPod, vaultU, secretObject("API-KEY", apiV2.Version)), 401, hubapi.ReasonNotAPod)
+	expectRefusal(t, "another pod's objects", h.watch(t, neighbourToken, vaultU, secretObject("API-KEY", apiV2.Version)), 403, hubapi.ReasonNotPodObject)
+	expectRefusal(t, "a pinned object", h.watch(t, ordersToken, vaultU, secretObject("PINNED", pinned)), 403, hubapi.ReasonNotPodObject)
+	expectRefusal(t, "a made-up version", h.watch(t, ordersToken, vaultU, secretObject("API-KEY", "0123456789abcdef0123456789abcdef")), 403, hubapi.ReasonUnknownVersion)
+	expectRefusal(t, "another object's version", h.watch(t, ordersToken, vaultU, secretObject("API-KEY", otherV1)), 403, hubapi.ReasonUnknownVersion)
+	// The neighbour may watch its own object.
+	if a := h.watch(t, neighbourToken, vaultU, secretObject("OTHER-SECRET", apiV1)); a.status != 403 || a.refusal.Reason != hubapi.ReasonUnknownVersion {
+		t.Errorf("neighbour, own object, another object's version: %d %+v", a.status, a.refusal)
+	}
+
+	// The pod is deleted and recreated under its name (a new UID).
+	usedOnH2 := ordersToken
+	if a := h2.watch(t, usedOnH2, vaultU, secretObject("API-KEY", apiV1)); a.status != http.StatusOK || len(a.changed) != 1 {
+		t.Fatalf("second replica before the deletion: %d %+v %+v", a.status, a.changed, a.refusal)
+	}
+	unused := podToken(t, orders, hubapi.Audience) // minted for the old pod, never presented yet
+	tokens = append(tokens, unused)
+	if err := env.Kube.CoreV1().Pods(ns).Delete(context.Background(), "orders", metav1.DeleteOptions{GracePeriodSeconds: ptr(int64(0))}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		_, err := env.Kube.CoreV1().Pods(ns).Get(context.Background(), "orders", metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("pod orders was not deleted: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	recreated := newOrders()
+	mustCreate(t, recreated)
+	if recreated.UID == orders.UID {
+		t.Fatal("the recreated pod has the old UID")
+	}
+	// Wait until the API server itself refuses the old pod's token (its
+	// informers see the new pod within moments).
+	for deadline := time.Now().Add(20 * time.Second); ; {
+		tr, err := env.Kube.AuthenticationV1().TokenReviews().Create(context.Background(), &authenticationv1.TokenReview{
+			Spec: authenticationv1.TokenReviewSpec{Token: unused, Audiences: []string{hubapi.Audience}}}, metav1.CreateOptions{})
+		if err == nil && !tr.Status.Authenticated {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the API server still accepts the deleted pod's token: %v %+v", err, tr)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	expectRefusal(t, "the deleted pod's token, never seen", h.watch(t, unused, vaultU, secretObject("API-KEY", apiV2.Version)), 401, hubapi.ReasonUnauthenticated)
+	expectRefusal(t, "the deleted pod's token, review cached", h2.watch(t, usedOnH2, vaultU, secretObject("API-KEY", apiV2.Version)), 403, hubapi.ReasonPodMismatch)
+	// The new pod's own token works.
+	newToken := podToken(t, recreated, hubapi.Audience)
+	tokens = append(tokens, newToken)
+	if a := h.watch(t, newToken, vaultU, secretObject("API-KEY", apiV1)); a.status != http.StatusOK || len(a.changed) != 1 || a.changed[0].Version != apiV2.Version {
+		t.Errorf("recreated pod: %d %+v %+v", a.status, a.changed, a.refusal)
+	}
+
+	// The hub's identity only listed: no value read, and values never in its logs.
+	if n := env.Emulator.ValueReads(hubID); n != 0 {
+		t.Errorf("the hub's identity sent %d value reads, want 0", n)
+	}
+	if n := env.Emulator.ListRequests(hubID); n == 0 {
+		t.Error("the hub's identity sent no list request: is the emulator counting it?")
+	}
+	for _, h := range []*inProcessHub{h, h2} {
+		logs := h.logs.String()
+		noSecretIn(t, "the hub's log", logs)
+		for _, tok := range tokens {
+			if strings.Contains(logs, tok) || strings.Contains(logs, tok[strings.LastIndex(tok, ".")+1:]) {
+				t.Error("the hub's log contains a token")
+			}
+		}
+	}
+	t.Logf("Key Vault calls by the hub: %d list requests, %d value reads", env.Emulator.ListRequests(hubID), env.Emulator.ValueReads(hubID))
+}
