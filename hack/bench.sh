@@ -3,9 +3,9 @@
 # has two cores), and keeps their raw output and a description of the machine.
 # BENCHMARKS.md holds the numbers of one run and names these commands.
 #
-#   hack/bench.sh [GROUP...]   default: every group, ~20 minutes
+#   hack/bench.sh [GROUP...]   default: every group, ~30 minutes
 #
-# Groups: mutation, emulator, agent, rollout, webhook, podcreate, memory.
+# Groups: mutation, emulator, agent, rollout, webhook, podcreate, memory, hub.
 # Environment: BENCH_OUT (default $TMPDIR/kvinject-bench-results) receives <group>.txt and
 # machine.txt. The webhook group runs `hey` for the anchor commands of
 # shared/docs/performance-anchors.md and installs it with apt-get when it is
@@ -17,7 +17,7 @@ OUT=${BENCH_OUT:-${TMPDIR:-/tmp}/kvinject-bench-results}
 mkdir -p "$OUT"
 export KVINJECT_BENCH_SCALE=full
 groups=("$@")
-[ ${#groups[@]} -gt 0 ] || groups=(mutation emulator agent rollout webhook podcreate memory)
+[ ${#groups[@]} -gt 0 ] || groups=(mutation emulator agent rollout webhook podcreate memory hub)
 
 log() { echo "bench: $*" >&2; }
 
@@ -80,8 +80,13 @@ for g in "${groups[@]}"; do
     # prebuilt binaries, such as another commit's).
     KUBEBUILDER_ASSETS="$(hack/kube-binaries.sh)" run memory -tags integration -bench BenchmarkWebhookMemory -benchtime=1x -timeout=40m ./test/bench/
     ;;
+  hub)
+    # The version hub with 2,000 in-process agents (~11 minutes; more with
+    # KVINJECT_BENCH_HUB_AGENTS=N, which needs RLIMIT_NOFILE of about 5N+1000).
+    KUBEBUILDER_ASSETS="$(hack/kube-binaries.sh)" run hub -tags integration -bench BenchmarkHub -benchtime=1x -timeout=40m ./test/bench/
+    ;;
   *)
-    log "unknown group $g (mutation, emulator, agent, rollout, webhook, podcreate, memory)"
+    log "unknown group $g (mutation, emulator, agent, rollout, webhook, podcreate, memory, hub)"
     exit 2
     ;;
   esac

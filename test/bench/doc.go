@@ -1,8 +1,11 @@
 // Package bench holds kvinject's end-to-end benchmarks, the ones that need more
 // than one package: the agent binary's start-up and memory, a rollout of a fleet
 // of agents against the Key Vault emulator's real throttling limit and, with the
-// build tag integration, the webhook over HTTPS under load (hack/loadgen) and pod
-// creation through a real API server with and without the webhook.
+// build tag integration, the webhook over HTTPS under load (hack/loadgen), pod
+// creation through a real API server with and without the webhook, the
+// webhook's memory against cluster size, and the version hub with a fleet of
+// in-process agents (Key Vault traffic against polling, a change wave, the
+// hub's memory per watcher).
 //
 // Each benchmark iteration is one whole scenario; results are custom metrics
 // (b.ReportMetric), and the scenario's size comes from KVINJECT_BENCH_SCALE:
