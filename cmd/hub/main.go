@@ -172,6 +172,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Metrics:                metricsserver.Options{BindAddress: f.MetricsBindAddress},
 		HealthProbeBindAddress: f.HealthProbeBindAddress,
+		PprofBindAddress:       f.PprofBindAddress,
 	})
 	if err != nil {
 		return fmt.Errorf("creating the manager: %w", err)

@@ -38,6 +38,7 @@ type Flags struct {
 	CertDir                string
 	MetricsBindAddress     string
 	HealthProbeBindAddress string
+	PprofBindAddress       string
 	Identity               string
 	SweepInterval          time.Duration
 	ReadBudget             float64
@@ -60,6 +61,7 @@ func (f *Flags) Bind(fs *flag.FlagSet) {
 	fs.StringVar(&f.CertDir, "cert-dir", DefaultCertDir, "directory holding the serving certificate tls.crt and its key tls.key, reloaded when they change")
 	fs.StringVar(&f.MetricsBindAddress, "metrics-bind-address", DefaultMetricsBindAddress, "address of the Prometheus metrics endpoint (0 disables it)")
 	fs.StringVar(&f.HealthProbeBindAddress, "health-probe-bind-address", DefaultProbeBindAddress, "address of /healthz and /readyz")
+	fs.StringVar(&f.PprofBindAddress, "pprof-bind-address", "0", "address of Go's /debug/pprof profiles, e.g. 127.0.0.1:6060 for a port-forward (0 disables them)")
 	fs.StringVar(&f.Identity, "identity", string(agentconfig.IdentityWorkload), "the hub's Azure identity: workload, managed or system (the client ID, tenant and token file come from the AZURE_* environment, as for the agent)")
 	fs.DurationVar(&f.SweepInterval, "sweep-interval", DefaultSweepInterval, "how often each watched vault's secrets are listed (jittered by 10%)")
 	fs.Float64Var(&f.ReadBudget, "read-budget", DefaultReadBudget, "Key Vault reads per second per vault that the notifications of a change may cause, across all replicas (Key Vault allows 400)")
@@ -82,6 +84,9 @@ func (f *Flags) Validate() error {
 	}
 	if err := checkAddress(f.MetricsBindAddress, true); err != nil {
 		bad("--metrics-bind-address %q: %v; use host:port, e.g. :8080, or 0 to disable metrics", f.MetricsBindAddress, err)
+	}
+	if err := checkAddress(f.PprofBindAddress, true); err != nil {
+		bad("--pprof-bind-address %q: %v; use host:port, e.g. 127.0.0.1:6060, or 0 to disable profiles", f.PprofBindAddress, err)
 	}
 	if err := checkAddress(f.HealthProbeBindAddress, false); err != nil {
 		bad("--health-probe-bind-address %q: %v; use host:port, e.g. :8081", f.HealthProbeBindAddress, err)

@@ -29,7 +29,7 @@ func TestFlagDefaults(t *testing.T) {
 		t.Fatalf("the defaults do not validate: %v", err)
 	}
 	want := Flags{
-		BindAddress: ":8443", CertDir: DefaultCertDir, MetricsBindAddress: ":8080", HealthProbeBindAddress: ":8081",
+		BindAddress: ":8443", CertDir: DefaultCertDir, MetricsBindAddress: ":8080", HealthProbeBindAddress: ":8081", PprofBindAddress: "0",
 		Identity: "workload", SweepInterval: 30 * time.Second, ReadBudget: 100, Replicas: 1, MaxWait: 5 * time.Minute,
 		MaxConnectionAge: 30 * time.Minute, MaxVersions: 500, PodCacheTTL: time.Minute, LogLevel: "info",
 		IdentityKind: agentconfig.IdentityWorkload, Level: slog.LevelInfo,
@@ -54,6 +54,7 @@ func TestFlagErrorsNameTheFlag(t *testing.T) {
 		{"--bind-address=localhost", `--bind-address "localhost": not host:port; use host:port, e.g. :8443`},
 		{"--bind-address=:99999", `--bind-address ":99999": port "99999" is not a number from 0 to 65535`},
 		{"--metrics-bind-address=x", `--metrics-bind-address "x": not host:port; use host:port, e.g. :8080, or 0 to disable metrics`},
+		{"--pprof-bind-address=6060", `--pprof-bind-address "6060": not host:port; use host:port, e.g. 127.0.0.1:6060, or 0 to disable profiles`},
 		{"--health-probe-bind-address=0", `--health-probe-bind-address "0"`},
 		{"--cert-dir=", "--cert-dir is empty"},
 		{"--identity=Workload", `--identity "Workload": use workload, managed or system`},
