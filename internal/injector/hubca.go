@@ -5,10 +5,11 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
-	"net/url"
 	"os"
 	"sync"
 	"time"
+
+	"github.com/kvinject/kvinject/pkg/agentconfig"
 )
 
 // HubCA reads the PEM bundle that rotating agents trust for the version hub's
@@ -77,11 +78,10 @@ func checkCABundle(b []byte) error {
 	return nil
 }
 
-// checkHubURL checks --hub-url: an https URL with a host and no path.
+// checkHubURL checks --hub-url: the agent's rule for --hub.
 func checkHubURL(s string) error {
-	u, err := url.Parse(s)
-	if err != nil || u.Scheme != "https" || u.Host == "" || (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.User != nil {
-		return fmt.Errorf("--hub-url %q: must be an https URL with no path, e.g. https://kvinject-hub.kvinject-system.svc", s)
+	if err := agentconfig.CheckHubURL(s); err != nil {
+		return fmt.Errorf("--hub-url %q: %w", s, err)
 	}
 	return nil
 }

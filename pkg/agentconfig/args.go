@@ -159,8 +159,8 @@ func (c *Config) Validate() error {
 		if c.Mode != ModeSidecar {
 			return fmt.Errorf("--hub is only for sidecar mode (an init agent reads once and never watches)")
 		}
-		if u, err := url.Parse(c.Hub); err != nil || u.Scheme != "https" || u.Host == "" || (u.Path != "" && u.Path != "/") || u.RawQuery != "" {
-			return fmt.Errorf("--hub %q must be an https URL with no path, such as https://kvinject-hub.kvinject-system.svc", c.Hub)
+		if err := CheckHubURL(c.Hub); err != nil {
+			return fmt.Errorf("--hub %q: %w", c.Hub, err)
 		}
 	}
 	if c.Mode == ModeSidecar && c.Rotation == 0 {
@@ -228,6 +228,16 @@ func ParseArgs(args []string, local LocalFlags) (Config, error) {
 func IsFlagError(err error) bool {
 	var fe *FlagError
 	return errors.As(err, &fe)
+}
+
+// CheckHubURL checks the version hub's URL (--hub, and the webhook's
+// --hub-url): https, a host, no user, path or query.
+func CheckHubURL(s string) error {
+	u, err := url.Parse(s)
+	if err != nil || u.Scheme != "https" || u.Host == "" || (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.User != nil {
+		return fmt.Errorf("must be an https URL with no path, such as https://kvinject-hub.kvinject-system.svc")
+	}
+	return nil
 }
 
 // ParseFileMode parses an octal mode such as 0440 (a leading 0o is allowed): the

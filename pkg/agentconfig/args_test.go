@@ -13,6 +13,7 @@ func TestArgsRoundTrip(t *testing.T) {
 	for _, c := range []Config{
 		{Mode: ModeInit, VaultURL: "https://myvault.vault.azure.net/", Entries: entries, Dir: "/var/run/kvinject/secrets", FileMode: 0o440, Identity: IdentityWorkload},
 		{Mode: ModeSidecar, VaultURL: "https://v.vault.azure.cn/", Entries: entries[:1], Dir: "/s", FileMode: 0o444, Rotation: 90 * time.Second, Identity: IdentitySystem},
+		{Mode: ModeSidecar, VaultURL: "https://v.vault.azure.net/", Entries: entries, Dir: "/s", FileMode: 0o444, Rotation: 2 * time.Minute, Identity: IdentityWorkload, Hub: "https://kvinject-hub.kvinject-system.svc"},
 		{Mode: ModeProbe, Dir: "/s"},
 	} {
 		got, err := ParseArgs(c.Args(), nil)
@@ -48,6 +49,10 @@ func TestParseArgsErrors(t *testing.T) {
 		{append([]string{"init", "--file-mode=999"}, ok...), "not an octal mode"},
 		{append([]string{"sidecar", "--rotation=fast"}, ok...), "not a positive duration"},
 		{append([]string{"init", "--bogus"}, ok...), "flag provided but not defined: -bogus"},
+		{append([]string{"init", "--hub=https://hub"}, ok...), "--hub is only for sidecar mode"},
+		{append([]string{"sidecar", "--hub=http://hub"}, ok...), `--hub "http://hub": must be an https URL with no path`},
+		{append([]string{"sidecar", "--hub=https://hub/v1/watch"}, ok...), "must be an https URL with no path"},
+		{append([]string{"sidecar", "--hub=https://u:p@hub"}, ok...), "must be an https URL with no path"},
 		{append(append([]string{"init"}, ok...), "extra"), `unexpected argument "extra"`},
 	}
 	for _, tt := range tests {
