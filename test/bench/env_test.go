@@ -256,31 +256,6 @@ func (c *cluster) apiserverMetrics(b *testing.B) string {
 	return string(body)
 }
 
-// metric sums the samples of a Prometheus metric (name, without labels) whose
-// labels contain every one of labels (such as `result="injected"`).
-func metric(text, name string, labels ...string) float64 {
-	var sum float64
-	for line := range strings.Lines(text) {
-		rest, ok := strings.CutPrefix(line, name)
-		if !ok || rest == "" || (rest[0] != '{' && rest[0] != ' ') {
-			continue
-		}
-		lbls, value := "", strings.TrimSpace(rest)
-		if rest[0] == '{' {
-			end := strings.LastIndexByte(rest, '}')
-			lbls, value = rest[:end+1], strings.TrimSpace(rest[end+1:])
-		}
-		match := true
-		for _, l := range labels {
-			match = match && strings.Contains(lbls, l)
-		}
-		if v, err := strconv.ParseFloat(value, 64); match && err == nil {
-			sum += v
-		}
-	}
-	return sum
-}
-
 // deletePods removes the benchmark's pods so that etcd does not grow from one
 // benchmark to the next (pods without a node are deleted at once).
 func (c *cluster) deletePods(b *testing.B) {

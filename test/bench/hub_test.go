@@ -219,11 +219,11 @@ func hubScenario(b *testing.B, sz hubSize) {
 	watchDeadline := time.Now().Add(2*time.Minute + sz.sweep)
 	for {
 		text, _ := env.HubMetrics()
-		if int(metric(text, "kvinject_hub_watchers")) >= sz.agents {
+		if int(testenv.MetricSum(text, "kvinject_hub_watchers")) >= sz.agents {
 			break
 		}
 		if time.Now().After(watchDeadline) {
-			b.Fatalf("%d of %d agents watch the hub after 2m; hub log tail:\n%s", int(metric(text, "kvinject_hub_watchers")), sz.agents, tail(env.HubLog(), 3000))
+			b.Fatalf("%d of %d agents watch the hub after 2m; hub log tail:\n%s", int(testenv.MetricSum(text, "kvinject_hub_watchers")), sz.agents, tail(env.HubLog(), 3000))
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
@@ -323,17 +323,17 @@ func hubScenario(b *testing.B, sz hubSize) {
 	b.ReportMetric(float64(fallbacks), "hub-fallbacks")
 	b.ReportMetric(float64(rss)/1024, "hub-rss-MiB")
 	b.ReportMetric(float64(rss-idleRSS)/1024/n*10000, "hub-rss-MiB/10k-watchers")
-	heap := metric(hubMetrics, "go_memstats_heap_inuse_bytes")
-	idleHeap := metric(idleMetrics, "go_memstats_heap_inuse_bytes")
+	heap := testenv.MetricSum(hubMetrics, "go_memstats_heap_inuse_bytes")
+	idleHeap := testenv.MetricSum(idleMetrics, "go_memstats_heap_inuse_bytes")
 	b.ReportMetric(heap/(1<<20), "hub-heap-MiB")
 	b.ReportMetric((heap-idleHeap)/(1<<20)/n*10000, "hub-heap-MiB/10k-watchers")
 	b.ReportMetric(hubWin.hubCPU.Seconds()/hubWin.d.Minutes(), "hub-cpu-s/min")
 	b.Logf("hub window %s: vault reads %d (hub list pages %d, agent reads %d), 429s %d, hub CPU %s; idle RSS %d kB, with %d watchers %d kB; goroutines %v",
-		hubWin.d, hubWin.vaultReads, hubWin.hubLists, hubWin.agentReads, hubWin.throttled, hubWin.hubCPU, idleRSS, sz.agents, rss, metric(hubMetrics, "go_goroutines"))
+		hubWin.d, hubWin.vaultReads, hubWin.hubLists, hubWin.agentReads, hubWin.throttled, hubWin.hubCPU, idleRSS, sz.agents, rss, testenv.MetricSum(hubMetrics, "go_goroutines"))
 	b.Logf("poll window %s: vault reads %d (agent reads %d), 429s %d", pollWin.d, pollWin.vaultReads, pollWin.agentReads, pollWin.throttled)
 	b.Logf("wave: first agent %.1fs, last %.1fs after the rotation; %d stale; notifications %v, pacing delay sum %.1fs; agents' warnings %d",
-		time.Duration(first-waveStart.UnixNano()).Seconds(), waveS, stale, metric(waveMetrics, "kvinject_hub_notifications_total"),
-		metric(waveMetrics, "kvinject_hub_pacing_delay_seconds_sum"), warnings)
+		time.Duration(first-waveStart.UnixNano()).Seconds(), waveS, stale, testenv.MetricSum(waveMetrics, "kvinject_hub_notifications_total"),
+		testenv.MetricSum(waveMetrics, "kvinject_hub_pacing_delay_seconds_sum"), warnings)
 	if stale > 0 || after.Throttled != before.Throttled || fallbacks > 0 || hubWin.hubValueReads+pollWin.hubValueReads > 0 {
 		b.Errorf("wave: %d agents on the old version, %d 429s; %d agents fell back to polling; the hub read %d values",
 			stale, after.Throttled-before.Throttled, fallbacks, hubWin.hubValueReads+pollWin.hubValueReads)

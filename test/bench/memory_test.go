@@ -156,9 +156,9 @@ func sampleWebhook(b *testing.B, env *testenv.Env, metricsURL string) memSample 
 			rss:       float64(procStatusKB(pid, "VmRSS")) * 1024,
 			rssFile:   float64(procStatusKB(pid, "RssFile")) * 1024,
 			rssAnon:   float64(procStatusKB(pid, "RssAnon")) * 1024,
-			heapInuse: metric(text, "go_memstats_heap_inuse_bytes"),
-			heapAlloc: metric(text, "go_memstats_heap_alloc_bytes"),
-			nextGC:    metric(text, "go_memstats_next_gc_bytes"),
+			heapInuse: testenv.MetricSum(text, "go_memstats_heap_inuse_bytes"),
+			heapAlloc: testenv.MetricSum(text, "go_memstats_heap_alloc_bytes"),
+			nextGC:    testenv.MetricSum(text, "go_memstats_next_gc_bytes"),
 		}
 		if i == 0 {
 			best = s

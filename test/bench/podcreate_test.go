@@ -18,6 +18,8 @@ import (
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/kvinject/kvinject/internal/testing/testenv"
 )
 
 // How a benchmark pod is admitted.
@@ -104,11 +106,11 @@ func (c *cluster) installNullWebhook(b *testing.B) {
 	// The API server picks the configuration up asynchronously.
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		before := metric(c.apiserverMetrics(b), "apiserver_admission_webhook_admission_duration_seconds_count", `name="`+nullWebhookName+`"`)
+		before := testenv.MetricSum(c.apiserverMetrics(b), "apiserver_admission_webhook_admission_duration_seconds_count", `name="`+nullWebhookName+`"`)
 		if _, err := c.kube.CoreV1().Pods(benchNamespace).Create(context.Background(), nullWebhook.pod(), metav1.CreateOptions{}); err != nil {
 			b.Fatal(err)
 		}
-		if metric(c.apiserverMetrics(b), "apiserver_admission_webhook_admission_duration_seconds_count", `name="`+nullWebhookName+`"`) > before {
+		if testenv.MetricSum(c.apiserverMetrics(b), "apiserver_admission_webhook_admission_duration_seconds_count", `name="`+nullWebhookName+`"`) > before {
 			return
 		}
 		if time.Now().After(deadline) {
@@ -129,13 +131,13 @@ func (c *cluster) callStats(b *testing.B) callStats {
 	b.Helper()
 	wm, am := c.webhookMetrics(b), c.apiserverMetrics(b)
 	s := callStats{
-		decisions:  metric(wm, "kvinject_admission_decisions_total"),
-		handlerSum: metric(wm, "controller_runtime_webhook_latency_seconds_sum", `webhook="/mutate-v1-pod"`),
-		handled:    metric(wm, "controller_runtime_webhook_latency_seconds_count", `webhook="/mutate-v1-pod"`),
+		decisions:  testenv.MetricSum(wm, "kvinject_admission_decisions_total"),
+		handlerSum: testenv.MetricSum(wm, "controller_runtime_webhook_latency_seconds_sum", `webhook="/mutate-v1-pod"`),
+		handled:    testenv.MetricSum(wm, "controller_runtime_webhook_latency_seconds_count", `webhook="/mutate-v1-pod"`),
 	}
 	for a, name := range map[admission]string{nullWebhook: nullWebhookName, kvinject: "pods.kvinject.dev"} {
-		s.callSum[a] = metric(am, "apiserver_admission_webhook_admission_duration_seconds_sum", `name="`+name+`"`, `type="admit"`)
-		s.calls[a] = metric(am, "apiserver_admission_webhook_admission_duration_seconds_count", `name="`+name+`"`, `type="admit"`)
+		s.callSum[a] = testenv.MetricSum(am, "apiserver_admission_webhook_admission_duration_seconds_sum", `name="`+name+`"`, `type="admit"`)
+		s.calls[a] = testenv.MetricSum(am, "apiserver_admission_webhook_admission_duration_seconds_count", `name="`+name+`"`, `type="admit"`)
 	}
 	return s
 }

@@ -21,7 +21,6 @@ import (
 	"os/signal"
 	"path/filepath"
 	"sort"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -212,10 +211,11 @@ func demo(ctx context.Context, binDir string) error {
 	agentReads := emu.ValueReads(ordersClient)
 	fmt.Printf("    Key Vault calls in these %s: the hub %d list pages (%d values read), the agent %d reads (2 for its first set, 1 for the change)\n",
 		window.Round(time.Second), lists, hubValues, agentReads)
-	sweepPages, err := hubCalls(env, "list_secrets")
+	text, err := env.HubMetrics()
 	if err != nil {
-		return err
+		return fmt.Errorf("reading the hub's metrics: %w", err)
 	}
+	sweepPages := testenv.MetricSum(text, "kvinject_hub_keyvault_requests_total", `op="list_secrets"`)
 	perHour := sweepPages / window.Seconds() * 3600
 	fmt.Printf("    per hour without changes: the hub's sweeps list %.0f pages (%.0f in these %s; one page per 25 secrets every %s, so %.0f at the installs' 30s), the same for 1 pod or 10,000;\n",
 		perHour, sweepPages, window.Round(time.Second), hubSweep, perHour*hubSweep.Seconds()/30)
@@ -254,28 +254,6 @@ func demo(ctx context.Context, binDir string) error {
 	st := emu.Stats()
 	fmt.Printf("\n    Key Vault emulator served %d requests (%d secret reads, %d token requests, %d challenges) over %d connections.\n", st.Requests, st.Gets, st.TokenRequests, st.Challenges, st.Connections)
 	return nil
-}
-
-// hubCalls sums the hub's Key Vault requests of one op (list_secrets: its
-// sweeps; list_versions: version listings) from its metrics.
-func hubCalls(env *testenv.Env, op string) (float64, error) {
-	text, err := env.HubMetrics()
-	if err != nil {
-		return 0, fmt.Errorf("reading the hub's metrics: %w", err)
-	}
-	var sum float64
-	for _, l := range strings.Split(text, "\n") {
-		if !strings.HasPrefix(l, "kvinject_hub_keyvault_requests_total{") || !strings.Contains(l, `op="`+op+`"`) {
-			continue
-		}
-		f := strings.Fields(l)
-		v, err := strconv.ParseFloat(f[len(f)-1], 64)
-		if err != nil {
-			return 0, fmt.Errorf("hub metric %q: %w", l, err)
-		}
-		sum += v
-	}
-	return sum, nil
 }
 
 // hubSweep is the demo hub's --sweep-interval (the installs' default is 30s).

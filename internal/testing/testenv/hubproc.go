@@ -239,6 +239,31 @@ func (e *Env) HubMetrics() (string, error) {
 	return string(b), err
 }
 
+// MetricSum sums the samples of the Prometheus metric name in a /metrics
+// text whose labels contain every one of labels (e.g. `op="list_secrets"`).
+func MetricSum(text, name string, labels ...string) float64 {
+	var sum float64
+	for line := range strings.Lines(text) {
+		rest, ok := strings.CutPrefix(line, name)
+		if !ok || rest == "" || (rest[0] != '{' && rest[0] != ' ') {
+			continue
+		}
+		lbls, value := "", strings.TrimSpace(rest)
+		if rest[0] == '{' {
+			end := strings.LastIndexByte(rest, '}')
+			lbls, value = rest[:end+1], strings.TrimSpace(rest[end+1:])
+		}
+		match := true
+		for _, l := range labels {
+			match = match && strings.Contains(lbls, l)
+		}
+		if v, err := strconv.ParseFloat(value, 64); match && err == nil {
+			sum += v
+		}
+	}
+	return sum
+}
+
 // GrantHub gives the hub's identity the list permission (metadata only) on a vault.
 func (e *Env) GrantHub(vault string) error {
 	return e.Emulator.Grant(vault, HubClientID, emulator.PermList)
