@@ -3,17 +3,11 @@ package hub
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"log/slog"
-	"math/big"
 	"net"
 	"net/http"
 	"net/http/httptrace"
@@ -34,6 +28,7 @@ import (
 	"github.com/kvinject/kvinject/internal/agent"
 	"github.com/kvinject/kvinject/internal/hub/vaults"
 	"github.com/kvinject/kvinject/internal/testing/emulator"
+	"github.com/kvinject/kvinject/internal/testing/testcert"
 	"github.com/kvinject/kvinject/pkg/agentconfig"
 	"github.com/kvinject/kvinject/pkg/hubapi"
 	"github.com/kvinject/kvinject/pkg/mapping"
@@ -164,7 +159,11 @@ func newFixture(t *testing.T, opts Options) *fixture {
 		t.Fatal(err)
 	}
 
-	cert, pool := selfSigned(t)
+	sc, err := testcert.New("hub test CA", "127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, pool := sc.Cert, sc.Pool
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -187,29 +186,6 @@ func newFixture(t *testing.T, opts Options) *fixture {
 	t.Cleanup(tr.CloseIdleConnections)
 	f.client = &http.Client{Transport: tr, Timeout: 30 * time.Second}
 	return f
-}
-
-// selfSigned returns a serving certificate for 127.0.0.1 and a pool trusting it.
-func selfSigned(t *testing.T) (tls.Certificate, *x509.CertPool) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "hub test"},
-		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		BasicConstraintsValid: true, IsCA: true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	leaf, _ := x509.ParseCertificate(der)
-	pool := x509.NewCertPool()
-	pool.AddCert(leaf)
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}, pool
 }
 
 // answer is a decoded answer of the hub.

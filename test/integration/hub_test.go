@@ -5,15 +5,9 @@ package integration
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
 	"log/slog"
-	"math/big"
 	"net"
 	"net/http"
 	"os"
@@ -37,6 +31,7 @@ import (
 	"github.com/kvinject/kvinject/internal/hub"
 	"github.com/kvinject/kvinject/internal/hub/vaults"
 	"github.com/kvinject/kvinject/internal/testing/emulator"
+	"github.com/kvinject/kvinject/internal/testing/testcert"
 	"github.com/kvinject/kvinject/pkg/agentconfig"
 	"github.com/kvinject/kvinject/pkg/hubapi"
 	"github.com/kvinject/kvinject/pkg/mapping"
@@ -148,7 +143,11 @@ func startHub(t *testing.T, kube kubernetes.Interface, newClient func(string) (*
 	if h.server, err = hub.NewServer(opts); err != nil {
 		t.Fatal(err)
 	}
-	cert, pool := servingCert(t)
+	sc, err := testcert.New("kvinject-hub CA (integration)", "127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, pool := sc.Cert, sc.Pool
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -171,32 +170,6 @@ func startHub(t *testing.T, kube kubernetes.Interface, newClient func(string) (*
 		tr.CloseIdleConnections()
 	})
 	return h
-}
-
-// servingCert returns a certificate for 127.0.0.1 and a pool trusting only it.
-func servingCert(t *testing.T) (tls.Certificate, *x509.CertPool) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "kvinject-hub (integration)"},
-		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		BasicConstraintsValid: true, IsCA: true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	leaf, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AddCert(leaf)
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}, pool
 }
 
 // hubAnswer is an answer of the hub.
