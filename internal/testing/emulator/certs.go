@@ -21,6 +21,7 @@ var servedDNSNames = []string{
 	"*.vault.azure.net",
 	"*.vault.usgovcloudapi.net",
 	"*.vault.azure.cn",
+	"*.queue.core.windows.net",
 	"login.microsoftonline.com",
 	"login.microsoftonline.us",
 	"login.chinacloudapi.cn",

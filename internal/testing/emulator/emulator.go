@@ -101,10 +101,12 @@ type Emulator struct {
 	byClient sync.Map
 
 	mu         sync.RWMutex
-	vaults     map[string]*vault       // by lower-case name
-	principals map[string]*principal   // by lower-case client ID
-	systemID   string                  // client ID of the system-assigned identity
-	tokens     map[string]*accessToken // by token value
+	vaults     map[string]*vault          // by lower-case name
+	accounts   map[string]*storageAccount // Storage accounts (queues), by name
+	eventSubs  map[string][]*eventSub     // Event Grid subscriptions, by lower-case vault name
+	principals map[string]*principal      // by lower-case client ID
+	systemID   string                     // client ID of the system-assigned identity
+	tokens     map[string]*accessToken    // by token value
 	throttle   throttleConfig
 
 	faultsMu sync.Mutex
@@ -276,7 +278,7 @@ func (e *Emulator) ResetStats() {
 
 // clientCounters count the Key Vault requests of one identity.
 type clientCounters struct {
-	valueReads, lists atomic.Int64
+	valueReads, lists, queueRequests atomic.Int64
 }
 
 func (e *Emulator) clientCounters(clientID string) *clientCounters {
@@ -309,6 +311,15 @@ func (e *Emulator) ListRequests(clientID string) int64 {
 	return 0
 }
 
+// QueueRequests is the number of authenticated Queue service requests that the
+// identity with this client ID sent since start or ResetStats.
+func (e *Emulator) QueueRequests(clientID string) int64 {
+	if c, ok := e.byClient.Load(strings.ToLower(clientID)); ok {
+		return c.(*clientCounters).queueRequests.Load()
+	}
+	return 0
+}
+
 // DialContext dials the emulator for every host name it emulates (vault hosts of existing
 // vaults, the Azure AD hosts, localhost and its own address) on any port, and dials
 // normally otherwise. A vault host of a vault that does not exist fails like a DNS lookup
@@ -322,6 +333,13 @@ func (e *Emulator) DialContext(ctx context.Context, network, addr string) (net.C
 	var d net.Dialer
 	switch {
 	case isLoginHost(host), host == "localhost" && port == e.port:
+		return d.DialContext(ctx, "tcp4", e.addr)
+	}
+	if account, ok := parseQueueHost(host); ok {
+		if !e.accountResolves(account) {
+			return nil, &net.OpError{Op: "dial", Net: network, Err: &net.DNSError{
+				Err: "no such host", Name: host, IsNotFound: true}}
+		}
 		return d.DialContext(ctx, "tcp4", e.addr)
 	}
 	if name, c, ok := parseVaultHost(host); ok {
@@ -446,6 +464,10 @@ func (e *Emulator) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if name, c, ok := parseVaultHost(hostname); ok {
 		e.serveKeyVault(rec, r, name, c)
+		return
+	}
+	if account, ok := parseQueueHost(hostname); ok {
+		e.serveQueue(rec, r, account)
 		return
 	}
 	if isLoginHost(hostname) || e.isSelfHost(host) {

@@ -217,6 +217,23 @@ func (e *Emulator) Grant(vaultName, clientID string, perms ...Permission) error 
 	return nil
 }
 
+// Revoke takes permissions away from an identity on a vault (an access policy
+// edited, or role assignments removed): its next requests that need them are
+// refused with 403, as by Key Vault. Permissions it was not granted are
+// ignored.
+func (e *Emulator) Revoke(vaultName, clientID string, perms ...Permission) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	v, err := e.vaultLocked(vaultName)
+	if err != nil {
+		return err
+	}
+	for _, p := range perms {
+		delete(v.grants[strings.ToLower(clientID)], p)
+	}
+	return nil
+}
+
 // SetFirewall blocks (true) or allows (false) all data-plane access to a vault, as a
 // network rule that does not admit the client would.
 func (e *Emulator) SetFirewall(vaultName string, blocked bool) error {
@@ -304,6 +321,7 @@ func (e *Emulator) setSecret(vaultName, name, value string, opts ...SecretOption
 		v.secrets[key] = s
 	}
 	s.versions = append(s.versions, sv)
+	e.publishLocked(v, EventSecretNewVersionCreated, "Secret", s.name, sv.version, sv.notBefore, sv.expires)
 	return sv.version, nil
 }
 

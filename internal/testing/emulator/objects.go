@@ -161,6 +161,7 @@ func (e *Emulator) ImportCertificate(vaultName, name string, priv crypto.Signer,
 		v.keys[lname] = k
 	}
 	k.versions = append(k.versions, kv)
+	e.publishLocked(v, EventCertificateNewVersionCreated, "Certificate", c.name, version, cv.notBefore, cv.expires)
 	return version, nil
 }
 
@@ -244,6 +245,7 @@ func (e *Emulator) SetKey(vaultName, name string, pub crypto.PublicKey) (string,
 		v.keys[lname] = k
 	}
 	k.versions = append(k.versions, kv)
+	e.publishLocked(v, EventKeyNewVersionCreated, "Key", k.name, kv.version, time.Time{}, time.Time{})
 	return kv.version, nil
 }
 
