@@ -72,12 +72,21 @@ func exitCode(err error) int {
 	return 1
 }
 
+// flags are kvinject-hub's command line: hub.Flags and the flags of the
+// command itself.
+type flags struct {
+	hub.Flags
+	// BindReusePort listens on --bind-address with SO_REUSEPORT (Linux).
+	BindReusePort bool
+}
+
 // parseFlags parses and validates the command line.
-func parseFlags(args []string, stderr io.Writer) (*hub.Flags, error) {
+func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 	fs := flag.NewFlagSet("kvinject-hub", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	var f hub.Flags
+	var f flags
 	f.Bind(fs)
+	fs.BoolVar(&f.BindReusePort, "bind-reuse-port", false, "listen on --bind-address with SO_REUSEPORT (Linux only), so that several hub processes on one host share the port and the kernel spreads new connections across them (as a Service spreads them across replicas; the benchmarks use it)")
 	config.RegisterFlags(fs) // --kubeconfig; in a pod the in-cluster configuration is used
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -177,9 +186,9 @@ func run(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("creating the manager: %w", err)
 	}
-	ln, err := net.Listen("tcp", f.BindAddress)
+	ln, err := listen(f.BindAddress, f.BindReusePort)
 	if err != nil {
-		return fmt.Errorf("--bind-address %s: %w", f.BindAddress, err)
+		return err
 	}
 	for _, r := range []manager.Runnable{
 		cw,
@@ -200,9 +209,26 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	log.Info("starting kvinject hub", "version", version.Version, "bindAddress", f.BindAddress, "identity", f.IdentityKind,
-		"sweepInterval", f.SweepInterval.String(), "readBudget", f.ReadBudget, "replicas", f.Replicas, "replicaBudget", f.ReplicaBudget(),
+		"bindReusePort", f.BindReusePort, "sweepInterval", f.SweepInterval.String(), "readBudget", f.ReadBudget, "replicas", f.Replicas, "replicaBudget", f.ReplicaBudget(),
 		"maxWait", f.MaxWait.String(), "maxConnectionAge", f.MaxConnectionAge.String(), "maxVersions", f.MaxVersions, "podCacheTTL", f.PodCacheTTL.String())
 	return mgr.Start(ctrl.SetupSignalHandler())
+}
+
+// listen listens on the agents' address, with SO_REUSEPORT when reusePort
+// (see reusePortControl).
+func listen(addr string, reusePort bool) (net.Listener, error) {
+	var lc net.ListenConfig
+	if reusePort {
+		lc.Control = reusePortControl
+	}
+	ln, err := lc.Listen(context.Background(), "tcp", addr)
+	if err != nil {
+		if reusePort {
+			return nil, fmt.Errorf("--bind-address %s with --bind-reuse-port: %w", addr, err)
+		}
+		return nil, fmt.Errorf("--bind-address %s: %w", addr, err)
+	}
+	return ln, nil
 }
 
 // checkIdentityEnv checks that the environment configures the identity kind,

@@ -134,6 +134,12 @@ type Options struct {
 	// DefaultHubMaxBackoff). HubMinBackoff also spaces watch requests that the
 	// hub answers at once without a change.
 	HubMinBackoff, HubMaxBackoff time.Duration
+	// Transport, when set, is the HTTP transport of the credential and the Key
+	// Vault clients instead of one built from the environment; Run does not
+	// close its idle connections. For benchmarks that run many agents in one
+	// process (build it with NewClients(...).Transport, the agent's own);
+	// Main never sets it. The hub connection is always the agent's own.
+	Transport *http.Transport
 }
 
 func (o *Options) defaults() {
@@ -342,7 +348,7 @@ func Run(ctx context.Context, cfg agentconfig.Config, opts Options) error {
 		a.log = a.log.With("pod", p)
 	}
 	err := a.run(ctx)
-	if a.transport != nil {
+	if a.transport != nil && opts.Transport == nil {
 		a.transport.CloseIdleConnections()
 	}
 	if err == nil {
@@ -419,6 +425,9 @@ func (a *agent) run(ctx context.Context) error {
 // connect builds the transport (once), the credential and the Key Vault
 // clients (newFetcher).
 func (a *agent) connect() error {
+	if a.transport == nil && a.opts.Transport != nil {
+		a.transport = a.opts.Transport
+	}
 	if a.transport == nil {
 		t, err := newTransport(a.env, a.log)
 		if err != nil {

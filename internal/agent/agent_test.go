@@ -5,12 +5,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/kvinject/kvinject/internal/agent"
@@ -651,4 +653,39 @@ func TestFetchPattern(t *testing.T) {
 	// Timing is for the benchmarks (make bench); on a loaded machine it is noise here.
 	t.Logf("%d secrets, %s per request: first full set in %s concurrently (%d connections, %d requests), %s sequentially",
 		n, latency, parTime.Round(time.Millisecond), st.Connections, st.Requests, seqTime.Round(time.Millisecond))
+}
+
+// TestSharedTransport: agents given Options.Transport (the benchmarks' many
+// agents in one process) read through it, so that they share its
+// connections, and leave its idle connections open when they end.
+func TestSharedTransport(t *testing.T) {
+	h := newHarness(t, emulator.Options{})
+	id, _ := h.workload()
+	if err := h.emu.Grant(h.vault, id, emulator.PermGet); err != nil {
+		t.Fatal(err)
+	}
+	want, _ := h.setSecret("API-KEY")
+	cfg := h.config(agentconfig.ModeInit, agentconfig.IdentityWorkload, agentconfig.Entry{File: "api.txt", Name: "API-KEY"})
+	opts := h.options()
+	c, err := agent.NewClients(h.vaultURL(), agentconfig.IdentityWorkload, agent.ReadEnv(opts.Getenv), policy.RetryOptions{}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Transport.CloseIdleConnections)
+	opts.Transport = c.Transport
+	before := h.emu.Stats().Connections
+	for i := range 3 {
+		if err := h.run(context.Background(), cfg, opts); err != nil {
+			t.Fatalf("run %d: %v\nlogs:\n%s", i, err, h.logs)
+		}
+		if got := h.read("api.txt"); got != want {
+			t.Fatalf("run %d wrote %q", i, got)
+		}
+	}
+	// Two connections for the three agents, one to Azure AD and one to Key
+	// Vault (the transport pools by host name): each agent left them open for
+	// the next. Three agents with their own transports open six.
+	if got := h.emu.Stats().Connections - before; got != 2 {
+		t.Errorf("%d connections for 3 agents sharing a transport, want 2", got)
+	}
 }

@@ -22,7 +22,7 @@ const (
 
 // injectedPod builds a pod from annotations the way the webhook does:
 // mapping.Resolve, then mutate.Patch applied as the API server applies it.
-func injectedPod(t *testing.T, annotations map[string]string, cfg mutate.Config) *corev1.Pod {
+func injectedPod(t testing.TB, annotations map[string]string, cfg mutate.Config) *corev1.Pod {
 	t.Helper()
 	pod := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: "orders", Namespace: "shop", UID: "11111111-2222-3333-4444-555555555555", Annotations: annotations},

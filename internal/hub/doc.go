@@ -34,8 +34,8 @@
 //
 // # Long poll and recycling
 //
-// An authorized request is held until an object changes, the agent goes
-// away, or its wait ends (--max-wait, jittered by 10%, and never beyond the
+// An authorized request is held until an object changes, its vault ends the
+// watch, or its wait ends (--max-wait, jittered by 10%, and never beyond the
 // token's exp); it is then answered 200 with the changes, or none. A watch
 // whose change is queued for pacing when its wait ends is held on (at most
 // one more --max-wait, never beyond the token's exp) rather than sent to the
@@ -45,7 +45,10 @@
 // The server speaks HTTP/1.1 only: one held request per connection, and a
 // connection older than --max-connection-age (jittered by 20%) is closed
 // after its next answer (Connection: close) so that agents rebalance across
-// replicas. When the hub
-// stops, held requests are answered 503 ReasonUnavailable with a short
-// Retry-After so that agents reconnect to another replica at once.
+// replicas. A held request keeps no goroutine (park.go): the handler takes
+// the connection from net/http, and the watch's end, its timer or the
+// server's draining writes the answer and hands the connection back to the
+// http.Server. When the hub stops, held requests are answered 503
+// ReasonUnavailable with a short Retry-After so that agents reconnect to
+// another replica at once.
 package hub

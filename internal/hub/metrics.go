@@ -15,7 +15,8 @@ const (
 	resultUnchanged = "unchanged"
 	// resultRefused: answered with a refusal (see kvinject_hub_refusals_total).
 	resultRefused = "refused"
-	// resultClientGone: the agent went away before an answer.
+	// resultClientGone: the agent went away before an answer (a parked
+	// watch's answer that could not be written counts under its result too).
 	resultClientGone = "client_gone"
 )
 

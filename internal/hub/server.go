@@ -43,9 +43,6 @@ const (
 	drainRetryAfter = time.Second
 	// shutdownTimeout bounds waiting for answers in flight when stopping.
 	shutdownTimeout = 20 * time.Second
-	// releaseGrace is how long a request whose wait ended waits for a batch
-	// that package vaults is handing over at that moment.
-	releaseGrace = 5 * time.Millisecond
 	// refusalLogInterval: a pod's refusal for one reason is logged at most
 	// once per interval.
 	refusalLogInterval = time.Minute
@@ -96,6 +93,14 @@ type Server struct {
 	apiAnswered atomic.Bool
 	drainOnce   sync.Once
 	draining    chan struct{}
+
+	// listener is Serve's listener, which takes hijacked connections back
+	// (nil outside Serve); ages keeps a handed-back connection's maximum age
+	// (net.Conn -> time.Time) for its next ConnContext; lot is the parked
+	// watches.
+	listener atomic.Pointer[reuseListener]
+	ages     sync.Map
+	lot      lot
 }
 
 // NewServer returns a Server.
@@ -202,83 +207,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.refused(w, r, &id, vaultRefusal(err), 0)
 		return
 	}
-	defer watch.Close()
-
-	s.metrics.held.Inc()
-	changed, ended := s.hold(ctx, watch, wait, untilExpiry)
-	s.metrics.held.Dec()
-	switch {
-	case ctx.Err() != nil:
-		s.metrics.requests.WithLabelValues(resultClientGone).Inc()
-		return
-	case ended != nil:
-		s.refused(w, r, &id, ended, 0)
-		return
-	case changed == nil && s.isDraining():
-		w.Header().Set("Connection", "close")
-		s.refused(w, r, &id, s.drainRefusal(), 0)
-		return
-	}
-	result := resultUnchanged
-	if len(changed) > 0 {
-		result = resultChanged
-		s.log.Debug("watch answered with changes", "pod", id.Pod(), "vault", req.vault, "changed", len(changed))
-	}
-	s.metrics.requests.WithLabelValues(result).Inc()
-	body, _ := json.Marshal(hubapi.WatchResponse{Changed: changed})
-	s.recycle(w, r)
-	h := w.Header()
-	h.Set("Content-Type", "application/json")
-	h.Set("Cache-Control", "no-store")
-	_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(writeTimeout))
-	w.WriteHeader(http.StatusOK)
-	_, _ = w.Write(append(body, '\n'))
-}
-
-// hold waits for the watch's batch, its end, the client's departure, the
-// server's draining, or the end of wait. A watch whose batch is queued for
-// release when wait ends (Pending) is held on, so that the agent does not
-// lose its place in the vault's queue: for at most one more MaxWait, and
-// never beyond the token's expiry (untilExpiry, negative when unknown). It returns the batch, or the refusal
-// that ended the watch; neither when the wait ended or the client left.
-func (s *Server) hold(ctx context.Context, watch *vaults.Watch, wait, untilExpiry time.Duration) ([]hubapi.Object, *refusal) {
-	start := s.now()
-	timer := time.NewTimer(wait)
-	defer timer.Stop()
-	for {
-		select {
-		case changed := <-watch.Changed():
-			return changed, nil
-		case <-watch.Done():
-			return nil, vaultRefusal(watch.Err())
-		case <-ctx.Done():
-			return nil, nil
-		case <-s.draining:
-			return nil, nil
-		case <-timer.C:
-			if !watch.Pending() {
-				// Released while the timer fired: the batch is (about to be)
-				// in the channel; anything else: nothing changed.
-				select {
-				case changed := <-watch.Changed():
-					return changed, nil
-				case <-time.After(releaseGrace):
-				}
-				return nil, nil
-			}
-			// Queued for release: hold on, at most one more MaxWait and
-			// never beyond the token's expiry.
-			limit := wait + s.opts.MaxWait
-			if untilExpiry >= 0 {
-				limit = min(limit, untilExpiry)
-			}
-			left := limit - s.now().Sub(start)
-			if left <= 0 {
-				return nil, nil
-			}
-			timer.Reset(min(left, time.Second))
-		}
-	}
+	s.holdWatch(w, r, &id, req.vault, watch, wait, untilExpiry)
 }
 
 // vaultRefusal turns an error of Vaults.Watch into a refusal.
@@ -297,6 +226,19 @@ func vaultRefusal(err error) *refusal {
 // counts it, and logs it at most once a minute per pod (or client address)
 // and reason.
 func (s *Server) refused(w http.ResponseWriter, r *http.Request, id *identity, ref *refusal, status int) {
+	ref = s.countRefusal(id, clientIP(r), ref)
+	s.recycle(w, r)
+	if status != 0 {
+		writeRefusalStatus(w, ref, status)
+		return
+	}
+	writeRefusal(w, ref)
+}
+
+// countRefusal counts a refusal, logs it at most once a minute per pod (or
+// client address) and reason, and returns the copy to answer with (its
+// Retry-After jittered).
+func (s *Server) countRefusal(id *identity, client string, ref *refusal) *refusal {
 	s.metrics.requests.WithLabelValues(resultRefused).Inc()
 	s.metrics.refusals.WithLabelValues(ref.reason).Inc()
 	// A copy: cached and shared refusals are read by other requests.
@@ -305,23 +247,18 @@ func (s *Server) refused(w http.ResponseWriter, r *http.Request, id *identity, r
 	if ref.reason == hubapi.ReasonUnavailable || ref.reason == hubapi.ReasonVaultNotListable {
 		ref.retryAfter = jitter(max(ref.retryAfter, time.Second), 0.2)
 	}
-	who := "client " + clientIP(r)
+	who := "client " + client
 	attrs := []any{"reason", ref.reason, "message", ref.message}
 	if id != nil {
 		who = "pod " + id.Pod()
 		attrs = append(attrs, "pod", id.Pod(), "podUID", string(id.PodUID))
 	} else {
-		attrs = append(attrs, "client", clientIP(r))
+		attrs = append(attrs, "client", client)
 	}
 	if s.logs.allow(who+" "+ref.reason, s.now()) {
 		s.log.Info("watch refused (logged once a minute per pod and reason)", attrs...)
 	}
-	s.recycle(w, r)
-	if status != 0 {
-		writeRefusalStatus(w, ref, status)
-		return
-	}
-	writeRefusal(w, ref)
+	return ref
 }
 
 // writeRefusalStatus is writeRefusal with another status than the reason's.
@@ -352,7 +289,11 @@ type connInfo struct {
 
 // ConnContext is the http.Server's ConnContext: it notes each connection's
 // start and jittered maximum age.
-func (s *Server) ConnContext(ctx context.Context, _ net.Conn) context.Context {
+func (s *Server) ConnContext(ctx context.Context, c net.Conn) context.Context {
+	if t, ok := s.ages.LoadAndDelete(c); ok {
+		// A connection handed back after a parked watch's answer.
+		return context.WithValue(ctx, connKey{}, &connInfo{closeAfter: t.(time.Time)})
+	}
 	return context.WithValue(ctx, connKey{}, &connInfo{closeAfter: s.now().Add(jitter(s.opts.MaxConnectionAge, connAgeJitter))})
 }
 
@@ -370,7 +311,12 @@ func (s *Server) recycle(w http.ResponseWriter, r *http.Request) {
 // that the agents reconnect to another replica. It is what Serve does when
 // its context ends; readiness fails from then on.
 func (s *Server) Drain() {
-	s.drainOnce.Do(func() { close(s.draining) })
+	s.drainOnce.Do(func() {
+		close(s.draining)
+		for _, p := range s.lot.all() {
+			go p.settle()
+		}
+	})
 }
 
 func (s *Server) isDraining() bool {
@@ -453,7 +399,6 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener, tlsConfig *tls.Conf
 	mux.Handle(hubapi.WatchPath, s)
 	srv := &http.Server{
 		Handler:           mux,
-		TLSConfig:         tlsConfig,
 		ReadHeaderTimeout: 10 * time.Second,
 		// No ReadTimeout or WriteTimeout: they would cut held requests. The
 		// body's read and the answer's write have their own deadlines.
@@ -461,11 +406,15 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener, tlsConfig *tls.Conf
 		MaxHeaderBytes: 64 << 10,
 		ConnContext:    s.ConnContext,
 		ErrorLog:       slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
-		// HTTP/1.1 only: a non-nil empty map turns HTTP/2 off.
+		// HTTP/1.1 only (tlsConfig offers only http/1.1; a non-nil empty
+		// map keeps net/http from adding HTTP/2).
 		TLSNextProto: map[string]func(*http.Server, *tls.Conn, http.Handler){},
 	}
+	rl := newReuseListener(tls.NewListener(ln, tlsConfig))
+	s.listener.Store(rl)
+	defer s.listener.CompareAndSwap(rl, nil)
 	errc := make(chan error, 1)
-	go func() { errc <- srv.ServeTLS(ln, "", "") }()
+	go func() { errc <- srv.Serve(rl) }()
 	select {
 	case err := <-errc:
 		return fmt.Errorf("the hub's watch server stopped: %w", err)
@@ -475,7 +424,16 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener, tlsConfig *tls.Conf
 	s.Drain()
 	sctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
 	defer cancel()
-	if err := srv.Shutdown(sctx); err != nil {
+	// The parked watches are the server's own (hijacked), not net/http's:
+	// Shutdown does not wait for them.
+	parked := make(chan struct{})
+	go func() { s.lot.wg.Wait(); close(parked) }()
+	err := srv.Shutdown(sctx)
+	select {
+	case <-parked:
+	case <-sctx.Done():
+	}
+	if err != nil {
 		_ = srv.Close()
 		return fmt.Errorf("shutting down the hub's watch server: %w", err)
 	}

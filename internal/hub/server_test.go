@@ -10,9 +10,11 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/http/httptrace"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -24,6 +26,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/kvinject/kvinject/internal/agent"
 	"github.com/kvinject/kvinject/internal/hub/vaults"
@@ -50,6 +53,9 @@ type fixture struct {
 	served  chan error
 	tokens  map[string]string // name -> bearer token
 	version map[string]string // secret -> its first version
+	kube    *fake.Clientset   // the fake API server
+	caPEM   []byte            // the CA of the hub's serving certificate
+	orders  *corev1.Pod       // the pod of the "orders" token
 }
 
 const (
@@ -57,7 +63,7 @@ const (
 	fixtureVault2 = "deniedvault"
 )
 
-func newFixture(t *testing.T, opts Options) *fixture {
+func newFixture(t testing.TB, opts Options) *fixture {
 	t.Helper()
 	emu, err := emulator.Start(emulator.Options{})
 	if err != nil {
@@ -144,6 +150,7 @@ func newFixture(t *testing.T, opts Options) *fixture {
 	f.tokens["expiring"] = jwt(fmt.Sprintf(`{"exp":%d}`, time.Now().Add(2*time.Second).Unix()))
 	f.rv.tokens[f.tokens["expiring"]] = bound(orders, string(orders.UID))
 	kube := f.rv.clientset()
+	f.kube = kube
 	if err := kube.Tracker().Add(orders); err != nil {
 		t.Fatal(err)
 	}
@@ -164,6 +171,7 @@ func newFixture(t *testing.T, opts Options) *fixture {
 		t.Fatal(err)
 	}
 	cert, pool := sc.Cert, sc.Pool
+	f.caPEM, f.orders = sc.CAPEM, orders
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -227,6 +235,14 @@ func (f *fixture) watch(t *testing.T, ctx context.Context, token string, vault s
 		a.refusal = hubapi.ReadRefusal(resp)
 	}
 	return a
+}
+
+// waitHeld waits (at most 10 s) until the server holds n watches.
+func (f *fixture) waitHeld(n float64) {
+	deadline := time.Now().Add(10 * time.Second)
+	for testutil.ToFloat64(f.srv.metrics.held) < n && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 func secretAt(name, version string) hubapi.Object {
@@ -366,10 +382,7 @@ func TestServeDrainsHeldWatches(t *testing.T) {
 	go func() {
 		done <- f.watch(t, context.Background(), "orders", vaultURL, secretAt("API-KEY", f.version["API-KEY"]))
 	}()
-	deadline := time.Now().Add(10 * time.Second)
-	for testutil.ToFloat64(f.srv.metrics.held) < 1 && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
+	f.waitHeld(1)
 	if f.srv.Ready(nil) != nil {
 		t.Errorf("not ready while serving: %v", f.srv.Ready(nil))
 	}
@@ -387,5 +400,141 @@ func TestServeDrainsHeldWatches(t *testing.T) {
 	f.served <- nil // for the cleanup
 	if f.srv.Ready(nil) == nil {
 		t.Error("ready while draining")
+	}
+}
+
+// serveGoroutines counts the goroutines that a watch held by net/http keeps:
+// the hub's handler, and the connection's background read.
+func serveGoroutines() int {
+	buf := make([]byte, 1<<22)
+	stacks := string(buf[:runtime.Stack(buf, true)])
+	n := 0
+	for _, g := range strings.Split(stacks, "\n\n") {
+		if strings.Contains(g, "net/http.(*connReader).backgroundRead") || strings.Contains(g, "hub.(*Server).ServeHTTP") {
+			n++
+		}
+	}
+	return n
+}
+
+// TestServeParksHeldWatches: a held watch keeps no goroutine (its connection
+// is parked), is answered when its secret changes, and its connection then
+// serves the agent's next watch.
+func TestServeParksHeldWatches(t *testing.T) {
+	f := newFixture(t, Options{MaxWait: time.Minute})
+	const n = 8
+	answers := make(chan answer, n)
+	for range n {
+		go func() {
+			answers <- f.watch(t, context.Background(), "orders", vaultURL, secretAt("API-KEY", f.version["API-KEY"]))
+		}()
+	}
+	f.waitHeld(n)
+	if got := testutil.ToFloat64(f.srv.metrics.held); got != n {
+		t.Fatalf("held %v watches, want %d", got, n)
+	}
+	if g := serveGoroutines(); g != 0 {
+		t.Errorf("%d net/http or handler goroutines while %d watches are held, want 0 (parked)", g, n)
+	}
+	time.Sleep(1100 * time.Millisecond) // a new version in a later second than the first
+	newest := f.emu.SetSecret(fixtureVault, "API-KEY", "value-2")
+	for range n {
+		a := <-answers
+		if a.status != http.StatusOK || len(a.changed) != 1 || a.changed[0] != secretAt("API-KEY", newest) {
+			t.Fatalf("answer %d %+v %v, want API-KEY@%s", a.status, a.changed, a.refusal, newest)
+		}
+		if a.closed {
+			t.Error("a young connection was closed after the answer")
+		}
+	}
+	if got := testutil.ToFloat64(f.srv.metrics.held); got != 0 {
+		t.Errorf("held %v after the answers", got)
+	}
+	// The next watch comes on a connection the server took back.
+	a := f.watch(t, context.Background(), "orders", vaultURL, secretAt("API-KEY", "0000000000000000000000000000dead"))
+	if !a.reused || a.status != http.StatusForbidden || a.refusal.Reason != hubapi.ReasonUnknownVersion {
+		t.Errorf("next watch: reused %v, %d %+v; want a reused connection and UnknownVersion", a.reused, a.status, a.refusal)
+	}
+}
+
+// TestServeDrainAnswersParkedWatches: Drain answers parked watches at once
+// with 503 Unavailable, Retry-After and Connection: close.
+func TestServeDrainAnswersParkedWatches(t *testing.T) {
+	f := newFixture(t, Options{MaxWait: time.Minute})
+	done := make(chan answer, 1)
+	go func() {
+		done <- f.watch(t, context.Background(), "orders", vaultURL, secretAt("API-KEY", f.version["API-KEY"]))
+	}()
+	f.waitHeld(1)
+	f.srv.Drain()
+	a := <-done
+	if a.status != http.StatusServiceUnavailable || a.refusal.Reason != hubapi.ReasonUnavailable || !a.closed ||
+		!strings.Contains(a.refusal.Message, "shutting down") || a.took > 5*time.Second {
+		t.Fatalf("parked watch at Drain: %d %+v (Connection: close %v) after %v, want 503 Unavailable at once", a.status, a.refusal, a.closed, a.took)
+	}
+	if ra, err := strconv.Atoi(a.header.Get("Retry-After")); err != nil || ra < 1 || ra > 6 {
+		t.Errorf("Retry-After %q, want a few seconds", a.header.Get("Retry-After"))
+	}
+}
+
+// TestServeVaultEndAnswersParkedWatches: when the hub loses list on the vault,
+// its parked watches are answered with 503 VaultNotListable (the agents then
+// poll).
+func TestServeVaultEndAnswersParkedWatches(t *testing.T) {
+	f := newFixture(t, Options{MaxWait: time.Minute})
+	done := make(chan answer, 1)
+	go func() {
+		done <- f.watch(t, context.Background(), "orders", vaultURL, secretAt("API-KEY", f.version["API-KEY"]))
+	}()
+	f.waitHeld(1)
+	if err := f.emu.Revoke(fixtureVault, f.hubID, emulator.PermList); err != nil {
+		t.Fatal(err)
+	}
+	a := <-done
+	if a.status != http.StatusServiceUnavailable || a.refusal.Reason != hubapi.ReasonVaultNotListable || a.took > 10*time.Second {
+		t.Fatalf("parked watch when the vault became not listable: %d %+v after %v, want 503 VaultNotListable", a.status, a.refusal, a.took)
+	}
+	if got := testutil.ToFloat64(f.srv.metrics.refusals.WithLabelValues(hubapi.ReasonVaultNotListable)); got != 1 {
+		t.Errorf("VaultNotListable refusals counted %v, want 1", got)
+	}
+}
+
+// TestServeHoldsWhereItCannotPark: over HTTP/2 (a handler outside Serve)
+// the connection cannot be taken, and the handler holds the watch itself: it
+// is answered at the end of its wait, and a client that leaves is counted.
+func TestServeHoldsWhereItCannotPark(t *testing.T) {
+	f := newFixture(t, Options{MaxWait: 500 * time.Millisecond})
+	ts := httptest.NewUnstartedServer(f.srv)
+	ts.EnableHTTP2 = true
+	ts.StartTLS()
+	defer ts.Close()
+	post := func(ctx context.Context) (*http.Response, error) {
+		body, _ := json.Marshal(hubapi.WatchRequest{Vault: vaultURL, Objects: []hubapi.Object{secretAt("API-KEY", f.version["API-KEY"])}})
+		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, ts.URL+hubapi.WatchPath, bytes.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+f.tokens["orders"])
+		return ts.Client().Do(req)
+	}
+	resp, err := post(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.ProtoMajor != 2 || resp.StatusCode != http.StatusOK || resp.Header.Get(hubapi.MaxWaitHeader) == "" {
+		t.Fatalf("HTTP/%d %d (%s %q), want HTTP/2 200 with the wait's bound", resp.ProtoMajor, resp.StatusCode, hubapi.MaxWaitHeader, resp.Header.Get(hubapi.MaxWaitHeader))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	if _, err := post(ctx); err == nil {
+		t.Fatal("a watch answered before its wait ended")
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for testutil.ToFloat64(f.srv.metrics.requests.WithLabelValues(resultClientGone)) < 1 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := testutil.ToFloat64(f.srv.metrics.requests.WithLabelValues(resultClientGone)); got != 1 {
+		t.Errorf("client_gone counted %v, want 1", got)
+	}
+	if got := testutil.ToFloat64(f.srv.metrics.held); got != 0 {
+		t.Errorf("held %v after the client left", got)
 	}
 }

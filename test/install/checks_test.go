@@ -13,6 +13,7 @@ import (
 	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -55,6 +56,7 @@ func (c *cluster) checkTemplateSecurity(t *testing.T, namespace string, d *appsv
 	if w := c.takeWarnings(); len(w) > 0 {
 		t.Errorf("a pod from the template of Deployment %s draws warnings: %q", d.Name, w)
 	}
+	checkGoMemLimit(t, d)
 	bad := pod.DeepCopy()
 	bad.Spec.SecurityContext.RunAsNonRoot = nil
 	bad.Spec.SecurityContext.RunAsUser = nil
@@ -62,6 +64,26 @@ func (c *cluster) checkTemplateSecurity(t *testing.T, namespace string, d *appsv
 	_, err = c.kube.CoreV1().Pods(namespace).Create(context.Background(), bad, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
 	if err == nil || !strings.Contains(err.Error(), "violates PodSecurity \"restricted") {
 		t.Fatalf("a non-compliant pod was not refused by Pod Security: %v", err)
+	}
+}
+
+// checkGoMemLimit checks that each container of Deployment d (Go programs all)
+// sets GOMEMLIMIT to 80-100 % of its memory limit: Go's collector then keeps
+// the heap under the limit instead of letting it grow to twice what is live.
+func checkGoMemLimit(t *testing.T, d *appsv1.Deployment) {
+	t.Helper()
+	for _, c := range d.Spec.Template.Spec.Containers {
+		var val string
+		for _, e := range c.Env {
+			if e.Name == "GOMEMLIMIT" {
+				val = e.Value
+			}
+		}
+		limit := c.Resources.Limits.Memory()
+		gml, err := resource.ParseQuantity(strings.TrimSuffix(val, "B")) // 230MiB -> 230Mi
+		if limit.IsZero() || err != nil || gml.Value() >= limit.Value() || gml.Value() < limit.Value()*8/10 {
+			t.Errorf("Deployment %s, container %s: GOMEMLIMIT %q against the memory limit %s; want it set, at 80-100 %% of the limit", d.Name, c.Name, val, limit)
+		}
 	}
 }
 

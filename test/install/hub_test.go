@@ -273,6 +273,7 @@ func checkHubRendering(t *testing.T, in *install, builtin bool) {
 	if src := env["POD_NAMESPACE"]; src == nil || src.FieldRef == nil || src.FieldRef.FieldPath != "metadata.namespace" {
 		t.Errorf("the hub lacks POD_NAMESPACE from the downward API")
 	}
+	checkGoMemLimit(t, in.hub)
 }
 
 // checkHubCertificate checks the cert-manager mode's hub Certificate: it

@@ -149,6 +149,15 @@ func (v *vault) objectLocked(name string) *object {
 func (v *vault) endGenerationLocked(err *Refusal) {
 	v.gen.err = err
 	close(v.gen.done)
+	// Every watch of the generation is in its objects' indexes until it
+	// ends; notifyLocked calls each one's function once.
+	for _, o := range v.objects {
+		for _, r := range o.watchers {
+			if r.w.gen == v.gen {
+				r.w.notifyLocked()
+			}
+		}
+	}
 	v.gen = &generation{done: make(chan struct{})}
 }
 

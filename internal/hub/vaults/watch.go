@@ -22,8 +22,9 @@ type Watch struct {
 	gen      *generation
 	ch       chan []hubapi.Object
 	objs     []watchObj
-	queuedAt int64 // pacing clock, Unix ns
-	state    uint8 // guarded by v.mu
+	queuedAt int64  // pacing clock, Unix ns
+	notify   func() // SetNotify's, guarded by v.mu; nil once called
+	state    uint8  // guarded by v.mu
 }
 
 // watchObj is one object of a watch.
@@ -62,12 +63,43 @@ func (w *Watch) Pending() bool {
 	return w.state == stateQueued
 }
 
+// SetNotify registers f, called once when Changed has the batch or Done is
+// closed, at once if that is already so. It lets a caller wait for many
+// watches without a goroutine each. f runs on the hub's own goroutine with
+// its lock held: it must return at once and must not call the watch's methods
+// (it should start a goroutine that does). A second call replaces f.
+func (w *Watch) SetNotify(f func()) {
+	v := w.v
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	select {
+	case <-w.gen.done:
+		f()
+		return
+	default:
+	}
+	if len(w.ch) > 0 {
+		f()
+		return
+	}
+	w.notify = f
+}
+
+// notifyLocked calls the watch's SetNotify function, once.
+func (w *Watch) notifyLocked() {
+	if f := w.notify; f != nil {
+		w.notify = nil
+		f()
+	}
+}
+
 // Close ends the watch (idempotent); a batch not yet released is dropped and
 // its budget not spent.
 func (w *Watch) Close() {
 	v := w.v
 	v.mu.Lock()
 	defer v.mu.Unlock()
+	w.notify = nil
 	if w.state == stateDone {
 		return
 	}
@@ -316,6 +348,7 @@ func (v *vault) pace() {
 		// Sent under the lock (w.ch is buffered for the one batch, so this
 		// never blocks): Pending turns false only once Changed has the batch.
 		w.ch <- batch
+		w.notifyLocked()
 		v.mu.Unlock()
 		v.h.metrics.notifications.Inc()
 		v.h.metrics.pacingDelay.Observe(max(0, released.Sub(time.Unix(0, w.queuedAt)).Seconds()))

@@ -60,13 +60,21 @@ func hubClusterRole(root string) (*rbacv1.ClusterRole, error) {
 	return nil, fmt.Errorf("%s holds no ClusterRole", HubRBACFile)
 }
 
-// hubProc is the running hub.
+// hubProc is the hub: one or more replicas (Options.HubReplicas) on one
+// address.
 type hubProc struct {
-	addr, probeAddr, metricsAddr string
-	certDir                      string
-	cmd                          *exec.Cmd
-	log                          *os.File
-	done                         chan struct{}
+	addr    string
+	certDir string
+	reps    []*hubReplica
+}
+
+// hubReplica is one hub process.
+type hubReplica struct {
+	probeAddr, metricsAddr string
+	logPath                string
+	cmd                    *exec.Cmd
+	log                    *os.File
+	done                   chan struct{}
 }
 
 // prepareHub writes the hub's certificate and reserves its ports, before the
@@ -79,7 +87,8 @@ func (e *Env) prepareHub() error {
 	if err := writeHubCert(dir); err != nil {
 		return fmt.Errorf("hub certificate: %w", err)
 	}
-	ports := make([]string, 3)
+	n := max(e.opts.HubReplicas, 1)
+	ports := make([]string, 1+2*n)
 	for i := range ports {
 		p, err := freePort()
 		if err != nil {
@@ -87,7 +96,14 @@ func (e *Env) prepareHub() error {
 		}
 		ports[i] = "127.0.0.1:" + strconv.Itoa(p)
 	}
-	e.hub = &hubProc{addr: ports[0], probeAddr: ports[1], metricsAddr: ports[2], certDir: dir}
+	e.hub = &hubProc{addr: ports[0], certDir: dir}
+	for i := range n {
+		logPath := filepath.Join(e.work, "hub.log")
+		if n > 1 {
+			logPath = filepath.Join(e.work, "hub-"+strconv.Itoa(i)+".log")
+		}
+		e.hub.reps = append(e.hub.reps, &hubReplica{probeAddr: ports[1+2*i], metricsAddr: ports[2+2*i], logPath: logPath})
+	}
 	e.opts.WebhookArgs = append(e.opts.WebhookArgs, "--hub-url="+HubURL, "--hub-ca-file="+filepath.Join(dir, "ca.crt"))
 	return nil
 }
@@ -128,14 +144,59 @@ func (e *Env) startHub(ctx context.Context) error {
 	return e.StartHub(ctx)
 }
 
-// StartHub starts the hub process (again, after StopHub) and waits until it is
-// ready.
+// StartHub starts every hub replica that is not running (all of them at
+// first, again after StopHub, or one that was stopped or killed) and waits
+// until each is ready.
 func (e *Env) StartHub(ctx context.Context) error {
+	if e.hub == nil {
+		return fmt.Errorf("the environment was started without Options.Hub")
+	}
+	for i := range e.hub.reps {
+		if err := e.StartHubReplica(ctx, i); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// HubReplicas is the number of hub replicas (Options.HubReplicas; 0 without a
+// hub).
+func (e *Env) HubReplicas() int {
+	if e.hub == nil {
+		return 0
+	}
+	return len(e.hub.reps)
+}
+
+// HubAddr is the address every hub replica listens on (the agents reach it as
+// HubHost through ResolveOverride).
+func (e *Env) HubAddr() string {
+	if e.hub == nil {
+		return ""
+	}
+	return e.hub.addr
+}
+
+// replica returns hub replica i.
+func (e *Env) replica(i int) (*hubReplica, error) {
+	if e.hub == nil {
+		return nil, fmt.Errorf("the environment was started without Options.Hub")
+	}
+	if i < 0 || i >= len(e.hub.reps) {
+		return nil, fmt.Errorf("no hub replica %d: the environment runs %d", i, len(e.hub.reps))
+	}
+	return e.hub.reps[i], nil
+}
+
+// StartHubReplica starts hub replica i if it is not running and waits until
+// it is ready. With more than one replica, each listens on the hub's one
+// address with --bind-reuse-port and is given --replicas.
+func (e *Env) StartHubReplica(ctx context.Context, i int) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	h := e.hub
-	if h == nil {
-		return fmt.Errorf("the environment was started without Options.Hub")
+	h, err := e.replica(i)
+	if err != nil {
+		return err
 	}
 	if h.cmd != nil {
 		return nil
@@ -144,16 +205,20 @@ func (e *Env) StartHub(ctx context.Context) error {
 	if sweep == 0 {
 		sweep = 2 * time.Second
 	}
-	args := append([]string{
+	args := []string{
 		"--kubeconfig=" + filepath.Join(e.work, "hub.kubeconfig"),
-		"--cert-dir=" + h.certDir,
-		"--bind-address=" + h.addr,
+		"--cert-dir=" + e.hub.certDir,
+		"--bind-address=" + e.hub.addr,
 		"--metrics-bind-address=" + h.metricsAddr,
 		"--health-probe-bind-address=" + h.probeAddr,
 		"--identity=managed",
 		"--sweep-interval=" + sweep.String(),
-	}, e.opts.HubArgs...)
-	logFile, err := os.OpenFile(filepath.Join(e.work, "hub.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	}
+	if n := len(e.hub.reps); n > 1 {
+		args = append(args, "--bind-reuse-port", "--replicas="+strconv.Itoa(n))
+	}
+	args = append(args, e.opts.HubArgs...)
+	logFile, err := os.OpenFile(h.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return err
 	}
@@ -167,6 +232,7 @@ func (e *Env) StartHub(ctx context.Context) error {
 		"POD_NAMESPACE=kvinject-system",
 		"PATH=" + os.Getenv("PATH"),
 	}
+	cmd.Env = append(cmd.Env, e.opts.HubEnv...)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	if err := cmd.Start(); err != nil {
 		logFile.Close()
@@ -174,12 +240,16 @@ func (e *Env) StartHub(ctx context.Context) error {
 	}
 	h.cmd, h.log, h.done = cmd, logFile, make(chan struct{})
 	go func(done chan struct{}) { _ = cmd.Wait(); close(done) }(h.done)
-	e.logf("hub listening on https://%s (as %s)", h.addr, HubURL)
+	if len(e.hub.reps) > 1 {
+		e.logf("hub replica %d (PID %d) listening on https://%s (as %s)", i, cmd.Process.Pid, e.hub.addr, HubURL)
+	} else {
+		e.logf("hub listening on https://%s (as %s)", e.hub.addr, HubURL)
+	}
 	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) && ctx.Err() == nil {
 		select {
 		case <-h.done:
-			return fmt.Errorf("the hub exited at start; its log:\n%s", e.HubLog())
+			return fmt.Errorf("the hub exited at start; its log:\n%s", readFile(h.logPath))
 		default:
 		}
 		if resp, err := http.Get("http://" + h.probeAddr + "/readyz"); err == nil {
@@ -190,18 +260,43 @@ func (e *Env) StartHub(ctx context.Context) error {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	return fmt.Errorf("the hub was not ready within 30s; its log:\n%s", e.HubLog())
+	return fmt.Errorf("the hub was not ready within 30s; its log:\n%s", readFile(h.logPath))
 }
 
-// StopHub stops the hub process (SIGTERM, then SIGKILL after 10s).
+// StopHub stops every hub replica (SIGTERM, then SIGKILL after 10s).
 func (e *Env) StopHub() {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	h := e.hub
-	if h == nil || h.cmd == nil {
+	if e.hub == nil {
 		return
 	}
-	_ = h.cmd.Process.Signal(os.Interrupt)
+	for i := range e.hub.reps {
+		e.StopHubReplica(i)
+	}
+}
+
+// StopHubReplica stops hub replica i (SIGTERM, then SIGKILL after 10s): it
+// answers its held watches with 503 and a short Retry-After.
+func (e *Env) StopHubReplica(i int) {
+	e.stopReplica(i, os.Interrupt)
+}
+
+// KillHubReplica kills hub replica i with SIGKILL, as a crashed or evicted
+// pod: its connections are closed without an answer.
+func (e *Env) KillHubReplica(i int) error {
+	if _, err := e.replica(i); err != nil {
+		return err
+	}
+	e.stopReplica(i, os.Kill)
+	return nil
+}
+
+func (e *Env) stopReplica(i int, sig os.Signal) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	h, err := e.replica(i)
+	if err != nil || h.cmd == nil {
+		return
+	}
+	_ = h.cmd.Process.Signal(sig)
 	select {
 	case <-h.done:
 	case <-time.After(10 * time.Second):
@@ -212,18 +307,90 @@ func (e *Env) StopHub() {
 	h.cmd = nil
 }
 
-// HubLog returns what the hub has logged so far.
+// HubPIDs are the process IDs of the hub replicas (0 for one not running).
+func (e *Env) HubPIDs() []int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.hub == nil {
+		return nil
+	}
+	pids := make([]int, len(e.hub.reps))
+	for i, h := range e.hub.reps {
+		if h.cmd != nil {
+			pids[i] = h.cmd.Process.Pid
+		}
+	}
+	return pids
+}
+
+// HubLog returns what the hub has logged so far: with several replicas, each
+// replica's log after a header line.
 func (e *Env) HubLog() string {
-	b, _ := os.ReadFile(filepath.Join(e.work, "hub.log"))
+	if e.hub == nil {
+		return ""
+	}
+	if len(e.hub.reps) == 1 {
+		return readFile(e.hub.reps[0].logPath)
+	}
+	var b strings.Builder
+	for i, h := range e.hub.reps {
+		fmt.Fprintf(&b, "=== hub replica %d (%s)\n%s", i, filepath.Base(h.logPath), readFile(h.logPath))
+	}
+	return b.String()
+}
+
+// HubReplicaLog returns what hub replica i has logged so far.
+func (e *Env) HubReplicaLog(i int) string {
+	h, err := e.replica(i)
+	if err != nil {
+		return ""
+	}
+	return readFile(h.logPath)
+}
+
+func readFile(path string) string {
+	b, _ := os.ReadFile(path)
 	return string(b)
 }
 
-// HubMetrics returns the hub's Prometheus metrics text.
+// HubMetrics returns the hub's Prometheus metrics text: with several
+// replicas, the texts of those running one after the other, so that MetricSum
+// adds them up (a replica that does not answer is left out; an error only when
+// none answers).
 func (e *Env) HubMetrics() (string, error) {
 	if e.hub == nil {
 		return "", fmt.Errorf("no hub")
 	}
-	resp, err := http.Get("http://" + e.hub.metricsAddr + "/metrics")
+	var b strings.Builder
+	var firstErr error
+	answered := 0
+	for i := range e.hub.reps {
+		text, err := e.HubReplicaMetrics(i)
+		if err != nil {
+			if firstErr == nil {
+				firstErr = err
+			}
+			continue
+		}
+		answered++
+		b.WriteString(text)
+		if !strings.HasSuffix(text, "\n") {
+			b.WriteString("\n")
+		}
+	}
+	if answered == 0 {
+		return "", firstErr
+	}
+	return b.String(), nil
+}
+
+// HubReplicaMetrics returns hub replica i's Prometheus metrics text.
+func (e *Env) HubReplicaMetrics(i int) (string, error) {
+	h, err := e.replica(i)
+	if err != nil {
+		return "", err
+	}
+	resp, err := http.Get("http://" + h.metricsAddr + "/metrics")
 	if err != nil {
 		return "", err
 	}

@@ -56,8 +56,19 @@ type Options struct {
 	Hub bool
 	// HubSweepInterval is the hub's --sweep-interval (default 2s).
 	HubSweepInterval time.Duration
-	// HubArgs are extra flags for the hub.
+	// HubArgs are extra flags for the hub (after the environment's own: a
+	// flag given here wins).
 	HubArgs []string
+	// HubReplicas is the number of hub processes (default 1). With more than
+	// one, they all listen on the hub's one address with --bind-reuse-port
+	// (the kernel spreads new connections across them, standing in for a
+	// Service in front of a Deployment's replicas) and --replicas set to this
+	// number; each has its own metrics and probe ports, process and log
+	// (hub-<i>.log).
+	HubReplicas int
+	// HubEnv is extra environment for the hub processes, such as the
+	// installs' GOMEMLIMIT.
+	HubEnv []string
 }
 
 // Env is a running control plane, webhook and emulator.
