@@ -6,7 +6,7 @@
 #   hack/bench.sh [GROUP...]   default: every group, ~30 minutes
 #
 # Groups: mutation, emulator, agent, rollout, webhook, podcreate, memory, hub,
-# hub-faults (not in the default list: ~45 minutes).
+# hub-faults (not in the default list: ~30 minutes).
 # Environment: BENCH_OUT (default $TMPDIR/kvinject-bench-results) receives <group>.txt and
 # machine.txt. The webhook group runs `hey` for the anchor commands of
 # shared/docs/performance-anchors.md and installs it with apt-get when it is
@@ -83,15 +83,15 @@ for g in "${groups[@]}"; do
     ;;
   hub)
     # The version hub: steady state, a wave, a replica killed, polling for comparison
-    # (KVINJECT_BENCH_HUB_PHASES=steady,wave,kill,poll), with 2,000 agents (~25 minutes;
-    # KVINJECT_BENCH_HUB_AGENTS=20000 for issue 16's size, ~50 minutes). The agents run in
+    # (KVINJECT_BENCH_HUB_PHASES=steady,wave,kill,poll), with 2,000 agents (~20 minutes;
+    # KVINJECT_BENCH_HUB_AGENTS=20000 for issue 16's size, ~30 minutes). The agents run in
     # worker processes, the hub as replicas sharing one port (--bind-reuse-port); the other
     # KVINJECT_BENCH_HUB_* knobs are in BENCHMARKS.md section 10. -v: the per-phase log lines.
     KUBEBUILDER_ASSETS="$(hack/kube-binaries.sh)" run hub -v -tags integration -bench 'BenchmarkHub$' -benchtime=1x -timeout=120m ./test/bench/
     ;;
   hub-faults)
     # The version hub's faults with 2,000 agents and 3 replicas: a replica killed, every
-    # replica down for 5 minutes, the hub's identity losing list (~45 minutes). The pods
+    # replica down for 5 minutes, the hub's identity losing list (~30 minutes). The pods
     # rotate every 30s, so that the agents' stretched polling (5 x 30s) shows within the
     # outage; with the default 2m it is due 9-11 minutes after the hub is lost.
     KVINJECT_BENCH_HUB_PHASES=${KVINJECT_BENCH_HUB_PHASES:-steady,wave,kill,outage,unlistable} \

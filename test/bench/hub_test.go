@@ -246,6 +246,8 @@ type hubRun struct {
 	fleet *hubFleet
 	// rotations counts the secrets' new values, for unique ones.
 	rotations int
+	// hubPerMin is the steady state's Key Vault transactions per minute.
+	hubPerMin float64
 }
 
 func hubScenario(b *testing.B, sz hubSize) {
@@ -436,6 +438,7 @@ func (r *hubRun) steady(idle hubState) {
 	n := float64(sz.agents)
 	safetyPerMin := n * 3 / agent.DefaultSafetyInterval.Minutes()
 	hubPerMin := win.perMin(win.vaultReads+win.throttled) + safetyPerMin
+	r.hubPerMin = hubPerMin
 	b.ReportMetric(0, "ns/op")
 	b.ReportMetric(hubPerMin, "hub-kv/min")
 	b.ReportMetric(win.perMin(win.hubLists), "hub-sweep-lists/min")
@@ -842,6 +845,10 @@ func (r *hubRun) poll(sims []simAgent) {
 	b.ReportMetric(perMin, "poll-kv/min")
 	b.ReportMetric(perMin/m*float64(sz.agents), "poll-kv/min-at-N")
 	b.ReportMetric(win.perMin(win.throttled), "poll-429/min")
+	if r.hubPerMin > 0 {
+		// Against polling by all N agents, scaled from the ones measured.
+		b.ReportMetric(100*r.hubPerMin/(perMin/m*float64(sz.agents)), "hub/poll-%")
+	}
 	b.Logf("poll window %s with %d agents polling every %s: vault reads %d (agent reads %d), 429s %d; %.0f/min, %.1f per agent per minute; at %d agents %.0f/min (%.0f reads/s, Key Vault allows 400)",
 		win.d.Round(time.Second), len(sims), sz.pollRotation, win.vaultReads, win.agentReads, win.throttled, perMin, perMin/m, sz.agents, perMin/m*float64(sz.agents), perMin/m*float64(sz.agents)/60)
 	f.stop()
