@@ -226,13 +226,7 @@ func vaultRefusal(err error) *refusal {
 // counts it, and logs it at most once a minute per pod (or client address)
 // and reason.
 func (s *Server) refused(w http.ResponseWriter, r *http.Request, id *identity, ref *refusal, status int) {
-	ref = s.countRefusal(id, clientIP(r), ref)
-	s.recycle(w, r)
-	if status != 0 {
-		writeRefusalStatus(w, ref, status)
-		return
-	}
-	writeRefusal(w, ref)
+	writeAnswer(w, r, s, s.refusalAnswer(id, clientIP(r), ref, status))
 }
 
 // countRefusal counts a refusal, logs it at most once a minute per pod (or

@@ -724,6 +724,17 @@ func (e *Emulator) serveKeyVault(w http.ResponseWriter, r *http.Request, vaultNa
 	e.serveList(w, r, host, vaultName, req)
 }
 
+// lookupToken returns a copy of the access token the emulator issued as raw.
+func (e *Emulator) lookupToken(raw string) (accessToken, bool) {
+	e.mu.RLock()
+	defer e.mu.RUnlock()
+	t, ok := e.tokens[strings.TrimSpace(raw)]
+	if !ok {
+		return accessToken{}, false
+	}
+	return *t, true
+}
+
 // checkBearer validates the Authorization header; it returns the token, or the message
 // of the 401 answer.
 func (e *Emulator) checkBearer(r *http.Request, c *cloudInfo, tenant string) (accessToken, string) {
@@ -732,13 +743,7 @@ func (e *Emulator) checkBearer(r *http.Request, c *cloudInfo, tenant string) (ac
 	if !ok || strings.TrimSpace(raw) == "" {
 		return accessToken{}, "AKV10000: Request is missing a Bearer or PoP token."
 	}
-	e.mu.RLock()
-	t, ok := e.tokens[strings.TrimSpace(raw)]
-	var tok accessToken
-	if ok {
-		tok = *t
-	}
-	e.mu.RUnlock()
+	tok, ok := e.lookupToken(raw)
 	switch {
 	case !ok:
 		return tok, "[BearerReadAccessTokenFailed] Error validating token: 'S2S12005'."

@@ -481,13 +481,7 @@ func (e *Emulator) serveQueue(w http.ResponseWriter, r *http.Request, account st
 		queueError(w, http.StatusUnauthorized, "NoAuthenticationInformation", "Server failed to authenticate the request. Please refer to the information in the www-authenticate header.")
 		return
 	}
-	e.mu.RLock()
-	t, found := e.tokens[strings.TrimSpace(raw)]
-	var tok accessToken
-	if found {
-		tok = *t
-	}
-	e.mu.RUnlock()
+	tok, found := e.lookupToken(raw)
 	if !found || !time.Now().Before(tok.expires) || !queueAudienceOK(tok.resource, account) {
 		challenge()
 		queueError(w, http.StatusUnauthorized, "InvalidAuthenticationInfo", "Server failed to authenticate the request. Please refer to the information in the www-authenticate header.\nAuthenticationErrorDetail:Issuer validation failed, the token has expired, or its audience is not the Queue service.")
