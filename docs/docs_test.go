@@ -587,19 +587,41 @@ func TestRBACTableMatchesChart(t *testing.T) {
 const hubServiceAccount = "kvinject-hub"
 
 // TestHubRBACTable: docs/hub.md's RBAC table equals the rules of the hub's
-// kustomize component and of the chart's hub-rbac.yaml, both bound to the
-// hub's ServiceAccount.
+// kustomize component and of the chart's hub-rbac.yaml (rows "the hub"), and
+// with Key Vault events those of the hub-events component and the chart's
+// hub-events-rbac.yaml (rows "the hub with events"), all bound to the hub's
+// ServiceAccount.
 func TestHubRBACTable(t *testing.T) {
-	docs := docsRBACOf(t, "docs/hub.md")
-	const kf = "manifests/components/hub/hub-rbac.yaml"
-	data, err := os.ReadFile(filepath.Join(root, kf))
-	if err != nil {
-		t.Fatal(err)
+	const withEvents = "the hub with events"
+	hubRows, eventRows := map[grant]string{}, map[grant]string{}
+	for g, where := range docsRBACOf(t, "docs/hub.md") {
+		if g.with == withEvents {
+			eventRows[g] = where
+		} else {
+			hubRows[g] = where
+		}
 	}
-	compareGrantsOf(t, "docs/hub.md", docs, parseRBAC(t, kf, data).grantsTo(t, kf, "the hub", hubServiceAccount), "the kustomize component ("+kf+")")
+	for _, c := range []struct {
+		kustomize, chart, with string
+		docs                   map[grant]string
+	}{
+		{"manifests/components/hub/hub-rbac.yaml", "charts/kvinject/templates/hub-rbac.yaml", "the hub", hubRows},
+		{"manifests/components/hub-events/events-rbac.yaml", "charts/kvinject/templates/hub-events-rbac.yaml", withEvents, eventRows},
+	} {
+		data, err := os.ReadFile(filepath.Join(root, c.kustomize))
+		if err != nil {
+			t.Fatal(err)
+		}
+		compareGrantsOf(t, "docs/hub.md", c.docs, parseRBAC(t, c.kustomize, data).grantsTo(t, c.kustomize, c.with, hubServiceAccount), "the kustomize component ("+c.kustomize+")")
+		compareGrantsOf(t, "docs/hub.md", c.docs, parseRBAC(t, c.chart, hubChartRBAC(t, c.chart)).grantsTo(t, c.chart, c.with, hubServiceAccount), "the Helm chart ("+c.chart+")")
+	}
+}
 
-	const cf = "charts/kvinject/templates/hub-rbac.yaml"
-	data, err = os.ReadFile(filepath.Join(root, cf))
+// hubChartRBAC renders one of the chart's hub RBAC templates for release
+// "kvinject" in the webhook's namespace, reading the few directives they use.
+func hubChartRBAC(t *testing.T, cf string) []byte {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(root, cf))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -607,20 +629,21 @@ func TestHubRBACTable(t *testing.T) {
 	for i, line := range strings.Split(string(data), "\n") {
 		trimmed := strings.TrimSpace(line)
 		switch {
-		case trimmed == "{{- if .Values.hub.enabled }}", trimmed == "{{- end }}",
+		case trimmed == "{{- if .Values.hub.enabled }}", trimmed == "{{- if and .Values.hub.enabled .Values.hub.events.queues }}", trimmed == "{{- end }}",
 			strings.HasPrefix(trimmed, "{{- $name :="), strings.HasPrefix(trimmed, `{{- include "kvinject.hubLabels"`):
 			continue
 		case strings.HasPrefix(trimmed, "{{"):
-			t.Fatalf("%s:%d: the docs test cannot read the directive %q: teach TestHubRBACTable about it", cf, i+1, trimmed)
+			t.Fatalf("%s:%d: the docs test cannot read the directive %q: teach hubChartRBAC about it", cf, i+1, trimmed)
 		}
 		line = strings.ReplaceAll(line, "{{ $name }}", hubServiceAccount)
+		line = strings.ReplaceAll(line, `{{ include "kvinject.hubName" . }}`, hubServiceAccount)
 		line = strings.ReplaceAll(line, "{{ .Release.Namespace }}", webhookNamespace)
 		if strings.Contains(line, "{{") {
 			t.Fatalf("%s:%d: the docs test cannot read the expression in %q", cf, i+1, strings.TrimSpace(line))
 		}
 		b.WriteString(line + "\n")
 	}
-	compareGrantsOf(t, "docs/hub.md", docs, parseRBAC(t, cf, []byte(b.String())).grantsTo(t, cf, "the hub", hubServiceAccount), "the Helm chart ("+cf+")")
+	return []byte(b.String())
 }
 
 // TestHubFlags: docs/hub.md's flag table lists exactly the flags of
@@ -1038,6 +1061,59 @@ func TestDependencies(t *testing.T) {
 			return n == mod || n == last || n == ".../"+last || strings.HasPrefix(n, mod+" ")
 		}) {
 			t.Errorf("docs/development.md: the table | module | why | does not name %s, a direct requirement of go.mod: say why it is needed", mod)
+		}
+	}
+}
+
+// hubMetricRE finds the names of the hub's Prometheus metrics in Go source.
+var hubMetricRE = regexp.MustCompile(`Name:\s*"(kvinject_hub_[a-z_]+)"`)
+
+// TestHubMetricsTables: the metrics tables of docs/hub.md and docs/events.md
+// together list exactly the metrics the hub's packages define.
+func TestHubMetricsTables(t *testing.T) {
+	docs := map[string]string{}
+	for _, path := range []string{"docs/hub.md", "docs/events.md"} {
+		rows, lineNos := table(t, pageByPath(t, path), "metric", "what")
+		for i, r := range rows {
+			spans := codeSpans(r[0])
+			if len(spans) != 1 {
+				t.Errorf("%s:%d: want one `metric{labels}` in %q", path, lineNos[i], r[0])
+				continue
+			}
+			name, _, _ := strings.Cut(spans[0], "{")
+			docs[name] = fmt.Sprintf("%s:%d", path, lineNos[i])
+		}
+	}
+	code := map[string]string{}
+	for _, dir := range []string{"internal/hub", "internal/hub/vaults", "internal/hub/events"} {
+		files, err := filepath.Glob(filepath.Join(root, dir, "*.go"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, f := range files {
+			if strings.HasSuffix(f, "_test.go") {
+				continue
+			}
+			data, err := os.ReadFile(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, m := range hubMetricRE.FindAllStringSubmatch(string(data), -1) {
+				code[m[1]], _ = filepath.Rel(root, f)
+			}
+		}
+	}
+	if len(code) == 0 {
+		t.Fatal("no hub metric found in the code: the test is not looking at the hub")
+	}
+	for name, where := range code {
+		if docs[name] == "" {
+			t.Errorf("%s defines %s, which no metrics table of docs/hub.md or docs/events.md lists", where, name)
+		}
+	}
+	for name, where := range docs {
+		if code[name] == "" {
+			t.Errorf("%s lists %s, which the hub does not define", where, name)
 		}
 	}
 }

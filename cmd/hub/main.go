@@ -18,6 +18,8 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
@@ -31,8 +33,10 @@ import (
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
 	"github.com/Azure/azure-sdk-for-go/sdk/security/keyvault/azsecrets"
+	"github.com/Azure/azure-sdk-for-go/sdk/storage/azqueue/v2"
 	"github.com/go-logr/logr"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/klog/v2"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/certwatcher"
 	"sigs.k8s.io/controller-runtime/pkg/client/config"
@@ -43,6 +47,7 @@ import (
 
 	"github.com/kvinject/kvinject/internal/agent"
 	"github.com/kvinject/kvinject/internal/hub"
+	"github.com/kvinject/kvinject/internal/hub/events"
 	"github.com/kvinject/kvinject/internal/hub/vaults"
 	"github.com/kvinject/kvinject/internal/version"
 	"github.com/kvinject/kvinject/pkg/agentconfig"
@@ -103,6 +108,12 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 	if err := f.Validate(); err != nil {
 		return nil, usageError{err.Error()}
 	}
+	if len(f.EventsQueues) > 0 && f.EventsLeaseNamespace == "" {
+		f.EventsLeaseNamespace = os.Getenv("POD_NAMESPACE")
+		if f.EventsLeaseNamespace == "" {
+			return nil, usageError{"--events-queue needs the namespace of the events Lease: set --events-lease-namespace, or POD_NAMESPACE from the downward API as the installs do"}
+		}
+	}
 	return &f, nil
 }
 
@@ -122,6 +133,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 	}
 	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: f.Level}))
 	ctrl.SetLogger(logr.FromSlogHandler(log.Handler()))
+	klog.SetSlogLogger(log) // client-go's leader election logs through klog
 
 	env := agent.ReadEnv(nil)
 	env.Product = "kvinject-hub" // in Key Vault's and Azure AD's audit logs
@@ -190,14 +202,22 @@ func run(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	for _, r := range []manager.Runnable{
+	runnables := []manager.Runnable{
 		cw,
 		manager.RunnableFunc(vh.Run),
 		manager.RunnableFunc(srv.WaitForAPI),
 		manager.RunnableFunc(func(ctx context.Context) error {
 			return srv.Serve(ctx, ln, hub.TLSConfig(cw.GetCertificate))
 		}),
-	} {
+	}
+	if len(f.EventsQueues) > 0 {
+		ev, err := eventIntakes(f, env, kube, vh, log)
+		if err != nil {
+			return err
+		}
+		runnables = append(runnables, ev...)
+	}
+	for _, r := range runnables {
 		if err := mgr.Add(r); err != nil {
 			return err
 		}
@@ -210,8 +230,63 @@ func run(args []string, stdout, stderr io.Writer) error {
 	}
 	log.Info("starting kvinject hub", "version", version.Version, "bindAddress", f.BindAddress, "identity", f.IdentityKind,
 		"bindReusePort", f.BindReusePort, "sweepInterval", f.SweepInterval.String(), "readBudget", f.ReadBudget, "replicas", f.Replicas, "replicaBudget", f.ReplicaBudget(),
-		"maxWait", f.MaxWait.String(), "maxConnectionAge", f.MaxConnectionAge.String(), "maxVersions", f.MaxVersions, "podCacheTTL", f.PodCacheTTL.String())
+		"maxWait", f.MaxWait.String(), "maxConnectionAge", f.MaxConnectionAge.String(), "maxVersions", f.MaxVersions, "podCacheTTL", f.PodCacheTTL.String(),
+		"eventsQueues", f.EventsQueues)
 	return mgr.Start(ctrl.SetupSignalHandler())
+}
+
+// eventIntakes returns the runnables of Key Vault events (--events-queue):
+// the Lease whose holder deletes the handled messages, and one intake per
+// queue, read with the hub's own identity.
+func eventIntakes(f *flags, env agent.Env, kube kubernetes.Interface, vh *vaults.Hub, log *slog.Logger) ([]manager.Runnable, error) {
+	lease, err := events.NewLease(kube, f.EventsLeaseNamespace, events.DefaultLeaseName, leaseIdentity(), log.With("component", "events"))
+	if err != nil {
+		return nil, err
+	}
+	az, err := agent.NewAzure(f.IdentityKind, env, policy.RetryOptions{}, log)
+	if err != nil {
+		return nil, fmt.Errorf("--identity=%s for --events-queue: %w", f.IdentityKind, err)
+	}
+	m, err := events.NewMetrics(metrics.Registry)
+	if err != nil {
+		return nil, err
+	}
+	out := []manager.Runnable{manager.RunnableFunc(lease.Run)}
+	for _, q := range f.EventsQueues {
+		qc, err := azqueue.NewQueueClient(q, az.Credential, &azqueue.ClientOptions{ClientOptions: az.Options})
+		if err != nil {
+			return nil, fmt.Errorf("--events-queue %s: %w", q, err)
+		}
+		in, err := events.NewIntake(events.IntakeOptions{
+			Queue:        qc,
+			Name:         q,
+			Hints:        vh,
+			Deleter:      lease.Held,
+			PollInterval: f.EventsPollInterval,
+			DeleteAfter:  f.EventsDeleteAfter,
+			Logger:       log.With("component", "events"),
+			Metrics:      m,
+		})
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, manager.RunnableFunc(in.Run))
+	}
+	return out, nil
+}
+
+// leaseIdentity names this replica in the events Lease: its pod's name
+// (POD_NAME, else the host name, which is the pod's name in a pod) and a
+// random suffix, so that a restarted container never takes over its
+// predecessor's term.
+func leaseIdentity() string {
+	name := os.Getenv("POD_NAME")
+	if name == "" {
+		name, _ = os.Hostname()
+	}
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	return name + "_" + hex.EncodeToString(b[:])
 }
 
 // listen listens on the agents' address, with SO_REUSEPORT when reusePort

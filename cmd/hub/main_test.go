@@ -31,7 +31,10 @@ func TestCommandLine(t *testing.T) {
 		{[]string{"--log-level=verbose"}, `--log-level "verbose": use debug, info, warn or error`},
 		{[]string{"--sweep-interval=10ms", "--max-versions=0"}, "--sweep-interval 10ms"},
 		{[]string{"--sweep-interval=10ms", "--max-versions=0"}, "--max-versions 0"},
+		{[]string{"--events-queue=https://kvevents.queue.core.windows.net/q01?sv=1"}, "(a SAS token?)"},
+		{[]string{"--events-queue=https://kvevents.queue.core.windows.net/q01"}, "--events-queue needs the namespace of the events Lease: set --events-lease-namespace, or POD_NAMESPACE"},
 	}
+	t.Setenv("POD_NAMESPACE", "")
 	for _, tc := range tests {
 		err := run(tc.args, io.Discard, io.Discard)
 		if err == nil || exitCode(err) != 2 || !strings.Contains(err.Error(), tc.want) {

@@ -268,13 +268,44 @@ func NewClients(vaultURL string, kind agentconfig.IdentityKind, env Env, retry p
 	return &Clients{Transport: t, Credential: f.cred, Secrets: f.secrets, Certificates: f.certs, Keys: f.keys, Scope: f.scope, f: f}, nil
 }
 
-// newFetcher builds the credential of the identity kind from env and the Key
-// Vault clients of vaultURL over t: the one place that builds them, for the
-// agent (connect) and the doctor (NewClients). Each client gets
-// keyVaultOptions, with its own lane's authorized signal. retry configures
-// the SDK's retries (a zero TryTimeout means 30s). Its errors are
+// Azure is an identity's credential and the client options to build other
+// Azure clients with (the hub's Storage queue client), as the agent builds
+// its own: the same transport (test-only settings included), cloud,
+// User-Agent and credential. The package itself uses only Key Vault clients,
+// so that the agent's binary carries no other Azure SDK.
+type Azure struct {
+	// Transport is shared by the credential and the clients built with
+	// Options; close its idle connections when done.
+	Transport *http.Transport
+	// Credential is the identity's credential; concurrent token requests
+	// share one.
+	Credential azcore.TokenCredential
+	// Options are the azcore options of the clients.
+	Options azcore.ClientOptions
+}
+
+// NewAzure builds the credential of the identity kind from env with the
+// agent's transport and options; retry configures the SDK's retries of the
+// clients built with Options (a zero TryTimeout means 30s). Its errors are
+// *ConfigError, whose messages say what to fix.
+func NewAzure(kind agentconfig.IdentityKind, env Env, retry policy.RetryOptions, log *slog.Logger) (*Azure, error) {
+	t, err := newTransport(env, log)
+	if err != nil {
+		return nil, err
+	}
+	co, cred, err := newIdentity(kind, env, t, retry)
+	if err != nil {
+		t.CloseIdleConnections()
+		return nil, err
+	}
+	return &Azure{Transport: t, Credential: cred, Options: co}, nil
+}
+
+// newIdentity returns the client options over t (retry with a zero
+// TryTimeout means 30s) and the identity's credential, serialized: the one
+// place that builds them, for newFetcher and NewAzure. Its errors are
 // *ConfigError.
-func newFetcher(vaultURL string, kind agentconfig.IdentityKind, env Env, t *http.Transport, retry policy.RetryOptions, concurrency int) (*fetcher, error) {
+func newIdentity(kind agentconfig.IdentityKind, env Env, t *http.Transport, retry policy.RetryOptions) (azcore.ClientOptions, *serialCredential, error) {
 	if retry.TryTimeout == 0 {
 		retry.TryTimeout = 30 * time.Second
 	}
@@ -283,11 +314,24 @@ func newFetcher(vaultURL string, kind agentconfig.IdentityKind, env Env, t *http
 	if err != nil {
 		var ce *ConfigError
 		if errors.As(err, &ce) {
-			return nil, err
+			return co, nil, err
 		}
-		return nil, &ConfigError{Msg: fmt.Sprintf("cannot set up the %s identity: %v", kind, err)}
+		return co, nil, &ConfigError{Msg: fmt.Sprintf("cannot set up the %s identity: %v", kind, err)}
 	}
-	scred := &serialCredential{cred: cred}
+	return co, &serialCredential{cred: cred}, nil
+}
+
+// newFetcher builds the credential of the identity kind from env and the Key
+// Vault clients of vaultURL over t: the one place that builds them, for the
+// agent (connect) and the doctor (NewClients). Each client gets
+// keyVaultOptions, with its own lane's authorized signal. retry configures
+// the SDK's retries (a zero TryTimeout means 30s). Its errors are
+// *ConfigError.
+func newFetcher(vaultURL string, kind agentconfig.IdentityKind, env Env, t *http.Transport, retry policy.RetryOptions, concurrency int) (*fetcher, error) {
+	co, scred, err := newIdentity(kind, env, t, retry)
+	if err != nil {
+		return nil, err
+	}
 	f := &fetcher{cred: scred, scope: vaultScope(vaultURL), vault: vaultURL, concurrency: concurrency}
 	var sigs [numLanes]*authorizedSignal
 	for i := range sigs {

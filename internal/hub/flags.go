@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/kvinject/kvinject/internal/hub/events"
 	"github.com/kvinject/kvinject/pkg/agentconfig"
 )
 
@@ -50,6 +51,14 @@ type Flags struct {
 	LogLevel               string
 	Version                bool
 
+	// EventsQueues are the Storage queues Event Grid delivers the vaults'
+	// events to (--events-queue, repeatable), normalized by Validate; none:
+	// the sweep alone.
+	EventsQueues         []string
+	EventsPollInterval   time.Duration
+	EventsDeleteAfter    time.Duration
+	EventsLeaseNamespace string
+
 	// IdentityKind and Level are Identity and LogLevel parsed by Validate.
 	IdentityKind agentconfig.IdentityKind
 	Level        slog.Level
@@ -72,6 +81,10 @@ func (f *Flags) Bind(fs *flag.FlagSet) {
 	fs.DurationVar(&f.PodCacheTTL, "pod-cache-ttl", DefaultPodCacheTTL, "how long a pod lookup is reused (0: never); a deleted pod keeps its watch at most this long")
 	fs.StringVar(&f.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.BoolVar(&f.Version, "version", false, "print the version and exit")
+	fs.Var((*stringList)(&f.EventsQueues), "events-queue", "URL of a Storage queue that Event Grid delivers Key Vault events to, https://ACCOUNT.queue.core.windows.net/QUEUE, read with the hub's identity (role Storage Queue Data Message Processor); repeat it for several queues. New versions then reach the agents within seconds; the sweep stays as the backstop")
+	fs.DurationVar(&f.EventsPollInterval, "events-poll-interval", events.DefaultPollInterval, "how often each replica peeks an events queue that was empty")
+	fs.DurationVar(&f.EventsDeleteAfter, "events-delete-after", events.DefaultDeleteAfter, "how long after it first read a handled queue message the replica holding the events Lease deletes it (every replica peeks the front of the queue every --events-poll-interval, so each has read it by then)")
+	fs.StringVar(&f.EventsLeaseNamespace, "events-lease-namespace", "", "namespace of the Lease "+events.DefaultLeaseName+" whose holder deletes the queues' messages (default: $POD_NAMESPACE)")
 }
 
 // Validate checks every flag, naming the flag at fault and the fix, and sets
@@ -120,6 +133,25 @@ func (f *Flags) Validate() error {
 	if f.PodCacheTTL < 0 || f.PodCacheTTL > 10*time.Minute {
 		bad("--pod-cache-ttl %s: use a duration from 0 to 10m, e.g. 1m", f.PodCacheTTL)
 	}
+	seen := map[string]bool{}
+	for i, q := range f.EventsQueues {
+		u, err := events.ParseQueueURL(q)
+		switch {
+		case err != nil:
+			bad("--events-queue %q: %v", q, err)
+		case seen[u]:
+			bad("--events-queue %q: given twice; give each queue once", q)
+		default:
+			f.EventsQueues[i] = u
+		}
+		seen[u] = true
+	}
+	if f.EventsPollInterval < 100*time.Millisecond || f.EventsPollInterval > time.Minute {
+		bad("--events-poll-interval %s: use a duration from 100ms to 1m, e.g. 1s (each peek of an empty queue is one Storage transaction per replica)", f.EventsPollInterval)
+	}
+	if f.EventsDeleteAfter < 2*f.EventsPollInterval || f.EventsDeleteAfter > time.Hour {
+		bad("--events-delete-after %s: use a duration from twice --events-poll-interval (%s) to 1h, e.g. 10s, so that every replica peeks a message before it is deleted", f.EventsDeleteAfter, 2*f.EventsPollInterval)
+	}
 	switch strings.ToLower(f.LogLevel) {
 	case "debug":
 		f.Level = slog.LevelDebug
@@ -145,6 +177,16 @@ func (f *Flags) ServerPodCacheTTL() time.Duration {
 		return -1
 	}
 	return f.PodCacheTTL
+}
+
+// stringList is a repeatable flag: each use appends.
+type stringList []string
+
+func (l *stringList) String() string { return strings.Join(*l, ",") }
+
+func (l *stringList) Set(s string) error {
+	*l = append(*l, s)
+	return nil
 }
 
 // checkAddress checks a host:port listen address ("0" allowed when

@@ -4,6 +4,7 @@ import (
 	"flag"
 	"io"
 	"log/slog"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -33,8 +34,9 @@ func TestFlagDefaults(t *testing.T) {
 		Identity: "workload", SweepInterval: 30 * time.Second, ReadBudget: 100, Replicas: 1, MaxWait: 5 * time.Minute,
 		MaxConnectionAge: 30 * time.Minute, MaxVersions: 500, PodCacheTTL: time.Minute, LogLevel: "info",
 		IdentityKind: agentconfig.IdentityWorkload, Level: slog.LevelInfo,
+		EventsPollInterval: time.Second, EventsDeleteAfter: 10 * time.Second,
 	}
-	if *f != want {
+	if !reflect.DeepEqual(*f, want) {
 		t.Errorf("defaults\n%+v\nwant\n%+v", *f, want)
 	}
 	f, err = parseHubFlags(t, "--read-budget=100", "--replicas=4", "--pod-cache-ttl=0", "--metrics-bind-address=0", "--log-level=debug", "--identity=system")
@@ -70,11 +72,31 @@ func TestFlagErrorsNameTheFlag(t *testing.T) {
 		{"--pod-cache-ttl=-1s", "--pod-cache-ttl -1s: use a duration from 0 to 10m"},
 		{"--pod-cache-ttl=1h", "--pod-cache-ttl 1h0m0s"},
 		{"--log-level=trace", `--log-level "trace": use debug, info, warn or error`},
+		{"--events-queue=https://kvevents.blob.core.windows.net/q01", `--events-queue "https://kvevents.blob.core.windows.net/q01": host "kvevents.blob.core.windows.net" is not a Storage account's queue endpoint`},
+		{"--events-queue=https://kvevents.queue.core.windows.net/q01?sig=x", "(a SAS token?)"},
+		{"--events-poll-interval=10ms", "--events-poll-interval 10ms: use a duration from 100ms to 1m"},
+		{"--events-delete-after=1s", "--events-delete-after 1s: use a duration from twice --events-poll-interval (2s) to 1h"},
 	}
 	for _, tc := range tests {
 		_, err := parseHubFlags(t, tc.arg)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: %v, want %q", tc.arg, err, tc.want)
 		}
+	}
+}
+
+// TestEventsQueueFlag: --events-queue repeats, is normalized, and a queue
+// given twice is refused.
+func TestEventsQueueFlag(t *testing.T) {
+	f, err := parseHubFlags(t, "--events-queue=https://KVEvents.queue.core.windows.net/kv-events/", "--events-queue=https://kvevents2.queue.core.windows.net/kv-events")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"https://kvevents.queue.core.windows.net/kv-events", "https://kvevents2.queue.core.windows.net/kv-events"}; !reflect.DeepEqual(f.EventsQueues, want) {
+		t.Errorf("queues %q, want %q", f.EventsQueues, want)
+	}
+	_, err = parseHubFlags(t, "--events-queue=https://kvevents.queue.core.windows.net/kv-events", "--events-queue=https://KVEVENTS.queue.core.windows.net/kv-events")
+	if err == nil || !strings.Contains(err.Error(), "given twice; give each queue once") {
+		t.Errorf("a queue given twice: %v", err)
 	}
 }

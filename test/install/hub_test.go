@@ -66,6 +66,33 @@ func TestKustomizeCertManagerHub(t *testing.T) {
 	proveHub(t, c, in, "ghcr.io/kvinject/agent:v0.1.0")
 }
 
+// TestKustomizeHubEvents installs manifests/examples/hub-events: the
+// built-in certificate install with the hub, Key Vault events and the
+// overlay docs/events.md shows.
+func TestKustomizeHubEvents(t *testing.T) {
+	c := startCluster(t)
+	in := renderKustomize(t, "manifests/examples/hub-events")
+	proveBuiltin(t, c, in, "ghcr.io/kvinject/agent:v0.1.0")
+	proveHub(t, c, in, "ghcr.io/kvinject/agent:v0.1.0")
+}
+
+// eventsValues enable Key Vault events in the chart, with the queue of
+// manifests/examples/hub-events.
+var eventsValues = []string{"hub.events.queues={" + eventsQueue + "}"}
+
+// eventsQueue is the events queue of the installs in the tests.
+const eventsQueue = "https://contosokvevents.queue.core.windows.net/kvinject-events"
+
+// eventsLease is the Lease the hub replicas elect the deleter of read queue
+// messages with.
+const eventsLease = "kvinject-hub-events"
+
+// hasEvents reports whether the install gives the hub Key Vault events.
+func hasEvents(t *testing.T, in *install) bool {
+	t.Helper()
+	return hubFlags(t, in)["events-queue"] != ""
+}
+
 // TestHelmBuiltinCertsHub installs the chart with hub.enabled, as release
 // "secrets" in another namespace (names "secrets-kvinject-...").
 func TestHelmBuiltinCertsHub(t *testing.T) {
@@ -77,13 +104,13 @@ func TestHelmBuiltinCertsHub(t *testing.T) {
 	proveHub(t, c, in, "ghcr.io/kvinject/agent:v0.1.0")
 }
 
-// TestHelmCertManagerHub installs the chart with hub.enabled and
-// certificates.mode=cert-manager.
+// TestHelmCertManagerHub installs the chart with hub.enabled,
+// certificates.mode=cert-manager and Key Vault events (hub.events.queues).
 func TestHelmCertManagerHub(t *testing.T) {
 	c := startCluster(t)
 	const ns = "kvinject"
 	c.ensureNamespace(t, ns, map[string]string{"pod-security.kubernetes.io/enforce": "restricted"}, nil)
-	in := renderHelm(t, "kvinject", ns, append([]string{"certificates.mode=cert-manager"}, hubValues...)...)
+	in := renderHelm(t, "kvinject", ns, append(append([]string{"certificates.mode=cert-manager"}, hubValues...), eventsValues...)...)
 	proveCertManager(t, c, in, "ghcr.io/kvinject/agent:v0.1.0")
 	proveHub(t, c, in, "ghcr.io/kvinject/agent:v0.1.0")
 }
@@ -392,6 +419,14 @@ var hubGrants = []rbacRule{
 	{"", "authentication.k8s.io", "tokenreviews", "", "create"},
 }
 
+// hubEventsGrants are what Key Vault events add, in the hub's namespace only:
+// the Lease through which the replicas elect the deleter of read messages.
+var hubEventsGrants = []rbacRule{
+	{"", "coordination.k8s.io", "leases", "", "create"},
+	{"", "coordination.k8s.io", "leases", eventsLease, "get"},
+	{"", "coordination.k8s.io", "leases", eventsLease, "update"},
+}
+
 // checkHubRBAC checks the hub's ServiceAccount: with its own token, its rules
 // (SelfSubjectRulesReview, minus a ServiceAccount without bindings) are
 // exactly hubGrants, in its namespace and another; and SubjectAccessReviews
@@ -409,9 +444,13 @@ func (c *cluster) checkHubRBAC(t *testing.T, in *install) {
 	_, baseCfg := c.serviceAccountKubeconfig(t, ns, "rbac-baseline")
 	_, hubCfg := c.serviceAccountKubeconfig(t, ns, sa)
 	hubKube, baseKube := kubernetes.NewForConfigOrDie(hubCfg), kubernetes.NewForConfigOrDie(baseCfg)
-	want := append([]rbacRule(nil), hubGrants...)
-	sortRules(want)
+	events := hasEvents(t, in)
 	for _, reviewNS := range []string{ns, appsNamespace} {
+		want := append([]rbacRule(nil), hubGrants...)
+		if events && reviewNS == ns {
+			want = append(want, hubEventsGrants...)
+		}
+		sortRules(want)
 		got, gotNonResource := rulesReview(t, hubKube, reviewNS)
 		base, baseNonResource := rulesReview(t, baseKube, reviewNS)
 		if diff := cmp.Diff(want, subtract(got, base)); diff != "" {
@@ -469,7 +508,16 @@ func (c *cluster) checkHubRBAC(t *testing.T, in *install) {
 		{false, ra(ns, "apps", "deployments", "scale", in.hub.Name, "update")},
 		{false, ra("", "", "nodes", "", "", "get")},
 		{false, ra("", "", "namespaces", "", "", "list")},
-		{false, ra(ns, "coordination.k8s.io", "leases", "", "", "create")},
+		{events, ra(ns, "coordination.k8s.io", "leases", "", "", "create")},
+		{events, ra(ns, "coordination.k8s.io", "leases", "", eventsLease, "get")},
+		{events, ra(ns, "coordination.k8s.io", "leases", "", eventsLease, "update")},
+		{false, ra(ns, "coordination.k8s.io", "leases", "", eventsLease, "delete")},
+		{false, ra(ns, "coordination.k8s.io", "leases", "", eventsLease, "patch")},
+		{false, ra(ns, "coordination.k8s.io", "leases", "", "kube-controller-manager", "update")},
+		{false, ra(ns, "coordination.k8s.io", "leases", "", "", "list")},
+		{false, ra(ns, "coordination.k8s.io", "leases", "", "", "watch")},
+		{false, ra("kube-system", "coordination.k8s.io", "leases", "", "kube-controller-manager", "update")},
+		{false, ra(appsNamespace, "coordination.k8s.io", "leases", "", "", "create")},
 		{false, ra(ns, "", "events", "", "", "create")},
 		{false, ra("", "authorization.k8s.io", "subjectaccessreviews", "", "", "create")},
 		{false, ra("", "certificates.k8s.io", "certificatesigningrequests", "", "", "create")},
@@ -667,7 +715,9 @@ func (c *cluster) runHub(t *testing.T, in *install, ca []byte, host string, pod 
 		}
 	}
 	// What the azure-workload-identity webhook injects into the labelled pod.
-	// The hub makes no Azure request here: no agent watches a vault it could list.
+	// The hub makes no Key Vault request here: no agent watches a vault it
+	// could list. With events it tries to read the queue and fails to sign in
+	// (no Azure here), which it logs and retries; the sweep would go on.
 	tokenFile := filepath.Join(t.TempDir(), "azure-identity-token")
 	if err := os.WriteFile(tokenFile, []byte("not-a-real-token"), 0o600); err != nil {
 		t.Fatal(err)
@@ -723,6 +773,21 @@ func (c *cluster) runHub(t *testing.T, in *install, ca []byte, host string, pod 
 	}
 	if code, body := httpGet("http://" + probe + ctr.LivenessProbe.HTTPGet.Path); code != http.StatusOK {
 		t.Fatalf("the hub's liveness %s answers %d: %s", ctr.LivenessProbe.HTTPGet.Path, code, body)
+	}
+	if hasEvents(t, in) {
+		// With its ServiceAccount's rights, the hub takes the events Lease.
+		var holder string
+		for deadline := time.Now().Add(30 * time.Second); holder == "" && time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+			if l, err := c.kube.CoordinationV1().Leases(in.namespace).Get(context.Background(), eventsLease, metav1.GetOptions{}); err == nil && l.Spec.HolderIdentity != nil {
+				holder = *l.Spec.HolderIdentity
+			}
+		}
+		if holder == "" {
+			t.Fatalf("the hub did not take the Lease %s/%s within 30s:\n%s", in.namespace, eventsLease, hubLog())
+		}
+		if !strings.Contains(hubLog(), "holding the events Lease") {
+			t.Errorf("the hub holds the Lease (as %s) but did not log it:\n%s", holder, hubLog())
+		}
 	}
 
 	// An agent's connection: only the webhook's CA, the --hub-url name.

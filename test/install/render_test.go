@@ -173,7 +173,8 @@ func (in *install) container(t *testing.T) *corev1.Container {
 func TestHelmLint(t *testing.T) {
 	chart := filepath.Join(root, "charts", "kvinject")
 	for _, set := range [][]string{nil, {"certificates.mode=cert-manager"}, {"certificates.mode=cert-manager", "certificates.certManager.issuerRef.name=corp-ca", "certificates.certManager.issuerRef.kind=ClusterIssuer"},
-		hubValues, append([]string{"certificates.mode=cert-manager"}, hubValues...), {"hub.enabled=true", "hub.identity.kind=system"}} {
+		hubValues, append([]string{"certificates.mode=cert-manager"}, hubValues...), {"hub.enabled=true", "hub.identity.kind=system"},
+		append(append([]string(nil), hubValues...), eventsValues...)} {
 		args := []string{"lint", "--strict", chart}
 		for _, s := range set {
 			args = append(args, "--set", s)
@@ -191,6 +192,8 @@ func TestHelmLint(t *testing.T) {
 		{"hub.readBudget=500", "/hub/readBudget"},
 		{"hub.sweepInterval=often", "/hub/sweepInterval"},
 		{"hub.replicas=0", "/hub/replicas"},
+		{"hub.events.queues={https://contosokvevents.blob.core.windows.net/kvinject-events}", "/hub/events/queues/0"},
+		{"hub.events.queues={https://contosokvevents.queue.core.windows.net/kvinject-events?sig=x}", "/hub/events/queues/0"},
 	} {
 		cmd := exec.Command(helmBin, "lint", "--strict", chart, "--set", tc.set)
 		out, err := cmd.CombinedOutput()
@@ -216,26 +219,34 @@ func TestHelmLint(t *testing.T) {
 // effective webhook flags (after the kubelet's $(VAR) expansion, with the
 // webhook's defaults for flags one side leaves out). With the version hub
 // (hub.enabled, the kustomize installs *-hub), the hub's objects, pod template
-// and flags too.
+// and flags too; with Key Vault events (hub.events.queues, the overlay
+// manifests/examples/hub-events), its Lease RBAC too.
 func TestKustomizeAndHelmAgree(t *testing.T) {
 	for _, mode := range []struct {
 		kustomize, helmMode string
-		hub                 bool
+		hub, events         bool
 	}{
-		{"manifests/install/builtin-certs", "builtin", false},
-		{"manifests/install/cert-manager", "cert-manager", false},
-		{"manifests/install/builtin-certs-hub", "builtin", true},
-		{"manifests/install/cert-manager-hub", "cert-manager", true},
+		{"manifests/install/builtin-certs", "builtin", false, false},
+		{"manifests/install/cert-manager", "cert-manager", false, false},
+		{"manifests/install/builtin-certs-hub", "builtin", true, false},
+		{"manifests/install/cert-manager-hub", "cert-manager", true, false},
+		{"manifests/examples/hub-events", "builtin", true, true},
 	} {
 		name := mode.helmMode
 		if mode.hub {
 			name += "+hub"
+		}
+		if mode.events {
+			name += "+events"
 		}
 		t.Run(name, func(t *testing.T) {
 			k := renderKustomize(t, mode.kustomize)
 			set := []string{"certificates.mode=" + mode.helmMode}
 			if mode.hub {
 				set = append(set, hubValues...)
+			}
+			if mode.events {
+				set = append(set, eventsValues...)
 			}
 			h := renderHelm(t, "kvinject", "kvinject-system", set...)
 			if (k.hub != nil) != mode.hub || (h.hub != nil) != mode.hub {

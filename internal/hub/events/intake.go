@@ -64,9 +64,11 @@ type IntakeOptions struct {
 	// PollInterval is the wait between peeks of an empty queue; default
 	// DefaultPollInterval.
 	PollInterval time.Duration
-	// DeleteAfter is the age after which the deleter takes and deletes a
-	// message, so that every replica peeked it first; default
-	// DefaultDeleteAfter. Keep it several PollIntervals.
+	// DeleteAfter is how long after the deleter first read a message it
+	// takes and deletes it, so that every replica peeked it first (each peeks
+	// the front of the queue every PollInterval); default DefaultDeleteAfter.
+	// Keep it several PollIntervals. A backlog drains at most 32 messages
+	// (one peek) per DeleteAfter.
 	DeleteAfter time.Duration
 	// MaxAttempts is how many times a message that cannot be understood, or
 	// whose listing fails, is tried before it is given up (and deleted);
@@ -92,11 +94,14 @@ type Intake struct {
 
 	mu   sync.Mutex
 	seen map[string]seenEntry // message and event ids
+
+	stale bool // the front of the queue is not being deleted (Run's goroutine only)
 }
 
 // seenEntry is what the intake remembers of a message or an event.
 type seenEntry struct {
 	at       time.Time
+	first    time.Time // when this replica first read the message
 	attempts int
 	done     bool // handled (or given up): the deleter may delete it
 }
@@ -183,31 +188,62 @@ func (in *Intake) tick(ctx context.Context) (full bool, err error) {
 	if err != nil {
 		return false, err
 	}
-	now := time.Now()
-	// old counts the leading messages that are done with and old enough: a
-	// get returns the oldest visible messages, so only a prefix of the peeked
+	// old counts the leading messages that are done with and that this
+	// replica first read DeleteAfter ago or more: every replica peeks the
+	// front of the queue every PollInterval, so by then each has read them
+	// too (a peek sees at most the first 32 messages: a message further back
+	// is read when it reaches the front, not when it was inserted). A get
+	// returns the oldest visible messages, so only a prefix of the peeked
 	// ones is taken (the rest wait for the one being retried, at most
 	// MaxAttempts reads).
 	old, prefix := int32(0), true
+	oldest := time.Now()
 	for _, msg := range peeked.Messages {
 		if msg == nil || msg.MessageID == nil || msg.MessageText == nil {
 			prefix = false
 			continue
 		}
-		done := in.handle(ctx, *msg.MessageID, *msg.MessageText, msg.InsertionTime)
-		if prefix && done && msg.InsertionTime != nil && now.Sub(*msg.InsertionTime) >= in.opts.DeleteAfter {
+		done, first := in.handle(ctx, *msg.MessageID, *msg.MessageText, msg.InsertionTime)
+		if first.Before(oldest) {
+			oldest = first
+		}
+		if prefix && done && time.Since(first) >= in.opts.DeleteAfter {
 			old++
 		} else {
 			prefix = false
 		}
 	}
-	in.prune(now)
-	if old > 0 && in.opts.Deleter() {
-		if err := in.deleteOld(ctx, old); err != nil {
-			return false, err
-		}
+	in.prune(time.Now())
+	in.watchBacklog(time.Since(oldest))
+	if old == 0 || !in.opts.Deleter() {
+		return false, nil
 	}
-	return len(peeked.Messages) == peekBatch && old > 0, nil
+	if err := in.deleteOld(ctx, old); err != nil {
+		return false, err
+	}
+	// A full page deleted: more may wait behind it, read again at once.
+	return len(peeked.Messages) == peekBatch, nil
+}
+
+// staleAfter is how long a message may stay at the front of the queue after
+// this replica first read it before the intake warns that nobody deletes.
+const staleAfter = 2 * time.Minute
+
+// watchBacklog exports how long the oldest message at the front of the queue
+// has been read and not deleted, and warns once when that exceeds
+// max(staleAfter, 6 DeleteAfter): no replica deletes (none holds the Lease),
+// and once a peek's 32 messages are all stale, new events are no longer seen.
+func (in *Intake) watchBacklog(age time.Duration) {
+	in.m.backlog.WithLabelValues(in.opts.Name).Set(age.Seconds())
+	stale := age > max(staleAfter, 6*in.opts.DeleteAfter)
+	switch {
+	case stale && !in.stale:
+		in.log.Warn("queue messages are read but not deleted: no hub replica holds the events Lease (check the hub's Lease RBAC and its log); once 32 are waiting, new events are not seen and the sweep alone finds new versions",
+			"oldestReadAgo", age.Round(time.Second))
+	case !stale && in.stale:
+		in.log.Info("queue messages are deleted again")
+	}
+	in.stale = stale
 }
 
 // deleteOld takes n messages (the oldest visible: the queue is best-effort
@@ -224,7 +260,7 @@ func (in *Intake) deleteOld(ctx context.Context, n int32) error {
 		if msg == nil || msg.MessageID == nil || msg.PopReceipt == nil || msg.MessageText == nil {
 			continue
 		}
-		if !in.handle(ctx, *msg.MessageID, *msg.MessageText, msg.InsertionTime) {
+		if done, _ := in.handle(ctx, *msg.MessageID, *msg.MessageText, msg.InsertionTime); !done {
 			continue // a listing failed: seen again after the visibility timeout
 		}
 		_, err := in.opts.Queue.DeleteMessage(ctx, *msg.MessageID, *msg.PopReceipt, nil)
@@ -241,13 +277,14 @@ func (in *Intake) deleteOld(ctx context.Context, n int32) error {
 
 // handle reads a message's events once (by message id) and hands them to the
 // hub; it reports whether the message is done with (handled, or given up
-// after MaxAttempts), so that the deleter may delete it.
-func (in *Intake) handle(ctx context.Context, id, text string, inserted *time.Time) bool {
+// after MaxAttempts), so that the deleter may delete it, and when this
+// replica first read it.
+func (in *Intake) handle(ctx context.Context, id, text string, inserted *time.Time) (done bool, first time.Time) {
 	in.mu.Lock()
 	e, ok := in.seen["m:"+id]
 	in.mu.Unlock()
 	if ok && e.done {
-		return true
+		return true, e.first
 	}
 	e.attempts++
 	evs, err := Parse(text)
@@ -259,10 +296,9 @@ func (in *Intake) handle(ctx context.Context, id, text string, inserted *time.Ti
 		if e.attempts == 1 {
 			in.m.messages.WithLabelValues("unreadable").Inc()
 		}
-		in.remember("m:"+id, seenEntry{attempts: e.attempts, done: give})
-		return give
+		return give, in.remember("m:"+id, seenEntry{attempts: e.attempts, done: give})
 	}
-	done := true
+	done = true
 	for _, ev := range evs {
 		if !in.hint(ctx, ev, inserted) {
 			done = false
@@ -275,8 +311,7 @@ func (in *Intake) handle(ctx context.Context, id, text string, inserted *time.Ti
 	if done {
 		in.m.messages.WithLabelValues("handled").Inc()
 	}
-	in.remember("m:"+id, seenEntry{attempts: e.attempts, done: done})
-	return done
+	return done, in.remember("m:"+id, seenEntry{attempts: e.attempts, done: done})
 }
 
 // hint hands one event to the hub; false when its listing failed.
@@ -326,14 +361,21 @@ func (in *Intake) hint(ctx context.Context, ev Event, inserted *time.Time) bool 
 	return true
 }
 
-func (in *Intake) remember(key string, e seenEntry) {
+// remember records e under key, keeping the time key was first recorded,
+// which it returns.
+func (in *Intake) remember(key string, e seenEntry) (first time.Time) {
 	e.at = time.Now()
 	in.mu.Lock()
 	defer in.mu.Unlock()
+	e.first = e.at
+	if old, ok := in.seen[key]; ok && !old.first.IsZero() {
+		e.first = old.first
+	}
 	if len(in.seen) >= maxSeen {
 		in.pruneLocked(e.at, seenTTL/4)
 	}
 	in.seen[key] = e
+	return e.first
 }
 
 func (in *Intake) prune(now time.Time) {
@@ -388,6 +430,7 @@ type Metrics struct {
 	queueOK  *prometheus.GaugeVec
 	expiry   *prometheus.CounterVec
 	lag      prometheus.Histogram
+	backlog  *prometheus.GaugeVec
 }
 
 // NewMetrics registers the intake's metrics on reg (nil: not registered).
@@ -413,6 +456,10 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Name: "kvinject_hub_expiry_events_total",
 			Help: "NearExpiry and Expired events of Key Vault objects, by kind and change (the log names the object and its expiry).",
 		}, []string{"kind", "change"}),
+		backlog: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "kvinject_hub_event_oldest_read_seconds",
+			Help: "How long ago this replica first read the oldest message at the front of the queue (0 when empty): above --events-delete-after plus a few seconds, no replica is deleting (none holds the events Lease).",
+		}, []string{"queue"}),
 		lag: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "kvinject_hub_event_lag_seconds",
 			Help:    "Time from an event's arrival in the queue to its version listing.",
@@ -420,7 +467,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		}),
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.events, m.messages, m.requests, m.queueOK, m.expiry, m.lag} {
+		for _, c := range []prometheus.Collector{m.events, m.messages, m.requests, m.queueOK, m.expiry, m.lag, m.backlog} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("registering the event intake's metrics: %w", err)
 			}

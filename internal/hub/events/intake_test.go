@@ -249,6 +249,47 @@ func TestIntakeTwoReplicas(t *testing.T) {
 	}
 }
 
+// TestIntakeBurstBeyondOnePeek: a peek sees only the first 32 messages, so
+// with more queued every replica must still read each one before the deleter
+// deletes it (DeleteAfter counts from the deleter's first read, not from the
+// insertion), and a replica that may not delete waits PollInterval between
+// peeks of a full page instead of peeking it again at once.
+func TestIntakeBurstBeyondOnePeek(t *testing.T) {
+	e := newEnv(t, emulator.EventOptions{}, true)
+	// First a backlog with no deleter running: the other replica alone.
+	hb := &hints{known: map[string]bool{}}
+	const n = 80
+	for i := range n {
+		e.emu.SetSecret(vaultName, fmt.Sprintf("S-%02d", i), "v")
+	}
+	_, mb := e.intake(hb, func(o *IntakeOptions) {
+		o.Deleter = func() bool { return false }
+		o.PollInterval = 150 * time.Millisecond
+		o.DeleteAfter = 300 * time.Millisecond
+	})
+	q := emulator.QueueURL(account, queueName)
+	eventually(t, "the first page read", func() bool { return len(hb.listed()) == peekBatch })
+	before := testutil.ToFloat64(mb.requests.WithLabelValues(q, "peek", "200"))
+	time.Sleep(600 * time.Millisecond)
+	if peeks := testutil.ToFloat64(mb.requests.WithLabelValues(q, "peek", "200")) - before; peeks > 6 {
+		t.Errorf("%v peeks in 600ms of a full page it may not delete, with a poll interval of 150ms", peeks)
+	}
+	if age := testutil.ToFloat64(mb.backlog.WithLabelValues(q)); age < 0.4 {
+		t.Errorf("kvinject_hub_event_oldest_read_seconds = %v with nobody deleting for 600ms", age)
+	}
+	// The deleter starts: both replicas read all 80.
+	ha := &hints{known: map[string]bool{}}
+	e.intake(ha, func(o *IntakeOptions) {
+		o.Deleter = func() bool { return true }
+		o.DeleteAfter = 300 * time.Millisecond
+	})
+	eventually(t, "the queue emptied", func() bool { return e.stats().Messages == 0 })
+	if a, b := len(ha.listed()), len(hb.listed()); a != n || b != n {
+		t.Errorf("the deleter read %d events and the other replica %d, of %d", a, b, n)
+	}
+	eventually(t, "the other replica sees the empty queue", func() bool { return testutil.ToFloat64(mb.backlog.WithLabelValues(q)) < 0.1 })
+}
+
 // TestIntakePoisonAndExpiry: a message that is not an event is counted and
 // deleted after MaxAttempts without stopping the intake; NearExpiry and
 // Expired events are counted and logged, not hinted; a failed listing is

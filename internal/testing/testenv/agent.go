@@ -150,11 +150,12 @@ func (e *Env) ResolveOverride() string {
 	return r
 }
 
-// emulatorResolve is the dial override of the Azure host names only.
+// emulatorResolve is the dial override of the Azure host names only (Azure
+// AD, Key Vault and the Storage queues of Key Vault events).
 func (e *Env) emulatorResolve() string {
 	addr := e.Emulator.Addr()
 	var parts []string
-	for _, h := range []string{"login.microsoftonline.com", "login.microsoftonline.us", "login.chinacloudapi.cn", "*.vault.azure.net", "*.vault.usgovcloudapi.net", "*.vault.azure.cn"} {
+	for _, h := range []string{"login.microsoftonline.com", "login.microsoftonline.us", "login.chinacloudapi.cn", "*.vault.azure.net", "*.vault.usgovcloudapi.net", "*.vault.azure.cn", "*.queue.core.windows.net"} {
 		parts = append(parts, h+"="+addr)
 	}
 	return strings.Join(parts, ",")

@@ -6,9 +6,6 @@ import rbacv1 "k8s.io/api/rbac/v1"
 // for a test that runs the hub in its own process as a user holding exactly
 // those rules.
 func (e *Env) HubRules() ([]rbacv1.PolicyRule, error) {
-	role, err := hubClusterRole(e.Root)
-	if err != nil {
-		return nil, err
-	}
-	return role.Rules, nil
+	_, rules, err := installRole(e.Root, HubRBACFile, "ClusterRole")
+	return rules, err
 }

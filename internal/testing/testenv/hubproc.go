@@ -12,7 +12,9 @@ import (
 	"strings"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	"sigs.k8s.io/yaml"
@@ -42,22 +44,73 @@ const (
 // root: the hub of the tests gets exactly its ClusterRole.
 const HubRBACFile = "manifests/components/hub/hub-rbac.yaml"
 
-// hubClusterRole reads the ClusterRole of HubRBACFile.
-func hubClusterRole(root string) (*rbacv1.ClusterRole, error) {
-	data, err := os.ReadFile(filepath.Join(root, HubRBACFile))
+// HubEventsRBACFile is the install's RBAC of the hub with Key Vault events:
+// the hub of the tests with Options.HubEvents gets exactly its Role.
+const HubEventsRBACFile = "manifests/components/hub-events/events-rbac.yaml"
+
+// The emulator's Storage queue of Key Vault events (Options.HubEvents).
+const (
+	EventsAccount = "kvinjectevents"
+	EventsQueue   = "kvinject-events"
+	// HubNamespace is the hub's namespace: its POD_NAMESPACE, where its
+	// events Lease lives.
+	HubNamespace = "kvinject-system"
+)
+
+// EventsQueueURL is the hub's --events-queue with Options.HubEvents.
+var EventsQueueURL = emulator.QueueURL(EventsAccount, EventsQueue)
+
+// installRole reads the role of this kind (Role or ClusterRole) in the
+// install's RBAC file (relative to root): its name and rules.
+func installRole(root, file, kind string) (string, []rbacv1.PolicyRule, error) {
+	data, err := os.ReadFile(filepath.Join(root, file))
 	if err != nil {
-		return nil, err
+		return "", nil, err
 	}
 	for _, doc := range strings.Split(string(data), "\n---") {
-		var r rbacv1.ClusterRole
-		if err := yaml.Unmarshal([]byte(doc), &r); err != nil {
-			return nil, fmt.Errorf("%s: %w", HubRBACFile, err)
+		var r struct {
+			Kind     string              `json:"kind"`
+			Metadata metav1.ObjectMeta   `json:"metadata"`
+			Rules    []rbacv1.PolicyRule `json:"rules"`
 		}
-		if r.Kind == "ClusterRole" {
-			return &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: r.Name}, Rules: r.Rules}, nil
+		if err := yaml.Unmarshal([]byte(doc), &r); err != nil {
+			return "", nil, fmt.Errorf("%s: %w", file, err)
+		}
+		if r.Kind == kind {
+			return r.Metadata.Name, r.Rules, nil
 		}
 	}
-	return nil, fmt.Errorf("%s holds no ClusterRole", HubRBACFile)
+	return "", nil, fmt.Errorf("%s holds no %s", file, kind)
+}
+
+// grantHubEvents gives the hub's user the install's events Role in
+// HubNamespace, and its identity the role Storage Queue Data Message
+// Processor (peek and process) on the emulator's events queue.
+func (e *Env) grantHubEvents(ctx context.Context) error {
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: HubNamespace}}
+	if err := e.Client.Create(ctx, ns); err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("namespace %s: %w", HubNamespace, err)
+	}
+	name, rules, err := installRole(e.Root, HubEventsRBACFile, "Role")
+	if err != nil {
+		return err
+	}
+	role := &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: HubNamespace}, Rules: rules}
+	if err := e.Client.Create(ctx, role); err != nil {
+		return fmt.Errorf("hub events Role: %w", err)
+	}
+	binding := &rbacv1.RoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: role.Name, Namespace: HubNamespace},
+		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: role.Name},
+		Subjects:   []rbacv1.Subject{{Kind: rbacv1.UserKind, APIGroup: rbacv1.GroupName, Name: HubUser}},
+	}
+	if err := e.Client.Create(ctx, binding); err != nil {
+		return fmt.Errorf("hub events RoleBinding: %w", err)
+	}
+	if err := e.Emulator.AddQueue(EventsAccount, EventsQueue); err != nil {
+		return err
+	}
+	return e.Emulator.GrantQueue(EventsAccount, EventsQueue, HubClientID, emulator.PermQueuePeek, emulator.PermQueueProcess)
 }
 
 // hubProc is the hub: one or more replicas (Options.HubReplicas) on one
@@ -123,10 +176,11 @@ func (e *Env) startHub(ctx context.Context) error {
 	if err := os.WriteFile(kubeconfig, kc, 0o600); err != nil {
 		return err
 	}
-	role, err := hubClusterRole(e.Root)
+	name, rules, err := installRole(e.Root, HubRBACFile, "ClusterRole")
 	if err != nil {
 		return err
 	}
+	role := &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: name}, Rules: rules}
 	if err := e.Client.Create(ctx, role); err != nil {
 		return fmt.Errorf("hub ClusterRole: %w", err)
 	}
@@ -140,6 +194,11 @@ func (e *Env) startHub(ctx context.Context) error {
 	}
 	if err := e.Emulator.AddManagedIdentity(HubClientID); err != nil {
 		return err
+	}
+	if e.opts.HubEvents {
+		if err := e.grantHubEvents(ctx); err != nil {
+			return err
+		}
 	}
 	return e.StartHub(ctx)
 }
@@ -217,6 +276,9 @@ func (e *Env) StartHubReplica(ctx context.Context, i int) error {
 	if n := len(e.hub.reps); n > 1 {
 		args = append(args, "--bind-reuse-port", "--replicas="+strconv.Itoa(n))
 	}
+	if e.opts.HubEvents {
+		args = append(args, "--events-queue="+EventsQueueURL)
+	}
 	args = append(args, e.opts.HubArgs...)
 	logFile, err := os.OpenFile(h.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
@@ -229,7 +291,7 @@ func (e *Env) StartHubReplica(ctx context.Context, i int) error {
 		"IDENTITY_HEADER=" + e.Emulator.IdentityHeader(),
 		"KVINJECT_TEST_CA_FILE=" + e.CAFile,
 		"KVINJECT_TEST_RESOLVE=" + e.emulatorResolve(),
-		"POD_NAMESPACE=kvinject-system",
+		"POD_NAMESPACE=" + HubNamespace,
 		"PATH=" + os.Getenv("PATH"),
 	}
 	cmd.Env = append(cmd.Env, e.opts.HubEnv...)

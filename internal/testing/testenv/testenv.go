@@ -69,6 +69,12 @@ type Options struct {
 	// HubEnv is extra environment for the hub processes, such as the
 	// installs' GOMEMLIMIT.
 	HubEnv []string
+	// HubEvents gives the hub Key Vault events: the emulator's queue
+	// EventsQueueURL, which the hub's identity may peek and process, is its
+	// --events-queue, and the hub gets the install's events RBAC (the
+	// Lease). Subscribe a vault with
+	// Emulator.SubscribeEvents(vault, EventsAccount, EventsQueue, opts).
+	HubEvents bool
 }
 
 // Env is a running control plane, webhook and emulator.
