@@ -6,7 +6,7 @@
 #   hack/bench.sh [GROUP...]   default: every group, ~30 minutes
 #
 # Groups: mutation, emulator, agent, rollout, webhook, podcreate, memory, hub,
-# hub-faults (not in the default list: ~30 minutes).
+# hub-events, hub-faults (not in the default list: ~30 minutes).
 # Environment: BENCH_OUT (default $TMPDIR/kvinject-bench-results) receives <group>.txt and
 # machine.txt. The webhook group runs `hey` for the anchor commands of
 # shared/docs/performance-anchors.md and installs it with apt-get when it is
@@ -18,7 +18,7 @@ OUT=${BENCH_OUT:-${TMPDIR:-/tmp}/kvinject-bench-results}
 mkdir -p "$OUT"
 export KVINJECT_BENCH_SCALE=full
 groups=("$@")
-[ ${#groups[@]} -gt 0 ] || groups=(mutation emulator agent rollout webhook podcreate memory hub)
+[ ${#groups[@]} -gt 0 ] || groups=(mutation emulator agent rollout webhook podcreate memory hub hub-events)
 
 log() { echo "bench: $*" >&2; }
 
@@ -89,6 +89,14 @@ for g in "${groups[@]}"; do
     # KVINJECT_BENCH_HUB_* knobs are in BENCHMARKS.md section 10. -v: the per-phase log lines.
     KUBEBUILDER_ASSETS="$(hack/kube-binaries.sh)" run hub -v -tags integration -bench 'BenchmarkHub$' -benchtime=1x -timeout=120m ./test/bench/
     ;;
+  hub-events)
+    # Key Vault events (docs/events.md): 100 and then 1,000 agents, 2 hub replicas with
+    # --events-queue and the installs' 30s sweep, read budget 200/s (half Key Vault's
+    # limit): 20 rotations with events, 6 with the sweep alone, 10 with faulty events,
+    # steady state with and without (~20 minutes; KVINJECT_BENCH_EVENTS_AGENTS,
+    # _ROTATIONS, _BUDGET, _WINDOW change it). -v: the per-phase log lines.
+    KUBEBUILDER_ASSETS="$(hack/kube-binaries.sh)" run hub-events -v -tags integration -bench 'BenchmarkHubEvents$' -benchtime=1x -timeout=60m ./test/bench/
+    ;;
   hub-faults)
     # The version hub's faults with 2,000 agents and 3 replicas: a replica killed, every
     # replica down for 5 minutes, the hub's identity losing list (~30 minutes). The pods
@@ -100,7 +108,7 @@ for g in "${groups[@]}"; do
       KUBEBUILDER_ASSETS="$(hack/kube-binaries.sh)" run hub-faults -v -tags integration -bench 'BenchmarkHub$' -benchtime=1x -timeout=120m ./test/bench/
     ;;
   *)
-    log "unknown group $g (mutation, emulator, agent, rollout, webhook, podcreate, memory, hub, hub-faults)"
+    log "unknown group $g (mutation, emulator, agent, rollout, webhook, podcreate, memory, hub, hub-events, hub-faults)"
     exit 2
     ;;
   esac

@@ -251,52 +251,8 @@ type hubRun struct {
 }
 
 func hubScenario(b *testing.B, sz hubSize) {
-	checkNoFile(b, sz)
-	ctx := context.Background()
-	envCtx, cancelEnv := context.WithTimeout(ctx, 5*time.Minute)
-	defer cancelEnv()
-	env, err := testenv.Start(envCtx, testenv.Options{
-		Hub: true, HubSweepInterval: sz.sweep, EmulatorLatency: rtt, HubReplicas: sz.replicas,
-		HubArgs: []string{"--read-budget=" + strconv.Itoa(sz.budget)},
-		// As the installs set it (manifests/components/hub/deployment.yaml).
-		HubEnv: []string{"GOMEMLIMIT=" + hubGoMemLimit},
-	})
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(env.Stop)
-	emu := env.Emulator
-	emu.SetThrottle(emulator.DefaultThrottleLimit, emulator.DefaultThrottleWindow)
-	if err := emu.AddVault(hubVault, emulator.VaultOptions{}); err != nil {
-		b.Fatal(err)
-	}
-	for i := range 3 {
-		emu.SetSecret(hubVault, fmt.Sprintf("SECRET-%02d", i), fmt.Sprintf("value-%02d-v1", i))
-	}
-	tenant := emu.TenantID()
-	if err := emu.Grant(hubVault, benchClientID, emulator.PermGet); err != nil {
-		b.Fatal(err)
-	}
-	if err := env.GrantHub(hubVault); err != nil {
-		b.Fatal(err)
-	}
-	if err := env.RegisterWorkloadIdentity(benchClientID, tenant, benchNamespace, benchSA); err != nil {
-		b.Fatal(err)
-	}
-	if err := env.EnsureNamespace(envCtx, benchNamespace, nil, nil, map[string]map[string]string{benchSA: {
-		mapping.AnnotationWIClientID: benchClientID, mapping.AnnotationWITenantID: tenant,
-	}}); err != nil {
-		b.Fatal(err)
-	}
-	cfg := rest.CopyConfig(env.Config)
-	cfg.QPS = -1
-	kube, err := kubernetes.NewForConfig(cfg)
-	if err != nil {
-		b.Fatal(err)
-	}
-	r := &hubRun{b: b, sz: sz, env: env, emu: emu, root: memDir(b)}
-	b.Logf("hub: %d replicas (PIDs %v) on %s, GOMEMLIMIT=%s; %d agents in %d worker processes; Key Vault and Azure AD transport shared per worker: %v",
-		sz.replicas, env.HubPIDs(), env.HubAddr(), hubGoMemLimit, sz.agents, sz.workers, sz.share)
+	r, kube := startHubRun(b, sz, nil)
+	env := r.env
 
 	setupStart := time.Now()
 	sims := hubAgents(b, env, kube, sz.agents, sz.rotation)
@@ -343,6 +299,66 @@ func hubScenario(b *testing.B, sz hubSize) {
 	if sz.phases[phasePoll] && sz.pollAgents > 0 {
 		r.poll(sims[:min(sz.pollAgents, len(sims))])
 	}
+}
+
+// startHubRun starts the environment of a hub benchmark: the API server,
+// the webhook, sz.replicas hub processes (with --read-budget and the
+// installs' GOMEMLIMIT; edit changes the options further), the emulator
+// throttled at Key Vault's limit with the vault hubVault holding 3 secrets,
+// the hub's list-only grant, and the agents' workload identity and
+// namespace. It returns the run and a client without rate limits.
+func startHubRun(b *testing.B, sz hubSize, edit func(*testenv.Options)) (*hubRun, kubernetes.Interface) {
+	checkNoFile(b, sz)
+	envCtx, cancelEnv := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancelEnv()
+	opts := testenv.Options{
+		Hub: true, HubSweepInterval: sz.sweep, EmulatorLatency: rtt, HubReplicas: sz.replicas,
+		HubArgs: []string{"--read-budget=" + strconv.Itoa(sz.budget)},
+		// As the installs set it (manifests/components/hub/deployment.yaml).
+		HubEnv: []string{"GOMEMLIMIT=" + hubGoMemLimit},
+	}
+	if edit != nil {
+		edit(&opts)
+	}
+	env, err := testenv.Start(envCtx, opts)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(env.Stop)
+	emu := env.Emulator
+	emu.SetThrottle(emulator.DefaultThrottleLimit, emulator.DefaultThrottleWindow)
+	if err := emu.AddVault(hubVault, emulator.VaultOptions{}); err != nil {
+		b.Fatal(err)
+	}
+	for i := range 3 {
+		emu.SetSecret(hubVault, fmt.Sprintf("SECRET-%02d", i), fmt.Sprintf("value-%02d-v1", i))
+	}
+	tenant := emu.TenantID()
+	if err := emu.Grant(hubVault, benchClientID, emulator.PermGet); err != nil {
+		b.Fatal(err)
+	}
+	if err := env.GrantHub(hubVault); err != nil {
+		b.Fatal(err)
+	}
+	if err := env.RegisterWorkloadIdentity(benchClientID, tenant, benchNamespace, benchSA); err != nil {
+		b.Fatal(err)
+	}
+	if err := env.EnsureNamespace(envCtx, benchNamespace, nil, nil, map[string]map[string]string{benchSA: {
+		mapping.AnnotationWIClientID: benchClientID, mapping.AnnotationWITenantID: tenant,
+	}}); err != nil {
+		b.Fatal(err)
+	}
+	cfg := rest.CopyConfig(env.Config)
+	cfg.QPS = -1
+	kube, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	r := &hubRun{b: b, sz: sz, env: env, emu: emu, root: memDir(b)}
+	b.Logf("hub: %d replicas (PIDs %v) on %s, GOMEMLIMIT=%s; %d agents in %d worker processes; Key Vault and Azure AD transport shared per worker: %v",
+		sz.replicas, env.HubPIDs(), env.HubAddr(), hubGoMemLimit, sz.agents, sz.workers, sz.share)
+
+	return r, kube
 }
 
 // hubState is a snapshot of the hub replicas.

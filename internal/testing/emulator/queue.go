@@ -253,6 +253,14 @@ func (e *Emulator) SubscribeEvents(vaultName, account, queueName string, opts Ev
 	return nil
 }
 
+// UnsubscribeEvents deletes every event subscription of a vault: later
+// versions are no longer delivered (those already delayed still are).
+func (e *Emulator) UnsubscribeEvents(vaultName string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	delete(e.eventSubs, strings.ToLower(vaultName))
+}
+
 // PublishEvent publishes an event of a vault's object, as Key Vault would:
 // kind is "Secret", "Certificate" or "Key"; for NearExpiry and Expired events,
 // which the emulator does not raise by itself.

@@ -222,6 +222,12 @@ func TestEventsDeliveredToAQueue(t *testing.T) {
 	if err != nil || len(plain.Messages) != 1 || !strings.HasPrefix(*plain.Messages[0].MessageText, "{") {
 		t.Fatalf("plain JSON subscription of secret events: %v %+v", err, plain.Messages)
 	}
+	// Unsubscribed: the next version is not delivered.
+	e.UnsubscribeEvents("ordersvault")
+	e.SetSecret("ordersvault", "DB-PASSWORD", "v3")
+	if st, err := e.QueueStats(testAccount, testQueue); err != nil || st.Visible != 0 {
+		t.Errorf("after UnsubscribeEvents a version was delivered: %+v, %v", st, err)
+	}
 }
 
 // TestEventFaults: with drops and duplicates, what arrives is a subset of the
