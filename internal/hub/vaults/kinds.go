@@ -182,7 +182,9 @@ func certificateLister(c *azcertificates.Client) *kindLister {
 		kind: hubapi.KindCertificate, opList: opListCertificates, opVersions: opListCertificateVersion,
 		list: func() itemPager {
 			return sdkPager[azcertificates.ListCertificatePropertiesResponse]{c.NewListCertificatePropertiesPager(nil),
-				func(r azcertificates.ListCertificatePropertiesResponse) []item { return items(r.Value, certificateItem) }}
+				func(r azcertificates.ListCertificatePropertiesResponse) []item {
+					return items(r.Value, certificateItem)
+				}}
 		},
 		versions: func(name string) itemPager {
 			return sdkPager[azcertificates.ListCertificatePropertiesVersionsResponse]{c.NewListCertificatePropertiesVersionsPager(name, nil),
@@ -348,7 +350,7 @@ func (v *vault) kindRefused(kind string, err error) {
 func (v *vault) pollOfLocked(o hubapi.Object) (hubapi.Polled, bool) {
 	if v.listers[o.Kind] == nil {
 		return hubapi.Polled{Kind: o.Kind, Name: o.Name, Reason: hubapi.PollKindNotWatched,
-			Message: fmt.Sprintf("the hub does not watch %ss (its --watch-kinds is %s): poll this %s", o.Kind, strings.Join(v.h.opts.Kinds, ","), o.Kind),
+			Message:           fmt.Sprintf("the hub does not watch %ss (its --watch-kinds is %s): poll this %s", o.Kind, strings.Join(v.h.opts.Kinds, ","), o.Kind),
 			RetryAfterSeconds: int(KindNotWatchedRetry / time.Second)}, true
 	}
 	if ks := v.kinds[o.Kind]; ks != nil && ks.notListable {

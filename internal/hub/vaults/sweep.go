@@ -44,8 +44,8 @@ type generation struct {
 // vault is one swept vault. mu guards the fields below it.
 type vault struct {
 	h       *Hub
-	url     string // canonical
-	label   string // host: the metrics label
+	url     string                 // canonical
+	label   string                 // host: the metrics label
 	listers map[string]*kindLister // of the watched kinds
 	ctx     context.Context
 	cancel  context.CancelFunc
