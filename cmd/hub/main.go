@@ -27,9 +27,12 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
+	"github.com/Azure/azure-sdk-for-go/sdk/security/keyvault/azcertificates"
+	"github.com/Azure/azure-sdk-for-go/sdk/security/keyvault/azkeys"
 	"github.com/Azure/azure-sdk-for-go/sdk/security/keyvault/azsecrets"
 	"github.com/go-logr/logr"
 	"k8s.io/client-go/kubernetes"
@@ -155,6 +158,9 @@ func run(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("creating the Kubernetes client: %w", err)
 	}
+	kc := &kindClients{build: func(vaultURL string) (*agent.Clients, error) {
+		return agent.NewClients(vaultURL, f.IdentityKind, env, hubRetry, log)
+	}}
 	vh, err := vaults.New(vaults.Options{
 		Client:        newClient,
 		SweepInterval: f.SweepInterval,
@@ -162,6 +168,11 @@ func run(args []string, stdout, stderr io.Writer) error {
 		MaxVersions:   f.MaxVersions,
 		Logger:        log.With("component", "vaults"),
 		Registerer:    metrics.Registry,
+
+		// --watch-kinds: certificates and keys too, if named.
+		Kinds:             f.Kinds(),
+		CertificateClient: kc.certificates,
+		KeyClient:         kc.keys,
 	})
 	if err != nil {
 		return err
@@ -255,4 +266,45 @@ func checkIdentityEnv(kind agentconfig.IdentityKind, env agent.Env) error {
 		return fmt.Errorf("--identity=%s needs %s in the hub's environment: %s", kind, strings.Join(missing, ", "), fix)
 	}
 	return nil
+}
+
+// kindClients builds the certificate and key clients of --watch-kinds the way
+// the secrets client is built (agent.NewClients), one set per vault for both.
+type kindClients struct {
+	build func(vaultURL string) (*agent.Clients, error)
+	mu    sync.Mutex
+	built map[string]*agent.Clients
+}
+
+func (k *kindClients) get(vaultURL string) (*agent.Clients, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if c := k.built[vaultURL]; c != nil {
+		return c, nil
+	}
+	c, err := k.build(vaultURL)
+	if err != nil {
+		return nil, err
+	}
+	if k.built == nil {
+		k.built = map[string]*agent.Clients{}
+	}
+	k.built[vaultURL] = c
+	return c, nil
+}
+
+func (k *kindClients) certificates(vaultURL string) (*azcertificates.Client, error) {
+	c, err := k.get(vaultURL)
+	if err != nil {
+		return nil, err
+	}
+	return c.Certificates, nil
+}
+
+func (k *kindClients) keys(vaultURL string) (*azkeys.Client, error) {
+	c, err := k.get(vaultURL)
+	if err != nil {
+		return nil, err
+	}
+	return c.Keys, nil
 }
