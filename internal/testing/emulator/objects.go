@@ -642,3 +642,33 @@ func parsePrivateKey(der []byte) (crypto.Signer, error) {
 	}
 	return nil, errors.New("the private key is neither PKCS#8, PKCS#1 nor SEC 1")
 }
+
+// CertificateVersions returns the versions of a certificate, oldest first.
+func (e *Emulator) CertificateVersions(vaultName, name string) []string {
+	e.mu.RLock()
+	defer e.mu.RUnlock()
+	var out []string
+	if v, ok := e.vaults[strings.ToLower(vaultName)]; ok {
+		if c := v.certs[strings.ToLower(name)]; c != nil {
+			for _, cv := range c.versions {
+				out = append(out, cv.version)
+			}
+		}
+	}
+	return out
+}
+
+// KeyVersions returns the versions of a key, oldest first.
+func (e *Emulator) KeyVersions(vaultName, name string) []string {
+	e.mu.RLock()
+	defer e.mu.RUnlock()
+	var out []string
+	if v, ok := e.vaults[strings.ToLower(vaultName)]; ok {
+		if k := v.keys[strings.ToLower(name)]; k != nil {
+			for _, kv := range k.versions {
+				out = append(out, kv.version)
+			}
+		}
+	}
+	return out
+}
