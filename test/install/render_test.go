@@ -190,6 +190,7 @@ func TestHelmLint(t *testing.T) {
 		{"hub.readBudget=0", "/hub/readBudget"},
 		{"hub.readBudget=500", "/hub/readBudget"},
 		{"hub.sweepInterval=often", "/hub/sweepInterval"},
+		{"hub.watchKinds=certificate", "/hub/watchKinds"},
 		{"hub.replicas=0", "/hub/replicas"},
 	} {
 		cmd := exec.Command(helmBin, "lint", "--strict", chart, "--set", tc.set)
