@@ -1,9 +1,11 @@
 // Command kvinject-hub is kvinject's version hub: rotating agents long-poll it
 // (pkg/hubapi) instead of reading every secret from Key Vault at every
-// interval. It lists the watched vaults' secret properties once per sweep for
-// all pods (package internal/hub/vaults), and tells each agent when one of its
-// own secrets has a new version (package internal/hub). It never reads a
-// secret's value: its Azure identity needs only list.
+// interval. It lists the watched vaults' secret properties (and certificate and
+// key properties, with --watch-kinds) once per sweep for all pods (package
+// internal/hub/vaults), and tells each agent when one of its own objects has a
+// new version (package internal/hub). It never reads a value: its Azure
+// identity needs only list (for certificates and keys in RBAC vaults, their
+// read actions: docs/hub.md).
 //
 //	kvinject-hub --identity=workload --cert-dir=/etc/kvinject-hub/tls --replicas=2
 //

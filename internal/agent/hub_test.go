@@ -73,6 +73,7 @@ type fakeHub struct {
 	mu      sync.Mutex
 	newest  map[string]string // kind/lower-case name -> newest enabled version
 	kinds   map[string]bool   // the kinds it watches (default secrets); others are answered to poll
+	old     bool              // refuse other kinds as a hub that watches secrets only did (BadRequest)
 	retry   int               // RetryAfterSeconds of its poll answers
 	token   string            // the token it accepts; "" accepts any
 	refuse  *hubapi.Refusal
@@ -196,6 +197,11 @@ func (f *fakeHub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	f.mu.Lock()
 	var poll []hubapi.Polled
 	for _, o := range req.Objects {
+		if f.old && o.Kind != hubapi.KindSecret {
+			f.mu.Unlock()
+			refuse(http.StatusBadRequest, hubapi.ReasonBadRequest, "objects[0]: kind \""+o.Kind+"\": the hub watches secrets only")
+			return
+		}
 		if !f.kinds[o.Kind] {
 			poll = append(poll, hubapi.Polled{Kind: o.Kind, Name: o.Name, Reason: hubapi.PollKindNotWatched,
 				Message: "the fake hub does not watch " + o.Kind + "s", RetryAfterSeconds: f.retry})
@@ -970,4 +976,30 @@ func TestHubDeclinedNamedAgain(t *testing.T) {
 	if recs := h.records(0, msgChanged, nil); len(recs) != 1 || recs[0]["trigger"] != "hub" {
 		t.Errorf("change records %v, want one by the hub", recs)
 	}
+}
+
+// TestHubOlderHub: a hub that watches secrets only and refuses a request
+// naming a certificate (BadRequest, as before certificates and keys could be
+// watched) still watches the secrets; the certificate is polled.
+func TestHubOlderHub(t *testing.T) {
+	t.Parallel()
+	rl, eopts := newReadLog()
+	h := newHarness(t, eopts)
+	hub, _ := h.newHub()
+	hub.mu.Lock()
+	hub.old = true
+	hub.mu.Unlock()
+	h.importCert("web-cert", "EC", nil)
+	startHubAgent(t, h, hub, h.hubOptions(), entry(t, "ca.crt=cert:web-cert"))
+	h.waitFor("a request with the secrets only", 5*time.Second, func() bool {
+		reqs := hub.requests()
+		return len(reqs) >= 2 && len(reqs[len(reqs)-1].body.Objects) == 2
+	})
+	h.waitFor("polls of the certificate", 5*time.Second, func() bool { return rl.count("/certificates/web-cert") >= 3 })
+	if recs := h.records(0, msgSource, map[string]string{"source": "poll"}); len(recs) != 0 {
+		t.Errorf("the agent switched to polling: %v", recs)
+	}
+	a2, _ := h.setSecret("a")
+	hub.follow("a")
+	h.waitFor("the secret's change through the hub", 5*time.Second, func() bool { return h.fileIs("a", a2) })
 }

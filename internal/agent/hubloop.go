@@ -229,6 +229,21 @@ func (l *hubLoop) decline(poll []hubapi.Polled) {
 	}
 }
 
+// declineOtherKinds declines the watched certificates and keys for an hour,
+// as if the hub had answered them to poll (why: the hub's refusal); false if
+// none is watched.
+func (l *hubLoop) declineOtherKinds(why string) bool {
+	var poll []hubapi.Polled
+	for _, r := range l.watched {
+		if k := hubKind(r); k != hubapi.KindSecret {
+			poll = append(poll, hubapi.Polled{Kind: k, Name: l.a.entries[r].Name, Reason: hubapi.PollKindNotWatched,
+				Message: "the hub refused the request naming it (a hub that watches secrets only): " + why, RetryAfterSeconds: 3600})
+		}
+	}
+	l.decline(poll)
+	return len(poll) > 0
+}
+
 // undecline moves the declined refs whose retry came back to the watched
 // ones; when none is watched then, it returns the time until the first retry
 // (0 otherwise).
@@ -260,6 +275,11 @@ func (l *hubLoop) request() hubapi.WatchRequest {
 // answer handles a watch request's outcome and returns the delay before the
 // next one (0: at once).
 func (l *hubLoop) answer(ctx context.Context, r watchResult) time.Duration {
+	if r.err != nil && r.err.reason == hubapi.ReasonBadRequest && l.declineOtherKinds(r.err.msg) {
+		// A hub older than certificate and key watches refuses their kind:
+		// poll those, and ask again at once for the secrets.
+		return 0
+	}
 	if r.err != nil {
 		d := l.hubB.next(nil)
 		if ra := r.err.retryAfter; ra > d {

@@ -1,7 +1,25 @@
 // Package vaults is the Key Vault side of kvinject's version hub: it sweeps the
-// vaults that agents watch, detects new versions of the watched secrets, checks
+// vaults that agents watch, detects new versions of the watched objects
+// (secrets, and certificates and keys when Options.Kinds names them), checks
 // the versions agents hold, and releases change notifications within a read
 // budget per vault.
+//
+// # Kinds
+//
+// Each sweep lists the secrets of the vault and, for each other watched kind
+// with objects watched in the vault, that kind (azcertificates
+// NewListCertificatePropertiesPager, azkeys NewListKeyPropertiesPager; one
+// listing per kind per sweep), and lists versions with the kind's versions
+// pager, as below for secrets. A certificate version with the thumbprint (x5t)
+// of the one held is no change: the agent would write the same certificate.
+// Objects are keyed by kind and name (a certificate's secret and key share its
+// name). A vault may let the hub list secrets but not certificates or keys: a
+// 401 or 403 on another kind's listing makes that kind "not listable" in that
+// vault only (logged once until it recovers, kvinject_hub_vault_listable{kind}
+// 0, retried every NotListableRetry); its watches end at once with its objects
+// in Watch.Polled, and new watches naming it get them there too, as do objects
+// of a kind not in Options.Kinds, so that the agents poll those and watch the
+// rest. Secrets not listable make the whole vault not listable, as below.
 //
 // # Sweeps
 //
