@@ -348,16 +348,25 @@ func (v *vault) kindRefused(kind string, err error) {
 // pollOfLocked returns the object of a watch request that the hub does not
 // watch, with why; ok false when it is watched.
 func (v *vault) pollOfLocked(o hubapi.Object) (hubapi.Polled, bool) {
-	if v.listers[o.Kind] == nil {
-		return hubapi.Polled{Kind: o.Kind, Name: o.Name, Reason: hubapi.PollKindNotWatched,
-			Message:           fmt.Sprintf("the hub does not watch %ss (its --watch-kinds is %s): poll this %s", o.Kind, strings.Join(v.h.opts.Kinds, ","), o.Kind),
-			RetryAfterSeconds: int(KindNotWatchedRetry / time.Second)}, true
+	if p, ok := v.h.notWatched(o); ok {
+		return p, true
 	}
 	if ks := v.kinds[o.Kind]; ks != nil && ks.notListable {
 		return hubapi.Polled{Kind: o.Kind, Name: o.Name, Reason: hubapi.PollKindNotListable, Message: ks.msg,
 			RetryAfterSeconds: int(max(time.Second, time.Until(ks.retryAt)).Round(time.Second) / time.Second)}, true
 	}
 	return hubapi.Polled{}, false
+}
+
+// notWatched returns an object of a kind not in Options.Kinds, with why; ok
+// false for a watched kind.
+func (h *Hub) notWatched(o hubapi.Object) (hubapi.Polled, bool) {
+	if slices.Contains(h.opts.Kinds, o.Kind) {
+		return hubapi.Polled{}, false
+	}
+	return hubapi.Polled{Kind: o.Kind, Name: o.Name, Reason: hubapi.PollKindNotWatched,
+		Message:           fmt.Sprintf("the hub does not watch %ss (its --watch-kinds is %s): poll this %s", o.Kind, strings.Join(h.opts.Kinds, ","), o.Kind),
+		RetryAfterSeconds: int(KindNotWatchedRetry / time.Second)}, true
 }
 
 // KindNotWatchedRetry is the RetryAfterSeconds of an object of a kind the hub

@@ -212,6 +212,10 @@ func TestKindNotWatched(t *testing.T) {
 	if len(p) != 2 || p[0].Kind != hubapi.KindCertificate || p[1].Kind != hubapi.KindKey {
 		t.Errorf("polled %+v, want the certificate and the key", p)
 	}
+	if n := e.clients.Load(); n != 0 {
+		t.Errorf("a request naming kinds the hub does not watch built %d clients: it must not sweep the vault for it", n)
+	}
+	w.Close()
 	for k, n := range e.hub.KeyVaultCalls() {
 		if !strings.HasPrefix(k, opListSecrets+" ") && !strings.HasPrefix(k, opListVersions+" ") && n > 0 {
 			t.Errorf("Key Vault call %s x%d for a kind the hub does not watch", k, n)

@@ -145,19 +145,25 @@ func (h *Hub) Watch(ctx context.Context, vaultURL string, objs []hubapi.Object) 
 	if r := validateObjects(objs); r != nil {
 		return nil, r
 	}
+	// Objects of kinds the hub does not watch: answered at once, without
+	// sweeping the vault for them.
+	var polled []hubapi.Polled
+	for _, o := range objs {
+		if p, ok := h.notWatched(o); ok {
+			polled = append(polled, p)
+		}
+	}
+	if len(polled) > 0 {
+		return h.polledWatch(&vault{h: h, gen: &generation{done: make(chan struct{})}}, polled), nil
+	}
 	v, r := h.acquire(ctx, canonical, label)
 	if r != nil {
 		return nil, r
 	}
 	defer v.release()
 
-	// Objects of kinds the hub does not watch: answered at once.
-	v.mu.Lock()
-	if w := v.pollWatchLocked(objs, false); w != nil {
-		v.mu.Unlock()
-		return w, nil
-	}
 	// Register the names first, so that a first sweep lists their versions.
+	v.mu.Lock()
 	targets := make([]*object, len(objs))
 	for i, ob := range objs {
 		targets[i] = v.objectLocked(ob.Kind, ob.Name)
@@ -181,7 +187,7 @@ func (h *Hub) Watch(ctx context.Context, vaultURL string, objs []hubapi.Object) 
 			v.mu.Unlock()
 			return nil, r
 		}
-		if w := v.pollWatchLocked(objs, true); w != nil {
+		if w := v.pollWatchLocked(objs); w != nil {
 			v.mu.Unlock()
 			return w, nil
 		}
@@ -217,7 +223,7 @@ func (h *Hub) Watch(ctx context.Context, vaultURL string, objs []hubapi.Object) 
 	if r := v.refusalLocked(); r != nil {
 		return nil, r
 	}
-	if w := v.pollWatchLocked(objs, true); w != nil {
+	if w := v.pollWatchLocked(objs); w != nil {
 		return w, nil
 	}
 	w := &Watch{v: v, gen: v.gen, ch: make(chan []hubapi.Object, 1), objs: make([]watchObj, len(objs))}
@@ -258,21 +264,26 @@ func (h *Hub) Watch(ctx context.Context, vaultURL string, objs []hubapi.Object) 
 }
 
 // pollWatchLocked returns a watch that has already ended with an empty batch
-// when objs names objects the hub does not watch (with listable: also those
-// of a kind Key Vault refused it to list), nil otherwise.
-func (v *vault) pollWatchLocked(objs []hubapi.Object, listable bool) *Watch {
+// when objs names objects the hub does not watch (a kind not watched, or one
+// Key Vault refuses it to list in this vault), nil otherwise.
+func (v *vault) pollWatchLocked(objs []hubapi.Object) *Watch {
 	var polled []hubapi.Polled
 	for _, o := range objs {
-		p, ok := v.pollOfLocked(o)
-		if ok && (listable || p.Reason == hubapi.PollKindNotWatched) {
+		if p, ok := v.pollOfLocked(o); ok {
 			polled = append(polled, p)
 		}
 	}
 	if len(polled) == 0 {
 		return nil
 	}
+	return v.h.polledWatch(v, polled)
+}
+
+// polledWatch returns a watch of v (a detached vault for kinds the hub does
+// not watch) that has already ended with an empty batch and polled, counted.
+func (h *Hub) polledWatch(v *vault, polled []hubapi.Polled) *Watch {
 	for _, p := range polled {
-		v.h.metrics.polled.WithLabelValues(p.Kind, p.Reason).Inc()
+		h.metrics.polled.WithLabelValues(p.Kind, p.Reason).Inc()
 	}
 	w := &Watch{v: v, gen: v.gen, ch: make(chan []hubapi.Object, 1), state: stateDone, polled: polled}
 	w.ch <- []hubapi.Object{}
