@@ -1,9 +1,11 @@
 // Command kvinject-hub is kvinject's version hub: rotating agents long-poll it
 // (pkg/hubapi) instead of reading every secret from Key Vault at every
-// interval. It lists the watched vaults' secret properties once per sweep for
-// all pods (package internal/hub/vaults), and tells each agent when one of its
-// own secrets has a new version (package internal/hub). It never reads a
-// secret's value: its Azure identity needs only list.
+// interval. It lists the watched vaults' secret properties (and certificate and
+// key properties, with --watch-kinds) once per sweep for all pods (package
+// internal/hub/vaults), and tells each agent when one of its own objects has a
+// new version (package internal/hub). It never reads a value: its Azure
+// identity needs only list (for certificates and keys in RBAC vaults, their
+// read actions: docs/hub.md).
 //
 //	kvinject-hub --identity=workload --cert-dir=/etc/kvinject-hub/tls --replicas=2
 //
@@ -29,9 +31,12 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
+	"github.com/Azure/azure-sdk-for-go/sdk/security/keyvault/azcertificates"
+	"github.com/Azure/azure-sdk-for-go/sdk/security/keyvault/azkeys"
 	"github.com/Azure/azure-sdk-for-go/sdk/security/keyvault/azsecrets"
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azqueue/v2"
 	"github.com/go-logr/logr"
@@ -167,6 +172,9 @@ func run(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("creating the Kubernetes client: %w", err)
 	}
+	kc := &kindClients{build: func(vaultURL string) (*agent.Clients, error) {
+		return agent.NewClients(vaultURL, f.IdentityKind, env, hubRetry, log)
+	}}
 	vh, err := vaults.New(vaults.Options{
 		Client:        newClient,
 		SweepInterval: f.SweepInterval,
@@ -174,6 +182,11 @@ func run(args []string, stdout, stderr io.Writer) error {
 		MaxVersions:   f.MaxVersions,
 		Logger:        log.With("component", "vaults"),
 		Registerer:    metrics.Registry,
+
+		// --watch-kinds: certificates and keys too, if named.
+		Kinds:             f.Kinds(),
+		CertificateClient: kc.certificates,
+		KeyClient:         kc.keys,
 	})
 	if err != nil {
 		return err
@@ -330,4 +343,45 @@ func checkIdentityEnv(kind agentconfig.IdentityKind, env agent.Env) error {
 		return fmt.Errorf("--identity=%s needs %s in the hub's environment: %s", kind, strings.Join(missing, ", "), fix)
 	}
 	return nil
+}
+
+// kindClients builds the certificate and key clients of --watch-kinds the way
+// the secrets client is built (agent.NewClients), one set per vault for both.
+type kindClients struct {
+	build func(vaultURL string) (*agent.Clients, error)
+	mu    sync.Mutex
+	built map[string]*agent.Clients
+}
+
+func (k *kindClients) get(vaultURL string) (*agent.Clients, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if c := k.built[vaultURL]; c != nil {
+		return c, nil
+	}
+	c, err := k.build(vaultURL)
+	if err != nil {
+		return nil, err
+	}
+	if k.built == nil {
+		k.built = map[string]*agent.Clients{}
+	}
+	k.built[vaultURL] = c
+	return c, nil
+}
+
+func (k *kindClients) certificates(vaultURL string) (*azcertificates.Client, error) {
+	c, err := k.get(vaultURL)
+	if err != nil {
+		return nil, err
+	}
+	return c.Certificates, nil
+}
+
+func (k *kindClients) keys(vaultURL string) (*azkeys.Client, error) {
+	c, err := k.get(vaultURL)
+	if err != nil {
+		return nil, err
+	}
+	return c.Keys, nil
 }

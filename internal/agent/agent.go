@@ -21,8 +21,9 @@
 // sidecar polls every other object every --rotation (with jitter).
 //
 // With --hub (the version hub, cmd/hub, which lists the vault's metadata for
-// all pods; wire protocol in package hubapi), the secrets at their latest
-// version, plain and history entries alike, are watched instead (hubloop.go):
+// all pods; wire protocol in package hubapi), the objects at their latest
+// version (secrets, plain and history entries alike, certificates and keys)
+// are watched instead (hubloop.go):
 // the agent holds one long poll at a time naming each with the version it
 // holds, authenticated by the projected token of KVINJECT_HUB_TOKEN_FILE
 // (read again for every request) over TLS that trusts only the roots of
@@ -30,9 +31,10 @@
 // objects named, with its own identity, and swaps in the whole set; while
 // Key Vault still returns the version held (replication lag) it reads again
 // after a short backoff, a few times, before asking the hub again.
-// Certificates and keys are not watched: they are polled every --rotation as
-// without a hub. Every --safety-interval (default 24h, ±10%) the whole set
-// is read again anyway.
+// Certificates and keys are watched too when the hub watches their kind
+// (its --watch-kinds); the objects the hub answers it does not watch are
+// polled every --rotation as without a hub. Every --safety-interval (default
+// 24h, ±10%) the whole set is read again anyway.
 //
 // When the hub is unusable (unreachable, an untrusted certificate, a refusal,
 // a timeout, an answer that is not the protocol's) the agent logs the switch
@@ -578,19 +580,18 @@ func (a *agent) rotate(ctx context.Context) {
 		a.pollLoop(ctx, polled, a.cfg.Rotation, a.log)
 		return
 	}
-	if len(watched) == 0 {
-		log := a.log.With("source", sourcePoll, "trigger", triggerRotation)
-		log.Info("rotation source", "reason", "the hub watches secrets only; every object here is a certificate or a key", "pollEvery", a.cfg.Rotation.String())
-		a.pollLoop(ctx, polled, a.cfg.Rotation, log)
-		return
-	}
 	a.rotateHub(ctx, watched, others)
 }
 
-// watchable reports whether the hub watches r: a secret (plain or history)
-// at its latest version.
+// watchable reports whether the hub may watch r: a secret (plain or
+// history), a certificate or a key at its latest version. The hub answers
+// which kinds it does watch (hubloop.go).
 func watchable(r objectRef) bool {
-	return r.version == "" && (r.kind == "" || r.kind == agentconfig.ObjectSecret)
+	switch r.kind {
+	case "", agentconfig.ObjectSecret, agentconfig.ObjectCert, agentconfig.ObjectKey:
+		return r.version == ""
+	}
+	return false
 }
 
 // pollLoop polls refs every interval (with jitter) until ctx is done,

@@ -155,6 +155,8 @@ func (c *hubClient) close() { c.transport.CloseIdleConnections() }
 type watchResult struct {
 	// changed are the objects the hub answered with (none: its wait ended).
 	changed []hubapi.Object
+	// poll are the objects of the request the hub does not watch.
+	poll []hubapi.Polled
 	// maxWait is the hub's MaxWaitHeader; 0 when absent or out of bounds.
 	maxWait time.Duration
 	// took is how long the request took.
@@ -234,7 +236,13 @@ func (c *hubClient) do(ctx context.Context, wreq hubapi.WatchRequest, timeout ti
 			return res
 		}
 	}
-	res.changed = answer.Changed
+	for _, p := range answer.Poll {
+		if p.Name == "" || p.Kind == "" {
+			res.err = &hubError{reason: hubReasonBadAnswer, status: resp.StatusCode, msg: fmt.Sprintf("the hub answered with an object to poll without a kind or name (%s/%s)", p.Kind, p.Name)}
+			return res
+		}
+	}
+	res.changed, res.poll = answer.Changed, answer.Poll
 	return res
 }
 

@@ -71,7 +71,10 @@ type fakeHub struct {
 	closed chan struct{}
 
 	mu      sync.Mutex
-	newest  map[string]string // lower-case name -> newest enabled version
+	newest  map[string]string // kind/lower-case name -> newest enabled version
+	kinds   map[string]bool   // the kinds it watches (default secrets); others are answered to poll
+	old     bool              // refuse other kinds as a hub that watches secrets only did (BadRequest)
+	retry   int               // RetryAfterSeconds of its poll answers
 	token   string            // the token it accepts; "" accepts any
 	refuse  *hubapi.Refusal
 	status  int
@@ -90,7 +93,7 @@ func (h *harness) newHub() (*fakeHub, *tokenDir) {
 	h.t.Helper()
 	caPEM, cert := hubCertificate(h.t, hubHost)
 	f := &fakeHub{t: h.t, h: h, caPEM: caPEM, closed: make(chan struct{}), newest: map[string]string{},
-		maxWait: time.Minute, wake: make(chan struct{})}
+		kinds: map[string]bool{hubapi.KindSecret: true}, retry: 3600, maxWait: time.Minute, wake: make(chan struct{})}
 	f.srv = httptest.NewUnstartedServer(f)
 	f.srv.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	f.srv.EnableHTTP2 = true
@@ -192,18 +195,32 @@ func (f *fakeHub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	f.mu.Lock()
+	var poll []hubapi.Polled
 	for _, o := range req.Objects {
-		name := strings.ToLower(o.Name)
-		_, watched := f.newest[name]
-		if o.Kind != hubapi.KindSecret || !watched {
+		if f.old && o.Kind != hubapi.KindSecret {
+			f.mu.Unlock()
+			refuse(http.StatusBadRequest, hubapi.ReasonBadRequest, "objects[0]: kind \""+o.Kind+"\": the hub watches secrets only")
+			return
+		}
+		if !f.kinds[o.Kind] {
+			poll = append(poll, hubapi.Polled{Kind: o.Kind, Name: o.Name, Reason: hubapi.PollKindNotWatched,
+				Message: "the fake hub does not watch " + o.Kind + "s", RetryAfterSeconds: f.retry})
+		}
+	}
+	if len(poll) > 0 {
+		f.mu.Unlock()
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(hubapi.WatchResponse{Poll: poll})
+		return
+	}
+	for _, o := range req.Objects {
+		_, watched := f.newest[o.Kind+"/"+strings.ToLower(o.Name)]
+		if !watched {
 			f.mu.Unlock()
 			refuse(http.StatusForbidden, hubapi.ReasonNotPodObject, "the pod does not read "+o.Name)
 			return
 		}
-		known := false
-		for _, v := range f.h.emu.SecretVersions(f.h.vault, o.Name) {
-			known = known || strings.EqualFold(v.Version, o.Version)
-		}
+		known := slices.ContainsFunc(f.h.versionsOf(o.Kind, o.Name), func(v string) bool { return strings.EqualFold(v, o.Version) })
 		if !known {
 			f.mu.Unlock()
 			refuse(http.StatusForbidden, hubapi.ReasonUnknownVersion, "not a version of "+o.Name)
@@ -226,8 +243,8 @@ func (f *fakeHub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		var changed []hubapi.Object
 		f.mu.Lock()
 		for _, o := range req.Objects {
-			if n := f.newest[strings.ToLower(o.Name)]; !strings.EqualFold(n, o.Version) {
-				changed = append(changed, hubapi.Object{Kind: hubapi.KindSecret, Name: o.Name, Version: n})
+			if n := f.newest[o.Kind+"/"+strings.ToLower(o.Name)]; !strings.EqualFold(n, o.Version) {
+				changed = append(changed, hubapi.Object{Kind: o.Kind, Name: o.Name, Version: n})
 			}
 		}
 		wake := f.wake
@@ -251,9 +268,14 @@ func (f *fakeHub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // publish sets the newest enabled version the hub reports for a secret.
 func (f *fakeHub) publish(name, version string) {
+	f.publishKind(hubapi.KindSecret, name, version)
+}
+
+// publishKind sets the newest version the hub reports for an object of kind.
+func (f *fakeHub) publishKind(kind, name, version string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.newest[strings.ToLower(name)] = version
+	f.newest[kind+"/"+strings.ToLower(name)] = version
 	close(f.wake)
 	f.wake = make(chan struct{})
 }
@@ -270,6 +292,38 @@ func (f *fakeHub) follow(names ...string) {
 		}
 		f.publish(name, newest)
 	}
+}
+
+// followKind publishes the newest version of a certificate or key.
+func (f *fakeHub) followKind(kind, name string) {
+	vs := f.h.versionsOf(kind, name)
+	f.publishKind(kind, name, vs[len(vs)-1])
+}
+
+// watchKinds sets the kinds the hub watches and the retry of its poll
+// answers.
+func (f *fakeHub) watchKinds(retry int, kinds ...string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.kinds, f.retry = map[string]bool{}, retry
+	for _, k := range kinds {
+		f.kinds[k] = true
+	}
+}
+
+// versionsOf returns the versions of an object of the emulator, oldest first.
+func (h *harness) versionsOf(kind, name string) []string {
+	switch kind {
+	case hubapi.KindCertificate:
+		return h.emu.CertificateVersions(h.vault, name)
+	case hubapi.KindKey:
+		return h.emu.KeyVersions(h.vault, name)
+	}
+	var out []string
+	for _, v := range h.emu.SecretVersions(h.vault, name) {
+		out = append(out, v.Version)
+	}
+	return out
 }
 
 // refuseWith makes the hub refuse every request (nil: stop refusing).
@@ -626,8 +680,9 @@ func TestHubBackPicksUpChange(t *testing.T) {
 	}
 }
 
-// TestHubCertificatesPolled: certificates and keys, which the hub does not
-// watch, are polled every --rotation while the hub drives the secrets.
+// TestHubCertificatesPolled: certificates and keys, which the hub answers it
+// does not watch, are polled every --rotation while the hub drives the
+// secrets.
 func TestHubCertificatesPolled(t *testing.T) {
 	t.Parallel()
 	rl, eopts := newReadLog()
@@ -655,8 +710,12 @@ func TestHubCertificatesPolled(t *testing.T) {
 	if recs := h.records(0, msgChanged, map[string]string{"trigger": "rotation"}); len(recs) != 1 {
 		t.Errorf("change records %v, want one by the rotation poll", recs)
 	}
-	if req := hub.requests()[0]; len(req.body.Objects) != 2 {
-		t.Errorf("watch request %+v: want the secrets only", req.body)
+	reqs := hub.requests()
+	if len(reqs[0].body.Objects) != 4 {
+		t.Errorf("first watch request %+v: want the secrets, the certificate and the key", reqs[0].body)
+	}
+	if last := reqs[len(reqs)-1]; len(last.body.Objects) != 2 || last.held("web-cert") != "" {
+		t.Errorf("watch request %+v after the hub's poll answer: want the secrets only", last.body)
 	}
 }
 
@@ -825,4 +884,122 @@ func TestHubHistory(t *testing.T) {
 	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// newKeyVersion adds a new version of a key (a new P-256 public key).
+func (h *harness) newKeyVersion(name string) {
+	h.t.Helper()
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	if _, err := h.emu.SetKey(h.vault, name, k.Public()); err != nil {
+		h.t.Fatal(err)
+	}
+}
+
+// TestHubCertificatesWatched: with a hub that watches certificates and keys,
+// neither is polled, and a new version of each is read once (that object
+// only) when the hub reports it, swapped in as a whole set.
+func TestHubCertificatesWatched(t *testing.T) {
+	t.Parallel()
+	rl, eopts := newReadLog()
+	h := newHarness(t, eopts)
+	hub, _ := h.newHub()
+	hub.watchKinds(3600, hubapi.KindSecret, hubapi.KindCertificate, hubapi.KindKey)
+	h.importCert("web-cert", "EC", nil)
+	h.newKeyVersion("signing-key")
+	hub.followKind(hubapi.KindCertificate, "web-cert")
+	hub.followKind(hubapi.KindKey, "signing-key")
+	startHubAgent(t, h, hub, h.hubOptions(), entry(t, "ca.crt=cert:web-cert"), entry(t, "signing.pub=key:signing-key"))
+	firstCert, firstKey := h.read("ca.crt"), h.read("signing.pub")
+	time.Sleep(5 * hubTestRotation)
+	counts := func() [3]int {
+		return [3]int{rl.count("/certificates/web-cert"), rl.count("/keys/signing-key"), rl.count("/secrets/a")}
+	}
+	if got := counts(); got != [3]int{1, 1, 1} {
+		t.Errorf("reads of certificate, key, secret %v after %s: want one each (the first set), nothing polled", got, 5*hubTestRotation)
+	}
+
+	h.importCert("web-cert", "EC", nil)
+	hub.followKind(hubapi.KindCertificate, "web-cert")
+	h.waitFor("the new certificate", 5*time.Second, func() bool { return h.read("ca.crt") != firstCert })
+	if got := counts(); got != [3]int{2, 1, 1} {
+		t.Errorf("reads after the certificate's change %v: want the certificate only", got)
+	}
+	h.newKeyVersion("signing-key")
+	hub.followKind(hubapi.KindKey, "signing-key")
+	h.waitFor("the new key", 5*time.Second, func() bool { return h.read("signing.pub") != firstKey })
+	if got := counts(); got != [3]int{2, 2, 1} {
+		t.Errorf("reads after the key's change %v: want the key only", got)
+	}
+	h.waitFor("the changes in the logs", 5*time.Second, func() bool { return len(h.records(0, msgChanged, nil)) >= 2 })
+	if recs := h.records(0, msgChanged, map[string]string{"source": "hub", "trigger": "hub"}); len(recs) != 2 {
+		t.Errorf("change records %v, want two by the hub", h.records(0, msgChanged, nil))
+	}
+	certs := h.versionsOf(hubapi.KindCertificate, "web-cert")
+	h.waitFor("a watch request holding the new versions", 5*time.Second, func() bool {
+		reqs := hub.requests()
+		last := reqs[len(reqs)-1]
+		return len(last.body.Objects) == 4 && strings.EqualFold(last.held("web-cert"), certs[len(certs)-1])
+	})
+}
+
+// TestHubDeclinedNamedAgain: objects the hub answered it does not watch are
+// named to it again after its retry, and watched once it watches them.
+func TestHubDeclinedNamedAgain(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, emulator.Options{})
+	hub, _ := h.newHub()
+	hub.watchKinds(1, hubapi.KindSecret)
+	hub.setMaxWait(300 * time.Millisecond) // declined objects are named again at the next request after the retry
+	h.importCert("web-cert", "EC", nil)
+	hub.followKind(hubapi.KindCertificate, "web-cert")
+	startHubAgent(t, h, hub, h.hubOptions(), entry(t, "ca.crt=cert:web-cert"))
+	h.waitFor("the poll answer and a request without the certificate", 5*time.Second, func() bool {
+		reqs := hub.requests()
+		return len(reqs) >= 2 && reqs[len(reqs)-1].held("web-cert") == ""
+	})
+	if n := len(h.records(0, "the hub does not watch these objects: polling them every rotation", nil)); n != 1 {
+		t.Errorf("%d records of the poll answer, want 1", n)
+	}
+	hub.watchKinds(1, hubapi.KindSecret, hubapi.KindCertificate)
+	h.waitFor("the certificate named again after the retry", 5*time.Second, func() bool {
+		reqs := hub.requests()
+		return reqs[len(reqs)-1].held("web-cert") != ""
+	})
+	first := h.read("ca.crt")
+	h.importCert("web-cert", "EC", nil)
+	hub.followKind(hubapi.KindCertificate, "web-cert")
+	h.waitFor("the new certificate", 5*time.Second, func() bool { return h.read("ca.crt") != first })
+	h.waitFor("the change in the logs", 5*time.Second, func() bool { return len(h.records(0, msgChanged, nil)) > 0 })
+	if recs := h.records(0, msgChanged, nil); len(recs) != 1 || recs[0]["trigger"] != "hub" {
+		t.Errorf("change records %v, want one by the hub", recs)
+	}
+}
+
+// TestHubOlderHub: a hub that watches secrets only and refuses a request
+// naming a certificate (BadRequest, as before certificates and keys could be
+// watched) still watches the secrets; the certificate is polled.
+func TestHubOlderHub(t *testing.T) {
+	t.Parallel()
+	rl, eopts := newReadLog()
+	h := newHarness(t, eopts)
+	hub, _ := h.newHub()
+	hub.mu.Lock()
+	hub.old = true
+	hub.mu.Unlock()
+	h.importCert("web-cert", "EC", nil)
+	startHubAgent(t, h, hub, h.hubOptions(), entry(t, "ca.crt=cert:web-cert"))
+	h.waitFor("a request with the secrets only", 5*time.Second, func() bool {
+		reqs := hub.requests()
+		return len(reqs) >= 2 && len(reqs[len(reqs)-1].body.Objects) == 2
+	})
+	h.waitFor("polls of the certificate", 5*time.Second, func() bool { return rl.count("/certificates/web-cert") >= 3 })
+	if recs := h.records(0, msgSource, map[string]string{"source": "poll"}); len(recs) != 0 {
+		t.Errorf("the agent switched to polling: %v", recs)
+	}
+	a2, _ := h.setSecret("a")
+	hub.follow("a")
+	h.waitFor("the secret's change through the hub", 5*time.Second, func() bool { return h.fileIs("a", a2) })
 }

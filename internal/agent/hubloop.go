@@ -9,19 +9,23 @@ import (
 	"strings"
 	"time"
 
+	"github.com/kvinject/kvinject/pkg/agentconfig"
 	"github.com/kvinject/kvinject/pkg/hubapi"
 )
 
 // rotateHub keeps the set current with the version hub until ctx is done.
 //
-// The watched objects (secrets at their latest version) are read when the
-// hub reports them changed, with one long poll at a time (hubapi). While the
-// hub is unusable (unreachable, refusing, answering nonsense) they are polled
-// every HubFallbackStretch x --rotation instead, and the hub is tried again
-// with a jittered exponential backoff; its first answer after that compares
-// the versions held with the newest, so nothing changed meanwhile is missed.
-// The others (certificates and keys) are polled every --rotation, and every
-// SafetyInterval the whole set is read again while the hub drives rotation.
+// The watched objects (secrets, certificates and keys at their latest
+// version) are read when the hub reports them changed, with one long poll at
+// a time (hubapi). While the hub is unusable (unreachable, refusing,
+// answering nonsense) they are polled every HubFallbackStretch x --rotation
+// instead, and the hub is tried again with a jittered exponential backoff;
+// its first answer after that compares the versions held with the newest, so
+// nothing changed meanwhile is missed. The objects the hub answers it does
+// not watch (hubapi.WatchResponse.Poll: a kind not in its --watch-kinds, or
+// one it may not list) move to the others, polled every --rotation, until
+// their retry comes; every SafetyInterval the whole set is read again while
+// the hub drives rotation.
 //
 // Only the loop's goroutine reads Key Vault and writes the set; each watch
 // request runs in a goroutine of its own, which only talks to the hub and
@@ -31,7 +35,7 @@ func (a *agent) rotateHub(ctx context.Context, watched, others []objectRef) {
 	if err == nil {
 		if n := len(watchObjects(a, watched)); n > hubapi.MaxObjects {
 			hub.close()
-			err = &ConfigError{Msg: fmt.Sprintf("the pod maps %d secrets of one vault; a watch request names at most %d", n, hubapi.MaxObjects)}
+			err = &ConfigError{Msg: fmt.Sprintf("the pod maps %d objects of one vault; a watch request names at most %d", n, hubapi.MaxObjects)}
 		}
 	}
 	var all []objectRef
@@ -64,9 +68,12 @@ func (a *agent) rotateHub(ctx context.Context, watched, others []objectRef) {
 
 // hubLoop is the state of rotateHub's loop.
 type hubLoop struct {
-	a                      *agent
-	hub                    *hubClient
-	watched, others, all   []objectRef
+	a                    *agent
+	hub                  *hubClient
+	watched, others, all []objectRef
+	// declined are the objects the hub does not watch (in others), with when
+	// to name them to it again.
+	declined               map[objectRef]time.Time
 	source                 string // sourceHub or sourcePoll
 	reason                 string // why the hub is unusable (sourcePoll)
 	stretched              time.Duration
@@ -115,9 +122,15 @@ func (l *hubLoop) run(ctx context.Context) {
 	inflight, watchNow := false, true
 	for {
 		if watchNow && !inflight {
-			watchNow, inflight = false, true
-			req, timeout := l.request(), hubTimeout(l.maxWait)
-			go func() { results <- l.hub.watch(ctx, req, timeout) }()
+			watchNow = false
+			if d := l.undecline(); d > 0 {
+				// Every object is polled: ask the hub when one may be watched.
+				hubAt.set(d)
+			} else {
+				inflight = true
+				req, timeout := l.request(), hubTimeout(l.maxWait)
+				go func() { results <- l.hub.watch(ctx, req, timeout) }()
+			}
 		}
 		select {
 		case <-ctx.Done():
@@ -156,19 +169,102 @@ func (l *hubLoop) log(trigger string) *slog.Logger {
 	return l.a.log.With("source", l.source, "trigger", trigger)
 }
 
+// hubKind is the hubapi kind of a ref.
+func hubKind(r objectRef) string {
+	switch r.kind {
+	case agentconfig.ObjectCert:
+		return hubapi.KindCertificate
+	case agentconfig.ObjectKey:
+		return hubapi.KindKey
+	}
+	return hubapi.KindSecret
+}
+
 // watchObjects are the objects of a watch request for refs, each once, with
 // the version held.
 func watchObjects(a *agent, refs []objectRef) []hubapi.Object {
 	objs := make([]hubapi.Object, 0, len(refs))
 	seen := make(map[string]bool, len(refs))
 	for _, r := range refs {
-		if seen[r.name] {
+		key := hubKind(r) + "/" + r.name
+		if seen[key] {
 			continue // a plain and a history entry of the same secret
 		}
-		seen[r.name] = true
-		objs = append(objs, hubapi.Object{Kind: hubapi.KindSecret, Name: a.entries[r].Name, Version: a.last[r].version})
+		seen[key] = true
+		objs = append(objs, hubapi.Object{Kind: hubKind(r), Name: a.entries[r].Name, Version: a.last[r].version})
 	}
 	return objs
+}
+
+// decline moves the watched refs of the objects the hub does not watch to the
+// others (polled every --rotation) until the retry the hub gives.
+func (l *hubLoop) decline(poll []hubapi.Polled) {
+	if len(poll) == 0 {
+		return
+	}
+	now := time.Now()
+	var names []string
+	for _, p := range poll {
+		retry := time.Duration(p.RetryAfterSeconds) * time.Second
+		// Not sooner than the next poll of the object, not later than an hour.
+		retry = min(max(retry, l.a.cfg.Rotation), time.Hour)
+		name := strings.ToLower(p.Name)
+		l.watched = slices.DeleteFunc(l.watched, func(r objectRef) bool {
+			if r.name != name || !strings.EqualFold(hubKind(r), p.Kind) {
+				return false
+			}
+			if l.declined == nil {
+				l.declined = map[objectRef]time.Time{}
+			}
+			l.declined[r] = now.Add(jittered(retry))
+			l.others = append(l.others, r)
+			return true
+		})
+		names = append(names, p.Kind+"/"+p.Name+" ("+p.Reason+": "+p.Message+")")
+	}
+	l.a.log.Info("the hub does not watch these objects: polling them every rotation", "source", l.source,
+		"objects", strings.Join(names, "; "), "pollEvery", l.a.cfg.Rotation.String(), "watched", len(l.watched))
+	if l.othersAt.c == nil {
+		l.othersAt.set(jittered(l.a.cfg.Rotation))
+	}
+}
+
+// declineOtherKinds declines the watched certificates and keys for an hour,
+// as if the hub had answered them to poll (why: the hub's refusal); false if
+// none is watched.
+func (l *hubLoop) declineOtherKinds(why string) bool {
+	var poll []hubapi.Polled
+	for _, r := range l.watched {
+		if k := hubKind(r); k != hubapi.KindSecret {
+			poll = append(poll, hubapi.Polled{Kind: k, Name: l.a.entries[r].Name, Reason: hubapi.PollKindNotWatched,
+				Message: "the hub refused the request naming it (a hub that watches secrets only): " + why, RetryAfterSeconds: 3600})
+		}
+	}
+	l.decline(poll)
+	return len(poll) > 0
+}
+
+// undecline moves the declined refs whose retry came back to the watched
+// ones; when none is watched then, it returns the time until the first retry
+// (0 otherwise).
+func (l *hubLoop) undecline() time.Duration {
+	now := time.Now()
+	var next time.Time
+	for r, at := range l.declined {
+		if now.Before(at) {
+			if next.IsZero() || at.Before(next) {
+				next = at
+			}
+			continue
+		}
+		delete(l.declined, r)
+		l.others = slices.DeleteFunc(l.others, func(o objectRef) bool { return o == r })
+		l.watched = append(l.watched, r)
+	}
+	if len(l.watched) > 0 || next.IsZero() {
+		return 0
+	}
+	return next.Sub(now)
 }
 
 // request is the next watch request: the versions held now.
@@ -179,6 +275,11 @@ func (l *hubLoop) request() hubapi.WatchRequest {
 // answer handles a watch request's outcome and returns the delay before the
 // next one (0: at once).
 func (l *hubLoop) answer(ctx context.Context, r watchResult) time.Duration {
+	if r.err != nil && r.err.reason == hubapi.ReasonBadRequest && l.declineOtherKinds(r.err.msg) {
+		// A hub older than certificate and key watches refuses their kind:
+		// poll those, and ask again at once for the secrets.
+		return 0
+	}
 	if r.err != nil {
 		d := l.hubB.next(nil)
 		if ra := r.err.retryAfter; ra > d {
@@ -192,6 +293,7 @@ func (l *hubLoop) answer(ctx context.Context, r watchResult) time.Duration {
 		l.maxWait = r.maxWait
 	}
 	l.toHub()
+	l.decline(r.poll)
 	refs := l.notified(r.changed)
 	if len(refs) == 0 {
 		if len(r.changed) > 0 {
@@ -227,12 +329,9 @@ func (l *hubLoop) refNames(refs []objectRef) string {
 func (l *hubLoop) notified(changed []hubapi.Object) []objectRef {
 	var refs []objectRef
 	for _, o := range changed {
-		if !strings.EqualFold(o.Kind, hubapi.KindSecret) {
-			continue
-		}
 		name := strings.ToLower(o.Name)
 		for _, r := range l.watched {
-			if r.name == name && !strings.EqualFold(l.a.last[r].version, o.Version) && !slices.Contains(refs, r) {
+			if r.name == name && strings.EqualFold(hubKind(r), o.Kind) && !strings.EqualFold(l.a.last[r].version, o.Version) && !slices.Contains(refs, r) {
 				refs = append(refs, r)
 			}
 		}
@@ -334,6 +433,9 @@ func (l *hubLoop) poll(ctx context.Context) {
 
 // pollOthers reads the objects the hub does not watch.
 func (l *hubLoop) pollOthers(ctx context.Context) {
+	if len(l.others) == 0 {
+		return // all watched again (decline sets the alarm when needed)
+	}
 	l.othersAt.set(l.pollOnce(ctx, l.others, triggerRotation, &l.othersB, l.a.cfg.Rotation))
 }
 

@@ -43,9 +43,9 @@ type podAgent struct {
 	UID                             types.UID
 	// Vault is the agent's --vault in canonical form; empty when Problem is set.
 	Vault string
-	// Secrets are the lower-cased names of the agent's entries of kind secret
-	// without a pinned version: the objects the pod may watch.
-	Secrets map[string]bool
+	// Objects are the agent's entries without a pinned version, by kind and
+	// lower-cased name (watchKey): the objects the pod may watch.
+	Objects map[string]bool
 	// Problem says why the pod has nothing to watch; empty when it has.
 	Problem string
 }
@@ -83,18 +83,35 @@ func agentOf(pod *corev1.Pod) podAgent {
 		return a
 	}
 	a.Vault = vault
-	a.Secrets = map[string]bool{}
+	a.Objects = map[string]bool{}
 	for _, e := range cfg.Entries {
-		if e.Kind() == agentconfig.ObjectSecret && e.Version == "" {
-			a.Secrets[strings.ToLower(e.Name)] = true
+		if kind := hubKind(e.Kind()); kind != "" && e.Version == "" {
+			a.Objects[watchKey(kind, e.Name)] = true
 		}
 	}
 	return a
 }
 
+// hubKind is the hubapi kind of an entry's object type; "" for none.
+func hubKind(t agentconfig.ObjectType) string {
+	switch t {
+	case agentconfig.ObjectSecret:
+		return hubapi.KindSecret
+	case agentconfig.ObjectCert:
+		return hubapi.KindCertificate
+	case agentconfig.ObjectKey:
+		return hubapi.KindKey
+	}
+	return ""
+}
+
+// watchKey is the key of a watched object: its kind and lower-cased name.
+func watchKey(kind, name string) string { return kind + "/" + strings.ToLower(name) }
+
 // check authorizes req for the pod: same vault as its agent's, and every
-// object one of the agent's unpinned secrets. The messages name only what the
-// request named and the pod's own vault.
+// object one of the agent's unpinned entries of that kind (secret,
+// certificate, key), whether the hub watches the kind or not. The messages
+// name only what the request named and the pod's own vault.
 func (a podAgent) check(req *watchRequest) *refusal {
 	if a.Problem != "" {
 		return refuse(hubapi.ReasonNotPodObject, fmt.Sprintf("pod %s/%s has no objects to watch: %s", a.Namespace, a.Name, a.Problem))
@@ -103,8 +120,8 @@ func (a podAgent) check(req *watchRequest) *refusal {
 		return refuse(hubapi.ReasonNotPodObject, fmt.Sprintf("pod %s/%s's agent reads vault %s, not %s", a.Namespace, a.Name, a.Vault, req.vault))
 	}
 	for _, o := range req.Objects {
-		if !a.Secrets[strings.ToLower(o.Name)] {
-			return refuse(hubapi.ReasonNotPodObject, fmt.Sprintf("pod %s/%s's agent does not read secret %q of %s without a pinned version: the hub watches only the objects of the pod's own agent", a.Namespace, a.Name, o.Name, a.Vault))
+		if !a.Objects[watchKey(o.Kind, o.Name)] {
+			return refuse(hubapi.ReasonNotPodObject, fmt.Sprintf("pod %s/%s's agent does not read %s %q of %s without a pinned version: the hub watches only the objects of the pod's own agent", a.Namespace, a.Name, o.Kind, o.Name, a.Vault))
 		}
 	}
 	return nil
@@ -229,16 +246,16 @@ func (req *watchRequest) validate() *refusal {
 	seen := make(map[string]bool, len(req.Objects))
 	for i, o := range req.Objects {
 		switch {
-		case o.Kind != hubapi.KindSecret:
-			return refuse(hubapi.ReasonBadRequest, fmt.Sprintf("objects[%d]: kind %q: the hub watches secrets only (kind %q); the agent reads certificates and keys on its own schedule", i, o.Kind, hubapi.KindSecret))
+		case !hubapi.IsKind(o.Kind):
+			return refuse(hubapi.ReasonBadRequest, fmt.Sprintf("objects[%d]: kind %q: use %q, %q or %q", i, o.Kind, hubapi.KindSecret, hubapi.KindCertificate, hubapi.KindKey))
 		case !agentconfig.IsObjectName(o.Name):
 			return refuse(hubapi.ReasonBadRequest, fmt.Sprintf("objects[%d]: %q is not a Key Vault object name (1-127 letters, digits and hyphens)", i, o.Name))
 		case !agentconfig.IsVersion(o.Version):
 			return refuse(hubapi.ReasonBadRequest, fmt.Sprintf("objects[%d] (%s): version %q is not a version id (32 hexadecimal characters): send the version the agent holds", i, o.Name, o.Version))
-		case seen[strings.ToLower(o.Name)]:
-			return refuse(hubapi.ReasonBadRequest, fmt.Sprintf("objects[%d]: secret %q is named twice", i, o.Name))
+		case seen[watchKey(o.Kind, o.Name)]:
+			return refuse(hubapi.ReasonBadRequest, fmt.Sprintf("objects[%d]: %s %q is named twice", i, o.Kind, o.Name))
 		}
-		seen[strings.ToLower(o.Name)] = true
+		seen[watchKey(o.Kind, o.Name)] = true
 	}
 	return nil
 }

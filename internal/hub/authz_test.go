@@ -64,6 +64,15 @@ func request(vault string, names ...string) *watchRequest {
 	return req
 }
 
+// requestKind is request for objects of another kind.
+func requestKind(vault, kind string, names ...string) *watchRequest {
+	req := request(vault, names...)
+	for i := range req.Objects {
+		req.Objects[i].Kind = kind
+	}
+	return req
+}
+
 func TestAuthorizeInjectedPods(t *testing.T) {
 	rotating := map[string]string{
 		mapping.AnnotationVault: "ordersvault",
@@ -93,8 +102,12 @@ func TestAuthorizeInjectedPods(t *testing.T) {
 		{"object names are case-insensitive", rotating, native, request(vault, "db-password"), "", ""},
 		{"vault without trailing slash, host in capitals", rotating, native, request("https://OrdersVault.vault.azure.net", "DB-PASSWORD"), "", ""},
 		{"pinned secret", rotating, native, request(vault, "OLD-KEY"), hubapi.ReasonNotPodObject, `does not read secret "OLD-KEY"`},
-		{"certificate entry", rotating, native, request(vault, "SERVER-CERT"), hubapi.ReasonNotPodObject, `secret "SERVER-CERT"`},
-		{"key entry", rotating, native, request(vault, "SIGNING"), hubapi.ReasonNotPodObject, `secret "SIGNING"`},
+		{"certificate entry, as a secret", rotating, native, request(vault, "SERVER-CERT"), hubapi.ReasonNotPodObject, `secret "SERVER-CERT"`},
+		{"key entry, as a secret", rotating, native, request(vault, "SIGNING"), hubapi.ReasonNotPodObject, `secret "SIGNING"`},
+		{"certificate entry", rotating, native, requestKind(vault, hubapi.KindCertificate, "server-cert"), "", ""},
+		{"key entry", rotating, native, requestKind(vault, hubapi.KindKey, "SIGNING"), "", ""},
+		{"a secret as a certificate", rotating, native, requestKind(vault, hubapi.KindCertificate, "DB-PASSWORD"), hubapi.ReasonNotPodObject, `certificate "DB-PASSWORD"`},
+		{"a certificate as a key", rotating, native, requestKind(vault, hubapi.KindKey, "SERVER-CERT"), hubapi.ReasonNotPodObject, `key "SERVER-CERT"`},
 		{"another object", rotating, native, request(vault, "DB-PASSWORD", "SOMEONE-ELSES"), hubapi.ReasonNotPodObject, `"SOMEONE-ELSES"`},
 		{"another vault", rotating, native, request("https://othervault.vault.azure.net/", "DB-PASSWORD"), hubapi.ReasonNotPodObject, "reads vault https://ordersvault.vault.azure.net/, not https://othervault.vault.azure.net/"},
 		{"same vault name in another cloud", rotating, native, request("https://ordersvault.vault.azure.cn/", "DB-PASSWORD"), hubapi.ReasonNotPodObject, "not https://ordersvault.vault.azure.cn/"},
@@ -186,7 +199,7 @@ func TestValidateRequest(t *testing.T) {
 		{"foreign host", hubapi.WatchRequest{Vault: "https://v1.example.com/", Objects: []hubapi.Object{secret("A", testVersion)}}, "not a Key Vault URL"},
 		{"no objects", hubapi.WatchRequest{Vault: "https://vault1.vault.azure.net/"}, "0 objects"},
 		{"too many objects", hubapi.WatchRequest{Vault: "https://vault1.vault.azure.net/", Objects: many}, "1025 objects"},
-		{"certificate", hubapi.WatchRequest{Vault: "https://vault1.vault.azure.net/", Objects: []hubapi.Object{{Kind: "cert", Name: "A", Version: testVersion}}}, "secrets only"},
+		{"certificate", hubapi.WatchRequest{Vault: "https://vault1.vault.azure.net/", Objects: []hubapi.Object{{Kind: "cert", Name: "A", Version: testVersion}}}, `use "secret", "certificate" or "key"`},
 		{"bad name", hubapi.WatchRequest{Vault: "https://vault1.vault.azure.net/", Objects: []hubapi.Object{secret("a_b", testVersion)}}, "not a Key Vault object name"},
 		{"no version", hubapi.WatchRequest{Vault: "https://vault1.vault.azure.net/", Objects: []hubapi.Object{secret("A", "")}}, "not a version id"},
 		{"short version", hubapi.WatchRequest{Vault: "https://vault1.vault.azure.net/", Objects: []hubapi.Object{secret("A", "0123")}}, "not a version id"},

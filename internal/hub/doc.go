@@ -25,8 +25,11 @@
 // recreated under the same name is refused with ReasonPodMismatch) and reads
 // its injected agent container (mutate.AgentContainerName) with
 // agentconfig.ParseArgs: the agent must be in sidecar mode, the request's
-// vault must be its --vault and every object one of its secret entries
-// without a pinned version (else ReasonNotPodObject). The version check
+// vault must be its --vault and every object one of its entries of that kind
+// (secret, certificate for cert:, key for key:) without a pinned version
+// (else ReasonNotPodObject), whether the hub watches that kind or not: a
+// kind it does not watch (--watch-kinds) is answered at once with the object
+// in hubapi.WatchResponse.Poll, so that the agent polls it. The version check
 // (ReasonUnknownVersion: holding a version id proves the pod could read the
 // object) is package vaults'. Lookups are cached by pod UID for
 // --pod-cache-ttl (a pod's spec is immutable: the TTL only bounds how long a

@@ -11,7 +11,9 @@ import (
 	"time"
 
 	"github.com/kvinject/kvinject/internal/hub/events"
+	"github.com/kvinject/kvinject/internal/hub/vaults"
 	"github.com/kvinject/kvinject/pkg/agentconfig"
+	"github.com/kvinject/kvinject/pkg/hubapi"
 )
 
 // Defaults of the Flags that have no default elsewhere.
@@ -26,6 +28,9 @@ const (
 	// 4,000 transactions per 10 s.
 	DefaultReadBudget  = 100
 	DefaultMaxVersions = 500
+	// DefaultWatchKinds watches secrets only: watching certificates and keys
+	// needs more than list-only access in RBAC vaults (see docs/hub.md).
+	DefaultWatchKinds = "secret"
 )
 
 // keyVaultLimit is Key Vault's service limit in transactions per second per
@@ -48,6 +53,7 @@ type Flags struct {
 	MaxConnectionAge       time.Duration
 	MaxVersions            int
 	PodCacheTTL            time.Duration
+	WatchKinds             string
 	LogLevel               string
 	Version                bool
 
@@ -79,6 +85,7 @@ func (f *Flags) Bind(fs *flag.FlagSet) {
 	fs.DurationVar(&f.MaxConnectionAge, "max-connection-age", DefaultMaxConnectionAge, "age after which an agent's connection is closed after its next answer, so that agents rebalance across replicas (jittered by 20%)")
 	fs.IntVar(&f.MaxVersions, "max-versions", DefaultMaxVersions, "at most this many versions of a secret are listed to find its newest")
 	fs.DurationVar(&f.PodCacheTTL, "pod-cache-ttl", DefaultPodCacheTTL, "how long a pod lookup is reused (0: never); a deleted pod keeps its watch at most this long")
+	fs.StringVar(&f.WatchKinds, "watch-kinds", DefaultWatchKinds, "the kinds of objects watched, comma-separated: secret (always), certificate, key; objects of other kinds are polled by their agents")
 	fs.StringVar(&f.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.BoolVar(&f.Version, "version", false, "print the version and exit")
 	fs.Var((*stringList)(&f.EventsQueues), "events-queue", "URL of a Storage queue that Event Grid delivers Key Vault events to, https://ACCOUNT.queue.core.windows.net/QUEUE, read with the hub's identity (role Storage Queue Data Message Processor); repeat it for several queues. New versions then reach the agents within seconds; the sweep stays as the backstop")
@@ -152,6 +159,11 @@ func (f *Flags) Validate() error {
 	if f.EventsDeleteAfter < 2*f.EventsPollInterval || f.EventsDeleteAfter > time.Hour {
 		bad("--events-delete-after %s: use a duration from twice --events-poll-interval (%s) to 1h, e.g. 10s, so that every replica peeks a message before it is deleted", f.EventsDeleteAfter, 2*f.EventsPollInterval)
 	}
+	if kinds, err := vaults.ParseKinds(f.WatchKinds); err != nil {
+		bad("--watch-kinds %q: %v; e.g. --watch-kinds=secret,certificate,key", f.WatchKinds, err)
+	} else if kinds[0] != hubapi.KindSecret {
+		bad("--watch-kinds %q: add secret, e.g. --watch-kinds=secret,%s (secrets are always watched)", f.WatchKinds, strings.Join(kinds, ","))
+	}
 	switch strings.ToLower(f.LogLevel) {
 	case "debug":
 		f.Level = slog.LevelDebug
@@ -165,6 +177,13 @@ func (f *Flags) Validate() error {
 		bad("--log-level %q: use debug, info, warn or error", f.LogLevel)
 	}
 	return errors.Join(errs...)
+}
+
+// Kinds are the kinds of --watch-kinds, for vaults.Options.Kinds (after
+// Validate).
+func (f *Flags) Kinds() []string {
+	kinds, _ := vaults.ParseKinds(f.WatchKinds)
+	return kinds
 }
 
 // ReplicaBudget is the read budget of one replica: ReadBudget/Replicas.

@@ -5,6 +5,7 @@ import (
 	"io"
 	"log/slog"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -32,7 +33,7 @@ func TestFlagDefaults(t *testing.T) {
 	want := Flags{
 		BindAddress: ":8443", CertDir: DefaultCertDir, MetricsBindAddress: ":8080", HealthProbeBindAddress: ":8081", PprofBindAddress: "0",
 		Identity: "workload", SweepInterval: 30 * time.Second, ReadBudget: 100, Replicas: 1, MaxWait: 5 * time.Minute,
-		MaxConnectionAge: 30 * time.Minute, MaxVersions: 500, PodCacheTTL: time.Minute, LogLevel: "info",
+		MaxConnectionAge: 30 * time.Minute, MaxVersions: 500, PodCacheTTL: time.Minute, WatchKinds: "secret", LogLevel: "info",
 		IdentityKind: agentconfig.IdentityWorkload, Level: slog.LevelInfo,
 		EventsPollInterval: time.Second, EventsDeleteAfter: 10 * time.Second,
 	}
@@ -43,8 +44,27 @@ func TestFlagDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if got := f.Kinds(); !slices.Equal(got, []string{"secret"}) {
+		t.Errorf("default kinds %v, want secret", got)
+	}
 	if f.ReplicaBudget() != 25 || f.ServerPodCacheTTL() >= 0 || f.Level != slog.LevelDebug || f.IdentityKind != agentconfig.IdentitySystem {
 		t.Errorf("budget %v, pod cache %v, level %v, identity %v", f.ReplicaBudget(), f.ServerPodCacheTTL(), f.Level, f.IdentityKind)
+	}
+}
+
+func TestWatchKinds(t *testing.T) {
+	for _, tc := range []struct {
+		arg  string
+		want []string
+	}{
+		{"--watch-kinds=secret", []string{"secret"}},
+		{"--watch-kinds=key,secret", []string{"secret", "key"}},
+		{"--watch-kinds=secret, certificate ,key", []string{"secret", "certificate", "key"}},
+	} {
+		f, err := parseHubFlags(t, tc.arg)
+		if err != nil || !slices.Equal(f.Kinds(), tc.want) {
+			t.Errorf("%s: kinds %v, %v; want %v", tc.arg, f.Kinds(), err, tc.want)
+		}
 	}
 }
 
@@ -76,6 +96,10 @@ func TestFlagErrorsNameTheFlag(t *testing.T) {
 		{"--events-queue=https://kvevents.queue.core.windows.net/q01?sig=x", "(a SAS token?)"},
 		{"--events-poll-interval=10ms", "--events-poll-interval 10ms: use a duration from 100ms to 1m"},
 		{"--events-delete-after=1s", "--events-delete-after 1s: use a duration from twice --events-poll-interval (2s) to 1h"},
+		{"--watch-kinds=secret,cert", `--watch-kinds "secret,cert": unknown kind "cert": use secret, certificate, key; e.g. --watch-kinds=secret,certificate,key`},
+		{"--watch-kinds=key,certificate", `--watch-kinds "key,certificate": add secret, e.g. --watch-kinds=secret,certificate,key`},
+		{"--watch-kinds=", `--watch-kinds "": no kind`},
+		{"--watch-kinds=key,key", `kind "key" is named twice`},
 	}
 	for _, tc := range tests {
 		_, err := parseHubFlags(t, tc.arg)

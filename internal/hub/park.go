@@ -220,7 +220,7 @@ func (p *parked) settle() {
 		a = s.refusalAnswer(p.id, "", s.drainRefusal(), 0)
 		a.closeConn = true
 	default:
-		a = okAnswer(changed)
+		a = okAnswer(changed, p.watch.Polled())
 		if len(changed) > 0 {
 			s.log.Debug("watch answered with changes", "pod", p.id.Pod(), "vault", p.vault, "changed", len(changed))
 		}
@@ -249,9 +249,10 @@ func (p *parked) finish() bool {
 	return true
 }
 
-// okAnswer is a 200 with the changed objects (none when the wait ended).
-func okAnswer(changed []hubapi.Object) *answerMsg {
-	body, _ := json.Marshal(hubapi.WatchResponse{Changed: changed})
+// okAnswer is a 200 with the changed objects (none when the wait ended) and
+// the objects of the request that the hub does not watch (poll).
+func okAnswer(changed []hubapi.Object, poll []hubapi.Polled) *answerMsg {
+	body, _ := json.Marshal(hubapi.WatchResponse{Changed: changed, Poll: poll})
 	h := http.Header{}
 	h.Set("Content-Type", "application/json")
 	h.Set("Cache-Control", "no-store")

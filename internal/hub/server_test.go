@@ -15,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -125,7 +126,7 @@ func newFixture(t testing.TB, opts Options) *fixture {
 	// The fake API server: two injected pods, tokens for them.
 	orders := injectedPod(t, map[string]string{
 		mapping.AnnotationVault:    fixtureVault,
-		mapping.AnnotationSecrets:  "api.txt=API-KEY, db.txt=DB-PASSWORD, old.txt=OLD@" + f.version["OLD"],
+		mapping.AnnotationSecrets:  "api.txt=API-KEY, db.txt=DB-PASSWORD, old.txt=OLD@" + f.version["OLD"] + ", tls.pem=cert:SERVER-CERT, jwt.pem=key:SIGNING",
 		mapping.AnnotationRotation: "1m",
 	}, mutate.Config{NativeSidecars: true})
 	denied := injectedPod(t, map[string]string{
@@ -201,6 +202,7 @@ type answer struct {
 	status  int
 	header  http.Header
 	changed []hubapi.Object
+	poll    []hubapi.Polled
 	refusal *hubapi.Refusal
 	took    time.Duration
 	reused  bool
@@ -230,7 +232,7 @@ func (f *fixture) watch(t *testing.T, ctx context.Context, token string, vault s
 		if err := json.NewDecoder(resp.Body).Decode(&wr); err != nil {
 			t.Fatalf("decoding the answer: %v", err)
 		}
-		a.changed = wr.Changed
+		a.changed, a.poll = wr.Changed, wr.Poll
 	} else {
 		a.refusal = hubapi.ReadRefusal(resp)
 	}
@@ -283,6 +285,54 @@ func TestServeAnswersAChange(t *testing.T) {
 	}
 }
 
+// TestServePollsKindsNotWatched: a hub that watches secrets only answers a
+// request with the pod's certificate and key at once, 200, with them to poll;
+// they are authorized first like secrets.
+func TestServePollsKindsNotWatched(t *testing.T) {
+	f := newFixture(t, Options{MaxWait: time.Minute})
+	other := "0123456789abcdef0123456789abcdef"
+	for _, tc := range []struct {
+		name     string
+		token    string
+		objs     []hubapi.Object
+		status   int
+		wantPoll []string
+		reason   string
+	}{
+		{"certificate and key of the pod", "orders", []hubapi.Object{secretAt("API-KEY", f.version["API-KEY"]),
+			{Kind: hubapi.KindCertificate, Name: "SERVER-CERT", Version: other}, {Kind: hubapi.KindKey, Name: "signing", Version: other}},
+			http.StatusOK, []string{"certificate/SERVER-CERT", "key/signing"}, ""},
+		{"a certificate of another pod", "denied", []hubapi.Object{{Kind: hubapi.KindCertificate, Name: "SERVER-CERT", Version: other}},
+			http.StatusForbidden, nil, hubapi.ReasonNotPodObject},
+		{"a secret named as a certificate", "orders", []hubapi.Object{{Kind: hubapi.KindCertificate, Name: "API-KEY", Version: other}},
+			http.StatusForbidden, nil, hubapi.ReasonNotPodObject},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			vault := vaultURL
+			if tc.token == "denied" {
+				vault = "https://" + fixtureVault2 + ".vault.azure.net/"
+			}
+			a := f.watch(t, context.Background(), tc.token, vault, tc.objs...)
+			if a.status != tc.status || (a.refusal != nil && a.refusal.Reason != tc.reason) {
+				t.Fatalf("answer %d %v, want %d %s", a.status, a.refusal, tc.status, tc.reason)
+			}
+			if a.took > 5*time.Second {
+				t.Errorf("answered after %v, want at once", a.took)
+			}
+			var got []string
+			for _, p := range a.poll {
+				got = append(got, p.Kind+"/"+p.Name)
+				if p.Reason != hubapi.PollKindNotWatched || !strings.Contains(p.Message, "--watch-kinds") || p.RetryAfterSeconds <= 0 {
+					t.Errorf("poll %+v, want %s naming --watch-kinds, with a retry", p, hubapi.PollKindNotWatched)
+				}
+			}
+			if !slices.Equal(got, tc.wantPoll) || len(a.changed) != 0 {
+				t.Errorf("poll %v changed %v, want poll %v and nothing changed", got, a.changed, tc.wantPoll)
+			}
+		})
+	}
+}
+
 func TestServeWaitEnds(t *testing.T) {
 	f := newFixture(t, Options{MaxWait: time.Second})
 	a := f.watch(t, context.Background(), "orders", vaultURL, secretAt("API-KEY", f.version["API-KEY"]))
@@ -321,7 +371,7 @@ func TestServeRefusals(t *testing.T) {
 		{"made-up version", "orders", vaultURL, []hubapi.Object{api("00000000000000000000000000000000")}, 403, hubapi.ReasonUnknownVersion, "not a version"},
 		{"another object's version", "orders", vaultURL, []hubapi.Object{api(f.version["DB-PASSWORD"])}, 403, hubapi.ReasonUnknownVersion, "not a version"},
 		{"vault the hub may not list", "denied", "https://" + fixtureVault2 + ".vault.azure.net/", []hubapi.Object{api("00000000000000000000000000000000")}, 503, hubapi.ReasonVaultNotListable, ""},
-		{"bad request", "orders", vaultURL, []hubapi.Object{{Kind: "cert", Name: "API-KEY", Version: f.version["API-KEY"]}}, 400, hubapi.ReasonBadRequest, "secrets only"},
+		{"bad request", "orders", vaultURL, []hubapi.Object{{Kind: "cert", Name: "API-KEY", Version: f.version["API-KEY"]}}, 400, hubapi.ReasonBadRequest, `kind "cert"`},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -24,6 +24,16 @@
 // accepts a watch only for objects that the pod's injected agent reads (its
 // own arguments) and only with a version id of that object: holding one proves
 // the pod could read it. Refusals are a non-2xx status with a Refusal body.
+//
+// # Kinds the hub does not watch
+//
+// The hub watches the kinds its --watch-kinds names (secrets always;
+// certificates and keys when configured) of the vaults it may list. A request
+// naming objects of another kind, or of a kind the hub may not list in that
+// vault, is answered at once, 200, with those objects in Poll (and nothing
+// watched): the agent polls them on its own schedule and leaves them out of
+// its requests until their RetryAfterSeconds have passed. The other objects
+// of the request are not refused.
 package hubapi
 
 import (
@@ -45,11 +55,18 @@ const WatchPath = "/v1/watch"
 // request timeout must exceed it.
 const MaxWaitHeader = "Kvinject-Hub-Max-Wait"
 
-// Object kinds the hub watches. Certificates and keys are read by the agent on
-// its own schedule (they are not watched yet).
+// Object kinds the hub can watch: secrets always, certificates and keys when
+// the hub's --watch-kinds names them.
 const (
-	KindSecret = "secret"
+	KindSecret      = "secret"
+	KindCertificate = "certificate"
+	KindKey         = "key"
 )
+
+// IsKind reports whether k is one of the Kind* constants.
+func IsKind(k string) bool {
+	return k == KindSecret || k == KindCertificate || k == KindKey
+}
 
 // MaxObjects bounds the objects of one watch request.
 const MaxObjects = 1024
@@ -81,6 +98,29 @@ type WatchResponse struct {
 	// Changed are the watched objects whose newest enabled version differs from
 	// the one held, with that newest version; empty when the wait ended.
 	Changed []Object `json:"changed,omitempty"`
+	// Poll are objects of the request that the hub does not watch: the agent
+	// reads them on its own schedule. An answer with Poll comes at once.
+	Poll []Polled `json:"poll,omitempty"`
+}
+
+// Reasons of a Polled object.
+const (
+	// PollKindNotWatched: the hub does not watch this kind (its --watch-kinds).
+	PollKindNotWatched = "KindNotWatched"
+	// PollKindNotListable: Key Vault refuses the hub's listing of this kind in
+	// this vault (403).
+	PollKindNotListable = "KindNotListable"
+)
+
+// Polled is an object the hub does not watch, and why.
+type Polled struct {
+	Kind    string `json:"kind"`
+	Name    string `json:"name"`
+	Reason  string `json:"reason"`
+	Message string `json:"message"`
+	// RetryAfterSeconds is when naming the object to the hub again may get it
+	// watched.
+	RetryAfterSeconds int `json:"retryAfterSeconds,omitempty"`
 }
 
 // Reasons of a Refusal. The agent falls back to polling on every refusal; the

@@ -191,6 +191,7 @@ func TestHelmLint(t *testing.T) {
 		{"hub.readBudget=0", "/hub/readBudget"},
 		{"hub.readBudget=500", "/hub/readBudget"},
 		{"hub.sweepInterval=often", "/hub/sweepInterval"},
+		{"hub.watchKinds=certificate", "/hub/watchKinds"},
 		{"hub.replicas=0", "/hub/replicas"},
 		{"hub.events.queues={https://contosokvevents.blob.core.windows.net/kvinject-events}", "/hub/events/queues/0"},
 		{"hub.events.queues={https://contosokvevents.queue.core.windows.net/kvinject-events?sig=x}", "/hub/events/queues/0"},

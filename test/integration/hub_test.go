@@ -5,6 +5,9 @@ package integration
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/tls"
 	"encoding/json"
 	"log/slog"
@@ -18,6 +21,8 @@ import (
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
+	"github.com/Azure/azure-sdk-for-go/sdk/security/keyvault/azcertificates"
+	"github.com/Azure/azure-sdk-for-go/sdk/security/keyvault/azkeys"
 	"github.com/Azure/azure-sdk-for-go/sdk/security/keyvault/azsecrets"
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -72,8 +77,9 @@ func (l *lockedBuffer) String() string {
 // hubIdentity gives the in-process hub a Kubernetes user bound to the
 // install's hub rules and a workload identity (federated with a ServiceAccount
 // of its own namespace) granted list on vaults. It returns the hub's
-// API server client and Key Vault client builder.
-func hubIdentity(t *testing.T, clientID string, vaultNames ...string) (kubernetes.Interface, func(string) (*azsecrets.Client, error)) {
+// API server client and vaults.Options with its Key Vault client builders
+// (secrets, certificates, keys).
+func hubIdentity(t *testing.T, clientID string, vaultNames ...string) (kubernetes.Interface, vaults.Options) {
 	t.Helper()
 	ctx := context.Background()
 	ns := newNamespace(t, nil, map[string]map[string]string{"kvinject-hub": nil})
@@ -118,24 +124,49 @@ func hubIdentity(t *testing.T, clientID string, vaultNames ...string) (kubernete
 		t.Fatal(err)
 	}
 	azEnv := agent.Env{ClientID: clientID, TenantID: tenant, TokenFile: tokenFile, TestCAFile: env.CAFile, TestResolve: env.ResolveOverride()}
-	newClient := func(u string) (*azsecrets.Client, error) {
-		// As cmd/hub builds it: the agent's builder, no SDK retries.
+	clients := func(u string) (*agent.Clients, error) {
+		// As cmd/hub builds them: the agent's builder, no SDK retries.
 		c, err := agent.NewClients(u, agentconfig.IdentityWorkload, azEnv, policy.RetryOptions{MaxRetries: -1}, slog.New(slog.DiscardHandler))
 		if err != nil {
 			return nil, err
 		}
 		t.Cleanup(c.Transport.CloseIdleConnections)
-		return c.Secrets, nil
+		return c, nil
 	}
-	return kube, newClient
+	vo := vaults.Options{
+		Client: func(u string) (*azsecrets.Client, error) {
+			c, err := clients(u)
+			if err != nil {
+				return nil, err
+			}
+			return c.Secrets, nil
+		},
+		CertificateClient: func(u string) (*azcertificates.Client, error) {
+			c, err := clients(u)
+			if err != nil {
+				return nil, err
+			}
+			return c.Certificates, nil
+		},
+		KeyClient: func(u string) (*azkeys.Client, error) {
+			c, err := clients(u)
+			if err != nil {
+				return nil, err
+			}
+			return c.Keys, nil
+		},
+	}
+	return kube, vo
 }
 
-// startHub runs a hub in process until the test ends.
-func startHub(t *testing.T, kube kubernetes.Interface, newClient func(string) (*azsecrets.Client, error), clientID string, opts hub.Options) *inProcessHub {
+// startHub runs a hub in process until the test ends: vo's clients and kinds,
+// a sweep every 500 ms.
+func startHub(t *testing.T, kube kubernetes.Interface, vo vaults.Options, clientID string, opts hub.Options) *inProcessHub {
 	t.Helper()
 	h := &inProcessHub{clientID: clientID, logs: &lockedBuffer{}}
 	log := slog.New(slog.NewTextHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	vh, err := vaults.New(vaults.Options{Client: newClient, SweepInterval: 500 * time.Millisecond, Logger: log})
+	vo.SweepInterval, vo.Logger = 500*time.Millisecond, log
+	vh, err := vaults.New(vo)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -176,6 +207,7 @@ func startHub(t *testing.T, kube kubernetes.Interface, newClient func(string) (*
 type hubAnswer struct {
 	status  int
 	changed []hubapi.Object
+	poll    []hubapi.Polled
 	refusal *hubapi.Refusal
 	took    time.Duration
 }
@@ -199,7 +231,7 @@ func (h *inProcessHub) watch(t *testing.T, token, vaultURL string, objs ...hubap
 		if err := json.NewDecoder(resp.Body).Decode(&wr); err != nil {
 			t.Fatal(err)
 		}
-		a.changed = wr.Changed
+		a.changed, a.poll = wr.Changed, wr.Poll
 	} else {
 		a.refusal = hubapi.ReadRefusal(resp)
 	}
@@ -277,11 +309,11 @@ func TestHubOnTheRealAPIServer(t *testing.T) {
 	neighbour.Spec.ServiceAccountName = "app"
 	mustCreate(t, neighbour)
 
-	kube, newClient := hubIdentity(t, hubID, vault)
-	h := startHub(t, kube, newClient, hubID, hub.Options{MaxWait: 30 * time.Second})
+	kube, vo := hubIdentity(t, hubID, vault)
+	h := startHub(t, kube, vo, hubID, hub.Options{MaxWait: 30 * time.Second})
 	// A second replica that never caches pods, to show what a cached review
 	// of a deleted pod's token meets.
-	h2 := startHub(t, kube, newClient, hubID, hub.Options{MaxWait: 30 * time.Second, PodCacheTTL: -1})
+	h2 := startHub(t, kube, vo, hubID, hub.Options{MaxWait: 30 * time.Second, PodCacheTTL: -1})
 
 	ordersToken := podToken(t, orders, hubapi.Audience)
 	var tokens []string
@@ -393,5 +425,126 @@ func TestHubOnTheRealAPIServer(t *testing.T) {
 			}
 		}
 	}
+	t.Logf("Key Vault calls by the hub: %d list requests, %d value reads", env.Emulator.ListRequests(hubID), env.Emulator.ValueReads(hubID))
+}
+
+// watchAfter sends a watch request and makes change run 2 s later, while the
+// hub holds the request; it returns the answer and what change returned.
+func (h *inProcessHub) watchAfter(t *testing.T, change func() string, token, vaultURL string, objs ...hubapi.Object) (hubAnswer, string) {
+	t.Helper()
+	done := make(chan string, 1)
+	go func() {
+		time.Sleep(2 * time.Second)
+		done <- change()
+	}()
+	a := h.watch(t, token, vaultURL, objs...)
+	return a, <-done
+}
+
+// TestHubWatchesCertificatesAndKeys runs the hub with --watch-kinds
+// secret,certificate,key on the real API server: a pod's watch of its
+// certificate and key (real projected token) hears of one rotation of each,
+// through the hub's sweeps of certificates and keys with list-only access
+// (access policy); another pod's certificate and a version of another
+// object are refused; a hub that watches secrets only answers them to poll;
+// and the hub's identity reads no value.
+func TestHubWatchesCertificatesAndKeys(t *testing.T) {
+	const (
+		appID  = "c0ffee16-0000-4000-8000-000000000002"
+		hubID  = "c0ffee16-0000-4000-8000-0000000000a2"
+		vault  = "hub-kinds-vault"
+		vaultU = "https://" + vault + ".vault.azure.net/"
+	)
+	ns := workloadNamespace(t, vault, appID, emulator.PermGet, emulator.PermCertificatesGet, emulator.PermKeysGet)
+	apiV1 := setSecret(t, vault, "API-KEY", "hub-kinds-api-key-1")
+	newCert := func() string {
+		ch, err := emulator.NewTestChain("tls.kinds.example", "EC")
+		if err != nil {
+			t.Error(err)
+			return ""
+		}
+		v, err := env.Emulator.ImportCertificate(vault, "TLS-CERT", ch.LeafKey, ch.Chain())
+		if err != nil {
+			t.Error(err)
+		}
+		return v
+	}
+	newKey := func() string {
+		k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		if err != nil {
+			t.Error(err)
+			return ""
+		}
+		v, err := env.Emulator.SetKey(vault, "SIGNING-KEY", k.Public())
+		if err != nil {
+			t.Error(err)
+		}
+		return v
+	}
+	certV1, keyV1 := newCert(), newKey()
+
+	pod := appPod(ns, "tls-app", map[string]string{
+		mapping.AnnotationVault:    vault,
+		mapping.AnnotationSecrets:  "api.txt=API-KEY, tls.pem=cert:TLS-CERT, jwt.pub=key:SIGNING-KEY",
+		mapping.AnnotationRotation: "1m",
+	})
+	pod.Spec.ServiceAccountName = "app"
+	mustCreate(t, pod)
+	other := appPod(ns, "other", map[string]string{
+		mapping.AnnotationVault: vault, mapping.AnnotationSecrets: "api.txt=API-KEY", mapping.AnnotationRotation: "1m",
+	})
+	other.Spec.ServiceAccountName = "app"
+	mustCreate(t, other)
+
+	kube, vo := hubIdentity(t, hubID, vault)
+	// Access policies: list on certificates and keys, nothing else.
+	if err := env.Emulator.Grant(vault, hubID, emulator.PermCertificatesList, emulator.PermKeysList); err != nil {
+		t.Fatal(err)
+	}
+	secretsOnly := vo
+	vo.Kinds = []string{hubapi.KindSecret, hubapi.KindCertificate, hubapi.KindKey}
+	h := startHub(t, kube, vo, hubID, hub.Options{MaxWait: 30 * time.Second})
+	token := podToken(t, pod, hubapi.Audience)
+	cert := func(v string) hubapi.Object {
+		return hubapi.Object{Kind: hubapi.KindCertificate, Name: "TLS-CERT", Version: v}
+	}
+	key := func(v string) hubapi.Object {
+		return hubapi.Object{Kind: hubapi.KindKey, Name: "SIGNING-KEY", Version: v}
+	}
+
+	// One rotation of the certificate, then one of the key, each reaching
+	// the pod's held watch.
+	a, certV2 := h.watchAfter(t, newCert, token, vaultU, secretObject("API-KEY", apiV1), cert(certV1), key(keyV1))
+	if a.status != http.StatusOK || len(a.changed) != 1 || a.changed[0] != cert(certV2) || a.took < 1500*time.Millisecond {
+		t.Fatalf("certificate rotation: %d %+v %+v after %v, want TLS-CERT@%s after the change", a.status, a.changed, a.refusal, a.took, certV2)
+	}
+	t.Logf("certificate rotation: held %v, answered %+v", a.took, a.changed)
+	a, keyV2 := h.watchAfter(t, newKey, token, vaultU, secretObject("API-KEY", apiV1), cert(certV2), key(keyV1))
+	if a.status != http.StatusOK || len(a.changed) != 1 || a.changed[0] != key(keyV2) || a.took < 1500*time.Millisecond {
+		t.Fatalf("key rotation: %d %+v %+v after %v, want SIGNING-KEY@%s after the change", a.status, a.changed, a.refusal, a.took, keyV2)
+	}
+	t.Logf("key rotation: held %v, answered %+v", a.took, a.changed)
+
+	// Refusals, as for secrets.
+	otherToken := podToken(t, other, hubapi.Audience)
+	expectRefusal(t, "another pod's certificate", h.watch(t, otherToken, vaultU, cert(certV2)), 403, hubapi.ReasonNotPodObject)
+	expectRefusal(t, "a secret's version as the key's", h.watch(t, token, vaultU, key(apiV1)), 403, hubapi.ReasonUnknownVersion)
+	expectRefusal(t, "a made-up certificate version", h.watch(t, token, vaultU, cert("0123456789abcdef0123456789abcdef")), 403, hubapi.ReasonUnknownVersion)
+
+	// A hub that watches secrets only answers the certificate and key at once, to poll.
+	h2 := startHub(t, kube, secretsOnly, hubID, hub.Options{MaxWait: 30 * time.Second})
+	a = h2.watch(t, token, vaultU, secretObject("API-KEY", apiV1), cert(certV2), key(keyV2))
+	if a.status != http.StatusOK || len(a.poll) != 2 || a.poll[0].Reason != hubapi.PollKindNotWatched || a.took > 10*time.Second {
+		t.Errorf("secrets-only hub: %d poll %+v %+v after %v, want the certificate and key to poll at once", a.status, a.poll, a.refusal, a.took)
+	}
+
+	// The hub's identity only listed.
+	if n := env.Emulator.ValueReads(hubID); n != 0 {
+		t.Errorf("the hub's identity sent %d value reads, want 0", n)
+	}
+	if n := env.Emulator.ListRequests(hubID); n == 0 {
+		t.Error("the hub's identity sent no list request")
+	}
+	noSecretIn(t, "the hub's log", h.logs.String())
 	t.Logf("Key Vault calls by the hub: %d list requests, %d value reads", env.Emulator.ListRequests(hubID), env.Emulator.ValueReads(hubID))
 }

@@ -19,6 +19,8 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
 	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
+	"github.com/Azure/azure-sdk-for-go/sdk/security/keyvault/azcertificates"
+	"github.com/Azure/azure-sdk-for-go/sdk/security/keyvault/azkeys"
 	"github.com/Azure/azure-sdk-for-go/sdk/security/keyvault/azsecrets"
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -53,6 +55,8 @@ type envOpts struct {
 	// before runs before Run (set test seams here).
 	before func(h *Hub)
 	emu    emulator.Options
+	// vault are the test vault's options (RBAC).
+	vault emulator.VaultOptions
 }
 
 func newEnv(t testing.TB, eo envOpts) *env {
@@ -63,7 +67,7 @@ func newEnv(t testing.TB, eo envOpts) *env {
 	}
 	tr := emu.Transport()
 	e := &env{t: t, emu: emu, logs: &logBuffer{}, reg: prometheus.NewRegistry(), url: emu.VaultURL(testVault)}
-	if err := emu.AddVault(testVault, emulator.VaultOptions{}); err != nil {
+	if err := emu.AddVault(testVault, eo.vault); err != nil {
 		t.Fatal(err)
 	}
 	e.hubID = "0d5d4c1e-7b7e-4c55-9c0e-8a4f2f0e1b11"
@@ -89,12 +93,17 @@ func newEnv(t testing.TB, eo envOpts) *env {
 	opts := eo.opts
 	opts.Logger = slog.New(slog.NewTextHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	opts.Registerer = e.reg
+	// The unmodified SDK clients, as cmd/hub builds them (no retries).
+	co := azcore.ClientOptions{Transport: &http.Client{Transport: tr}, Retry: policy.RetryOptions{MaxRetries: -1}}
 	opts.Client = func(vaultURL string) (*azsecrets.Client, error) {
 		e.clients.Add(1)
-		return azsecrets.NewClient(vaultURL, cred, &azsecrets.ClientOptions{ClientOptions: azcore.ClientOptions{
-			Transport: &http.Client{Transport: tr},
-			Retry:     policy.RetryOptions{MaxRetries: -1},
-		}})
+		return azsecrets.NewClient(vaultURL, cred, &azsecrets.ClientOptions{ClientOptions: co})
+	}
+	opts.CertificateClient = func(vaultURL string) (*azcertificates.Client, error) {
+		return azcertificates.NewClient(vaultURL, cred, &azcertificates.ClientOptions{ClientOptions: co})
+	}
+	opts.KeyClient = func(vaultURL string) (*azkeys.Client, error) {
+		return azkeys.NewClient(vaultURL, cred, &azkeys.ClientOptions{ClientOptions: co})
 	}
 	h, err := New(opts)
 	if err != nil {

@@ -3,6 +3,8 @@ package vaults
 import (
 	"context"
 	"time"
+
+	"github.com/kvinject/kvinject/pkg/hubapi"
 )
 
 // Results of Hint, the label of kvinject_hub_events_total's result in the
@@ -30,8 +32,14 @@ const (
 // anyone backwards, and a duplicate costs nothing. vaultURL is any form of
 // the vault's URL; the answer is one of the Hint* results.
 func (h *Hub) Hint(ctx context.Context, vaultURL, name, version string) (string, error) {
+	return h.HintObject(ctx, vaultURL, hubapi.KindSecret, name, version)
+}
+
+// HintObject is Hint for an object of any kind (hubapi.KindSecret,
+// KindCertificate, KindKey): a kind the hub does not watch is HintUnwatched.
+func (h *Hub) HintObject(ctx context.Context, vaultURL, kind, name, version string) (string, error) {
 	canonical, _, r := normalizeVault(vaultURL)
-	if r != nil || !validSecretName(name) || (version != "" && !validVersion(version)) {
+	if r != nil || !hubapi.IsKind(kind) || !validSecretName(name) || (version != "" && !validVersion(version)) {
 		return HintUnwatched, nil
 	}
 	h.mu.Lock()
@@ -41,7 +49,7 @@ func (h *Hub) Hint(ctx context.Context, vaultURL, name, version string) (string,
 		return HintUnwatched, nil
 	}
 	v.mu.Lock()
-	o := v.objects[lowerName(name)]
+	o := v.objects[objectKey(kind, name)]
 	if o == nil || len(o.watchers) == 0 || v.stopped {
 		v.mu.Unlock()
 		return HintUnwatched, nil

@@ -23,6 +23,7 @@ type metrics struct {
 	notifications prometheus.Counter
 	pacingDelay   prometheus.Histogram
 	listable      *prometheus.GaugeVec
+	polled        *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -50,11 +51,15 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}),
 		listable: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "kvinject_hub_vault_listable",
-			Help: "1 when the hub's last listing of the vault succeeded or failed transiently, 0 when Key Vault refused it (401, 403).",
-		}, []string{"vault"}),
+			Help: "1 when the hub's last listing of the kind (secret, certificate, key) in the vault succeeded or failed transiently, 0 when Key Vault refused it (401, 403).",
+		}, []string{"vault", "kind"}),
+		polled: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kvinject_hub_polled_objects_total",
+			Help: "Objects of watch requests answered as not watched (the agent polls them), by kind and reason: KindNotWatched (not in --watch-kinds), KindNotListable (Key Vault refused the listing).",
+		}, []string{"kind", "reason"}),
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.watchers, m.sweeps, m.requests, m.notifications, m.pacingDelay, m.listable} {
+		for _, c := range []prometheus.Collector{m.watchers, m.sweeps, m.requests, m.notifications, m.pacingDelay, m.listable, m.polled} {
 			if err := reg.Register(c); err != nil {
 				return nil, err
 			}
@@ -66,7 +71,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 // forget removes a stopped vault's series.
 func (m *metrics) forget(label string) {
 	m.watchers.DeleteLabelValues(label)
-	m.listable.DeleteLabelValues(label)
+	m.listable.DeletePartialMatch(prometheus.Labels{"vault": label})
 }
 
 // clock is the time source of pacing (a fake one in tests).

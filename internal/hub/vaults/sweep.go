@@ -13,7 +13,6 @@ import (
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
-	"github.com/Azure/azure-sdk-for-go/sdk/security/keyvault/azsecrets"
 	"golang.org/x/time/rate"
 
 	"github.com/kvinject/kvinject/pkg/hubapi"
@@ -45,9 +44,9 @@ type generation struct {
 // vault is one swept vault. mu guards the fields below it.
 type vault struct {
 	h       *Hub
-	url     string // canonical
-	label   string // host: the metrics label
-	client  *azsecrets.Client
+	url     string                 // canonical
+	label   string                 // host: the metrics label
+	listers map[string]*kindLister // of the watched kinds
 	ctx     context.Context
 	cancel  context.CancelFunc
 	limiter *rate.Limiter
@@ -61,8 +60,9 @@ type vault struct {
 	retryAt   time.Time // of the next sweep when failing or not listable
 	failures  int       // consecutive transient failures
 	gen       *generation
-	objects   map[string]*object // watched (or recently watched) secrets, by lower-case name
-	lastSeen  map[string]int64   // every secret of the last sweep: lower-case name -> updated (Unix s)
+	objects   map[string]*object    // watched (or recently watched) objects, by objectKey
+	lastSeen  map[string]int64      // every object of the last sweep: objectKey -> updated (Unix s)
+	kinds     map[string]*kindState // the listability of the kinds other than secrets
 	watchers  int
 	inflight  int // Watch calls holding the vault
 	idleSince time.Time
@@ -77,7 +77,8 @@ type vault struct {
 
 // object is a watched secret of a vault.
 type object struct {
-	key     string    // lower-case name
+	key     string    // objectKey
+	kind    string    // hubapi.Kind*
 	name    string    // as first watched
 	known   []version // listed versions, by id
 	newest  version   // newest enabled version; id "" when none (all disabled, deleted)
@@ -111,13 +112,22 @@ type flight struct {
 	err   error
 }
 
-func newVault(h *Hub, canonical, label string, client *azsecrets.Client) *vault {
+// kindState is whether the hub may list a kind (other than secrets) in a
+// vault: a vault may allow listing secrets but not certificates.
+type kindState struct {
+	notListable bool
+	msg         string
+	retryAt     time.Time // of the next listing while not listable
+}
+
+func newVault(h *Hub, canonical, label string, listers map[string]*kindLister) *vault {
 	ctx, cancel := context.WithCancel(h.runCtx)
 	v := &vault{
 		h:         h,
 		url:       canonical,
 		label:     label,
-		client:    client,
+		listers:   listers,
+		kinds:     map[string]*kindState{},
 		ctx:       ctx,
 		cancel:    cancel,
 		limiter:   rate.NewLimiter(rate.Limit(h.opts.ReadBudget), h.burst),
@@ -130,16 +140,18 @@ func newVault(h *Hub, canonical, label string, client *azsecrets.Client) *vault 
 		sweepEnd:  make(chan struct{}),
 	}
 	h.metrics.watchers.WithLabelValues(label).Set(0)
-	h.metrics.listable.WithLabelValues(label).Set(1)
+	for k := range listers {
+		h.metrics.listable.WithLabelValues(label, k).Set(1)
+	}
 	return v
 }
 
-// objectLocked returns the object of a name, created if needed.
-func (v *vault) objectLocked(name string) *object {
-	key := lowerName(name)
+// objectLocked returns the object of a kind and name, created if needed.
+func (v *vault) objectLocked(kind, name string) *object {
+	key := objectKey(kind, name)
 	o := v.objects[key]
 	if o == nil {
-		o = &object{key: key, name: name, listedUpdated: -1}
+		o = &object{key: key, kind: kind, name: name, listedUpdated: -1}
 		v.objects[key] = o
 	}
 	return o
@@ -239,23 +251,23 @@ func (v *vault) sweep() (time.Duration, bool) {
 
 	start := time.Now()
 	seen := map[string]int64{}
-	pager := v.client.NewListSecretPropertiesPager(nil)
-	for pager.More() {
-		v.debit(1)
-		page, err := pager.NextPage(v.ctx)
-		v.count(opListSecrets, err)
-		if err != nil {
-			return v.failed(err)
+	listed := map[string]bool{} // the kinds listed by this sweep
+	for _, kind := range Kinds {
+		l := v.listers[kind]
+		if l == nil || !v.sweepsKind(kind, start) {
+			continue
 		}
-		for _, p := range page.Value {
-			if p == nil || p.ID == nil {
-				continue
-			}
-			var updated int64
-			if p.Attributes != nil && p.Attributes.Updated != nil {
-				updated = p.Attributes.Updated.Unix()
-			}
-			seen[lowerName(p.ID.Name())] = updated
+		err := v.listKind(l, seen)
+		switch {
+		case err == nil:
+			listed[kind] = true
+			v.kindListed(kind)
+		case errors.Is(err, context.Canceled):
+			return 0, false
+		case kind != hubapi.KindSecret && notListable(err):
+			v.kindRefused(kind, err)
+		default:
+			return v.failed(err)
 		}
 	}
 
@@ -271,6 +283,9 @@ func (v *vault) sweep() (time.Duration, bool) {
 		if len(o.watchers) == 0 && o.flight == nil && now.Sub(o.lastWatched) > h.opts.IdleTimeout {
 			delete(v.objects, key)
 			continue
+		}
+		if !listed[o.kind] {
+			continue // not listed by this sweep: nothing learnt
 		}
 		u, ok := seen[key]
 		switch {
@@ -291,7 +306,10 @@ func (v *vault) sweep() (time.Duration, bool) {
 				return 0, false
 			}
 			if notListable(err) {
-				continue // logged by refresh; the other secrets are still swept
+				if r.o.kind != hubapi.KindSecret {
+					v.kindRefused(r.o.kind, err)
+				}
+				continue // logged by refresh; the other objects are still swept
 			}
 			return v.failed(err)
 		}
@@ -368,7 +386,7 @@ func (v *vault) failed(err error) (time.Duration, bool) {
 	}()
 	if notListable(err) {
 		h.metrics.sweeps.WithLabelValues(sweepNotListable).Inc()
-		h.metrics.listable.WithLabelValues(v.label).Set(0)
+		h.metrics.listable.WithLabelValues(v.label, hubapi.KindSecret).Set(0)
 		wait := h.notListableRetry
 		if v.status != statusNotListable {
 			h.log.Warn("the hub may not list this vault: its watches are refused and the agents poll; retrying every "+wait.String(),
@@ -412,7 +430,7 @@ func (v *vault) succeeded() {
 	}
 	v.status, v.statusMsg, v.failures = statusOK, "", 0
 	h.metrics.sweeps.WithLabelValues(sweepOK).Inc()
-	h.metrics.listable.WithLabelValues(v.label).Set(1)
+	h.metrics.listable.WithLabelValues(v.label, hubapi.KindSecret).Set(1)
 }
 
 // shortErr is the first line of an error: the SDK's errors span many lines.
@@ -487,6 +505,8 @@ type version struct {
 	// listing, then 1, 2, ... for those that each later listing found first.
 	// A version the hub discovered later was created later.
 	seq uint32
+	// x5t is a certificate version's thumbprint ("" for other kinds).
+	x5t string
 }
 
 // after reports whether a was created after b: a later second, or the same
@@ -503,11 +523,12 @@ type listing struct {
 	notFound  bool
 }
 
-// listVersions lists a secret's versions, at most MaxVersions; paced waits
+// listVersions lists an object's versions, at most MaxVersions; paced waits
 // for the budget before each page, otherwise it debits it.
-func (v *vault) listVersions(ctx context.Context, name string, paced bool) (listing, error) {
+func (v *vault) listVersions(ctx context.Context, kind, name string, paced bool) (listing, error) {
 	var l listing
-	pager := v.client.NewListSecretPropertiesVersionsPager(name, nil)
+	kl := v.listers[kind]
+	pager := kl.versions(name)
 	for pager.More() && len(l.versions) < v.h.opts.MaxVersions {
 		if paced {
 			if err := v.spend(ctx, 1); err != nil {
@@ -518,7 +539,7 @@ func (v *vault) listVersions(ctx context.Context, name string, paced bool) (list
 		}
 		var raw *http.Response
 		page, err := pager.NextPage(policy.WithCaptureResponse(ctx, &raw))
-		v.count(opListVersions, err)
+		v.count(kl.opVersions, err)
 		if status(err) == http.StatusNotFound {
 			l.notFound = true
 			return l, nil
@@ -534,19 +555,10 @@ func (v *vault) listVersions(ctx context.Context, name string, paced bool) (list
 				}
 			}
 		}
-		for _, p := range page.Value {
-			if p == nil || p.ID == nil {
-				continue
-			}
-			ver := version{id: strings.ToLower(p.ID.Version())}
+		for _, it := range page {
+			ver := version{id: strings.ToLower(it.version), created: it.created, enabled: it.enabled, x5t: it.x5t}
 			if ver.id == "" {
 				continue
-			}
-			if a := p.Attributes; a != nil {
-				if a.Created != nil {
-					ver.created = a.Created.Unix()
-				}
-				ver.enabled = a.Enabled != nil && *a.Enabled
 			}
 			l.versions = append(l.versions, ver)
 		}
@@ -589,9 +601,16 @@ func newestEnabled(vs []version, prev string) version {
 
 // newer reports whether the object's newest enabled version was created after
 // the held version: what makes a watch "changed". A disabled or deleted
-// newest changes nothing.
+// newest changes nothing, and neither does a certificate version with the
+// thumbprint of the one held: the agent would write the same certificate.
 func (o *object) newer(held version) bool {
-	return o.newest.id != "" && o.newest.after(held)
+	return o.newest.id != "" && o.newest.after(held) && !sameCertificate(o.newest, held)
+}
+
+// sameCertificate reports whether two certificate versions hold the same
+// certificate (equal thumbprints).
+func sameCertificate(a, b version) bool {
+	return a.x5t != "" && a.x5t == b.x5t
 }
 
 // refresh lists an object's versions unless a listing that started at or after
@@ -618,12 +637,12 @@ func (v *vault) refresh(ctx context.Context, o *object, notBefore time.Time, upd
 	}
 	f := &flight{start: time.Now(), done: make(chan struct{})}
 	o.flight = f
-	name := o.name
+	name, kind := o.name, o.kind
 	v.mu.Unlock()
 
 	// The listing runs on the vault's context: a caller that gives up does not
 	// fail the others.
-	l, err := v.listVersions(v.ctx, name, paced)
+	l, err := v.listVersions(v.ctx, kind, name, paced)
 
 	v.mu.Lock()
 	defer v.mu.Unlock()
@@ -632,7 +651,7 @@ func (v *vault) refresh(ctx context.Context, o *object, notBefore time.Time, upd
 	close(f.done)
 	if err != nil {
 		if notListable(err) {
-			v.h.log.Warn("the hub may not list the versions of a secret", "vault", v.url, "secret", name, "status", status(err), "err", shortErr(err))
+			v.h.log.Warn("the hub may not list the versions of an object", "vault", v.url, "kind", kind, "name", name, "status", status(err), "err", shortErr(err))
 		}
 		return err
 	}
@@ -652,8 +671,8 @@ func (v *vault) applyLocked(o *object, l listing, updated int64, started time.Ti
 		return
 	}
 	if l.truncated && !o.truncated {
-		v.h.log.Warn("secret has more versions than --max-versions: the hub judges it by the first ones in id order",
-			"vault", v.url, "secret", o.name, "max_versions", v.h.opts.MaxVersions)
+		v.h.log.Warn("object has more versions than --max-versions: the hub judges it by the first ones in id order",
+			"vault", v.url, "kind", o.kind, "name", o.name, "max_versions", v.h.opts.MaxVersions)
 	}
 	o.truncated = l.truncated
 	o.exists = true
@@ -686,15 +705,21 @@ func (v *vault) applyLocked(o *object, l listing, updated int64, started time.Ti
 	prev := o.newest
 	o.newest = newest
 	if newest.id == "" {
-		v.h.log.Info("secret has no enabled version: its watchers keep waiting", "vault", v.url, "secret", o.name, "previous", prev.id)
+		v.h.log.Info("object has no enabled version: its watchers keep waiting", "vault", v.url, "kind", o.kind, "name", o.name, "previous", prev.id)
 		return
 	}
 	if !newest.after(prev) {
 		v.h.log.Info("the newest enabled version is an older one (the newest was disabled): its watchers keep waiting",
-			"vault", v.url, "secret", o.name, "version", newest.id, "previous", prev.id)
+			"vault", v.url, "kind", o.kind, "name", o.name, "version", newest.id, "previous", prev.id)
 		return
 	}
-	v.h.log.Info("new version", "vault", v.url, "secret", o.name, "version", newest.id, "previous", prev.id, "watchers", len(o.watchers))
+	if sameCertificate(newest, prev) {
+		// Watchers holding that thumbprint are not told (newer).
+		v.h.log.Info("new certificate version with the same thumbprint: its watchers are not told",
+			"vault", v.url, "name", o.name, "version", newest.id, "previous", prev.id)
+	} else {
+		v.h.log.Info("new version", "vault", v.url, "kind", o.kind, "name", o.name, "version", newest.id, "previous", prev.id, "watchers", len(o.watchers))
+	}
 	for _, r := range o.watchers {
 		if r.w.state == stateWatching && o.newer(r.w.objs[r.i].held) {
 			v.enqueueLocked(r.w)

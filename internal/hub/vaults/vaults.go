@@ -1,7 +1,25 @@
 // Package vaults is the Key Vault side of kvinject's version hub: it sweeps the
-// vaults that agents watch, detects new versions of the watched secrets, checks
+// vaults that agents watch, detects new versions of the watched objects
+// (secrets, and certificates and keys when Options.Kinds names them), checks
 // the versions agents hold, and releases change notifications within a read
 // budget per vault.
+//
+// # Kinds
+//
+// Each sweep lists the secrets of the vault and, for each other watched kind
+// with objects watched in the vault, that kind (azcertificates
+// NewListCertificatePropertiesPager, azkeys NewListKeyPropertiesPager; one
+// listing per kind per sweep), and lists versions with the kind's versions
+// pager, as below for secrets. A certificate version with the thumbprint (x5t)
+// of the one held is no change: the agent would write the same certificate.
+// Objects are keyed by kind and name (a certificate's secret and key share its
+// name). A vault may let the hub list secrets but not certificates or keys: a
+// 401 or 403 on another kind's listing makes that kind "not listable" in that
+// vault only (logged once until it recovers, kvinject_hub_vault_listable{kind}
+// 0, retried every NotListableRetry); its watches end at once with its objects
+// in Watch.Polled, and new watches naming it get them there too, as do objects
+// of a kind not in Options.Kinds, so that the agents poll those and watch the
+// rest. Secrets not listable make the whole vault not listable, as below.
 //
 // # Sweeps
 //
@@ -67,10 +85,13 @@ import (
 	"log/slog"
 	"maps"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/Azure/azure-sdk-for-go/sdk/security/keyvault/azcertificates"
+	"github.com/Azure/azure-sdk-for-go/sdk/security/keyvault/azkeys"
 	"github.com/Azure/azure-sdk-for-go/sdk/security/keyvault/azsecrets"
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -102,6 +123,14 @@ type Options struct {
 	// the client no retries (policy.RetryOptions{MaxRetries: -1}) so that
 	// throttling reaches the hub and its counts are exact.
 	Client func(vaultURL string) (*azsecrets.Client, error)
+	// Kinds are the watched kinds (hubapi.KindSecret, KindCertificate,
+	// KindKey); default secrets only. Secrets are always among them: the
+	// listing of secrets decides whether a vault is listable at all.
+	Kinds []string
+	// CertificateClient and KeyClient build the clients of certificates and
+	// keys, as Client; required when Kinds names their kind.
+	CertificateClient func(vaultURL string) (*azcertificates.Client, error)
+	KeyClient         func(vaultURL string) (*azkeys.Client, error)
 	// SweepInterval is the time between sweeps of a vault; default 30s; each
 	// wait jittered +-10%.
 	SweepInterval time.Duration
@@ -156,6 +185,21 @@ func New(opts Options) (*Hub, error) {
 		return nil, fmt.Errorf("vaults: negative option (SweepInterval %v, ReadBudget %v, MaxVersions %d, IdleTimeout %v): use 0 for the default",
 			opts.SweepInterval, opts.ReadBudget, opts.MaxVersions, opts.IdleTimeout)
 	}
+	if len(opts.Kinds) == 0 {
+		opts.Kinds = []string{hubapi.KindSecret}
+	}
+	kinds, err := ParseKinds(strings.Join(opts.Kinds, ","))
+	switch {
+	case err != nil:
+		return nil, fmt.Errorf("vaults: Options.Kinds: %w", err)
+	case kinds[0] != hubapi.KindSecret:
+		return nil, errors.New("vaults: Options.Kinds must include secret: the listing of secrets decides whether a vault is listable")
+	case slices.Contains(kinds, hubapi.KindCertificate) && opts.CertificateClient == nil:
+		return nil, errors.New("vaults: Options.CertificateClient is nil but certificates are watched")
+	case slices.Contains(kinds, hubapi.KindKey) && opts.KeyClient == nil:
+		return nil, errors.New("vaults: Options.KeyClient is nil but keys are watched")
+	}
+	opts.Kinds = kinds
 	if opts.SweepInterval == 0 {
 		opts.SweepInterval = DefaultSweepInterval
 	}
@@ -313,10 +357,10 @@ func validateObjects(objs []hubapi.Object) *Refusal {
 	}
 	for i, o := range objs {
 		switch {
-		case o.Kind != hubapi.KindSecret:
-			return badRequest("objects[%d].kind %q: the hub watches secrets only (kind %q); certificates and keys are polled", i, o.Kind, hubapi.KindSecret)
+		case !hubapi.IsKind(o.Kind):
+			return badRequest("objects[%d].kind %q: use %s", i, o.Kind, strings.Join(Kinds, ", "))
 		case !validSecretName(o.Name):
-			return badRequest("objects[%d].name %q is not a Key Vault secret name (1-127 letters, digits and '-')", i, o.Name)
+			return badRequest("objects[%d].name %q is not a Key Vault object name (1-127 letters, digits and '-')", i, o.Name)
 		case !validVersion(o.Version):
 			return badRequest("objects[%d].version %q is not a version id: give the version the agent holds (32 hex digits)", i, o.Version)
 		}
@@ -339,12 +383,12 @@ func (h *Hub) acquire(ctx context.Context, canonical, label string) (*vault, *Re
 	}
 	v := h.vaults[canonical]
 	if v == nil {
-		client, err := h.opts.Client(canonical)
+		ls, err := h.listers(canonical)
 		if err != nil {
 			h.log.Error("cannot build a Key Vault client", "vault", canonical, "err", err)
 			return nil, &Refusal{Reason: hubapi.ReasonUnavailable, Message: fmt.Sprintf("the hub cannot reach vault %s: %v", canonical, err), RetryAfter: time.Minute}
 		}
-		v = newVault(h, canonical, label, client)
+		v = newVault(h, canonical, label, ls)
 		h.vaults[canonical] = v
 		h.wg.Add(2)
 		go v.sweepLoop()
@@ -358,3 +402,7 @@ func (h *Hub) acquire(ctx context.Context, canonical, label string) (*vault, *Re
 
 // lowerName is the key of a name: Key Vault names compare case-insensitively.
 func lowerName(s string) string { return strings.ToLower(s) }
+
+// objectKey is the key of an object of a vault: its kind and lower-case name
+// (a certificate and its secret and key share the name).
+func objectKey(kind, name string) string { return kind + "/" + lowerName(name) }

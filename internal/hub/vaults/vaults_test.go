@@ -246,14 +246,14 @@ func TestNewestEnabled(t *testing.T) {
 		want string
 	}{
 		{"empty", nil, "", ""},
-		{"all disabled", []version{{"a", 1, false, 0}, {"b", 2, false, 0}}, "", ""},
-		{"newest by created, not by id", []version{{"f", 1, true, 0}, {"a", 3, true, 0}, {"c", 2, true, 0}}, "", "a"},
-		{"disabled newest skipped", []version{{"a", 1, true, 0}, {"b", 5, false, 0}}, "a", "a"},
-		{"tie: previous kept", []version{{"a", 5, true, 0}, {"b", 5, true, 0}, {"c", 1, true, 0}}, "a", "a"},
-		{"tie: greatest id", []version{{"b", 5, true, 0}, {"a", 5, true, 0}, {"c", 1, true, 0}}, "c", "b"},
-		{"tie, previous older", []version{{"x", 4, true, 0}, {"b", 5, true, 0}, {"a", 5, true, 0}}, "x", "b"},
-		{"same second, discovered later", []version{{"b", 5, true, 0}, {"a", 5, true, 1}}, "b", "a"},
-		{"same second, discovered later but disabled", []version{{"b", 5, true, 0}, {"a", 5, false, 1}}, "b", "b"},
+		{"all disabled", []version{{id: "a", created: 1, enabled: false, seq: 0}, {id: "b", created: 2, enabled: false, seq: 0}}, "", ""},
+		{"newest by created, not by id", []version{{id: "f", created: 1, enabled: true, seq: 0}, {id: "a", created: 3, enabled: true, seq: 0}, {id: "c", created: 2, enabled: true, seq: 0}}, "", "a"},
+		{"disabled newest skipped", []version{{id: "a", created: 1, enabled: true, seq: 0}, {id: "b", created: 5, enabled: false, seq: 0}}, "a", "a"},
+		{"tie: previous kept", []version{{id: "a", created: 5, enabled: true, seq: 0}, {id: "b", created: 5, enabled: true, seq: 0}, {id: "c", created: 1, enabled: true, seq: 0}}, "a", "a"},
+		{"tie: greatest id", []version{{id: "b", created: 5, enabled: true, seq: 0}, {id: "a", created: 5, enabled: true, seq: 0}, {id: "c", created: 1, enabled: true, seq: 0}}, "c", "b"},
+		{"tie, previous older", []version{{id: "x", created: 4, enabled: true, seq: 0}, {id: "b", created: 5, enabled: true, seq: 0}, {id: "a", created: 5, enabled: true, seq: 0}}, "x", "b"},
+		{"same second, discovered later", []version{{id: "b", created: 5, enabled: true, seq: 0}, {id: "a", created: 5, enabled: true, seq: 1}}, "b", "a"},
+		{"same second, discovered later but disabled", []version{{id: "b", created: 5, enabled: true, seq: 0}, {id: "a", created: 5, enabled: false, seq: 1}}, "b", "b"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if got := newestEnabled(tc.vs, tc.prev); got.id != tc.want {
@@ -316,7 +316,7 @@ func TestBadRequests(t *testing.T) {
 		{"path", "https://hubvault.vault.azure.net/secrets", ok},
 		{"name only", "hubvault", ok},
 		{"no objects", e.url, nil},
-		{"certificate", e.url, []hubapi.Object{{Kind: "certificate", Name: "s", Version: v}}},
+		{"unknown kind", e.url, []hubapi.Object{{Kind: "cert", Name: "s", Version: v}}},
 		{"bad name", e.url, []hubapi.Object{obj("s/x", v)}},
 		{"no version", e.url, []hubapi.Object{obj("s", "")}},
 		{"bad version", e.url, []hubapi.Object{obj("s", "../x")}},
@@ -347,7 +347,7 @@ func TestNotListable(t *testing.T) {
 		t.Errorf("refusal %+v: want a Retry-After and the fix", r)
 	}
 	label := "hubvault.vault.azure.net"
-	if g := testutil.ToFloat64(e.hub.metrics.listable.WithLabelValues(label)); g != 0 {
+	if g := testutil.ToFloat64(e.hub.metrics.listable.WithLabelValues(label, hubapi.KindSecret)); g != 0 {
 		t.Errorf("kvinject_hub_vault_listable = %v, want 0", g)
 	}
 	// Retried every notListableRetry; reported once.
@@ -365,7 +365,7 @@ func TestNotListable(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, "the vault listable again", func() bool { return e.status() == statusOK })
-	if g := testutil.ToFloat64(e.hub.metrics.listable.WithLabelValues(label)); g != 1 {
+	if g := testutil.ToFloat64(e.hub.metrics.listable.WithLabelValues(label, hubapi.KindSecret)); g != 1 {
 		t.Errorf("kvinject_hub_vault_listable = %v after recovery, want 1", g)
 	}
 	w := e.watch(obj("s", v1))
@@ -591,9 +591,9 @@ func TestCloseBeforeRelease(t *testing.T) {
 	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	if v.watchers != 1 || len(v.objects["s"].watchers) != 1 || v.current != nil || v.qhead != len(v.queue) {
+	if v.watchers != 1 || len(v.objects[objectKey(hubapi.KindSecret, "s")].watchers) != 1 || v.current != nil || v.qhead != len(v.queue) {
 		t.Errorf("state after closing: %d watchers, %d indexed, current %v, queue %d/%d",
-			v.watchers, len(v.objects["s"].watchers), v.current, v.qhead, len(v.queue))
+			v.watchers, len(v.objects[objectKey(hubapi.KindSecret, "s")].watchers), v.current, v.qhead, len(v.queue))
 	}
 }
 

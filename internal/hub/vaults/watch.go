@@ -3,6 +3,7 @@ package vaults
 import (
 	"context"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/kvinject/kvinject/pkg/hubapi"
@@ -25,6 +26,20 @@ type Watch struct {
 	queuedAt int64  // pacing clock, Unix ns
 	notify   func() // SetNotify's, guarded by v.mu; nil once called
 	state    uint8  // guarded by v.mu
+	// polled are the objects of the request that the hub does not watch
+	// (guarded by v.mu); a watch with any ends at once (Changed has an empty
+	// batch).
+	polled []hubapi.Polled
+}
+
+// Polled returns the objects of the watch request that the hub does not
+// watch, with why: the caller answers them (hubapi.WatchResponse.Poll) with
+// the batch, and the agent polls them. A watch that has some ends at once
+// with an empty batch: the agent asks again without them.
+func (w *Watch) Polled() []hubapi.Polled {
+	w.v.mu.Lock()
+	defer w.v.mu.Unlock()
+	return slices.Clone(w.polled)
 }
 
 // watchObj is one object of a watch.
@@ -116,7 +131,11 @@ func (w *Watch) Close() {
 // Watch verifies objs (each the version the agent holds) against the vault and
 // registers a watch. It waits for the vault's first sweep (bounded by ctx).
 // Errors are *Refusal. Objects whose held version is not the newest enabled
-// are reported changed at once (still paced).
+// are reported changed at once (still paced). When objs names objects the hub
+// does not watch (a kind not in Options.Kinds, or one Key Vault does not let
+// it list in this vault), nothing is watched: the Watch ends at once with an
+// empty batch and those objects in Polled, so that the agent polls them and
+// asks again without them.
 func (h *Hub) Watch(ctx context.Context, vaultURL string, objs []hubapi.Object) (*Watch, error) {
 	start := time.Now()
 	canonical, label, r := normalizeVault(vaultURL)
@@ -125,6 +144,17 @@ func (h *Hub) Watch(ctx context.Context, vaultURL string, objs []hubapi.Object) 
 	}
 	if r := validateObjects(objs); r != nil {
 		return nil, r
+	}
+	// Objects of kinds the hub does not watch: answered at once, without
+	// sweeping the vault for them.
+	var polled []hubapi.Polled
+	for _, o := range objs {
+		if p, ok := h.notWatched(o); ok {
+			polled = append(polled, p)
+		}
+	}
+	if len(polled) > 0 {
+		return h.polledWatch(&vault{h: h, gen: &generation{done: make(chan struct{})}}, polled), nil
 	}
 	v, r := h.acquire(ctx, canonical, label)
 	if r != nil {
@@ -136,7 +166,7 @@ func (h *Hub) Watch(ctx context.Context, vaultURL string, objs []hubapi.Object) 
 	v.mu.Lock()
 	targets := make([]*object, len(objs))
 	for i, ob := range objs {
-		targets[i] = v.objectLocked(ob.Name)
+		targets[i] = v.objectLocked(ob.Kind, ob.Name)
 		targets[i].lastWatched = start
 	}
 	swept := v.swept
@@ -157,6 +187,10 @@ func (h *Hub) Watch(ctx context.Context, vaultURL string, objs []hubapi.Object) 
 			v.mu.Unlock()
 			return nil, r
 		}
+		if w := v.pollWatchLocked(objs); w != nil {
+			v.mu.Unlock()
+			return w, nil
+		}
 		var stale *object
 		var hint int64 = -1
 		for i, o := range targets {
@@ -176,6 +210,10 @@ func (h *Hub) Watch(ctx context.Context, vaultURL string, objs []hubapi.Object) 
 			break
 		}
 		if err := v.refresh(ctx, stale, start, hint, true); err != nil {
+			if stale.kind != hubapi.KindSecret && notListable(err) && ctx.Err() == nil {
+				v.kindRefused(stale.kind, err)
+				continue // its objects are polled now
+			}
 			return nil, v.listRefusal(ctx, err)
 		}
 	}
@@ -184,6 +222,9 @@ func (h *Hub) Watch(ctx context.Context, vaultURL string, objs []hubapi.Object) 
 	defer v.mu.Unlock()
 	if r := v.refusalLocked(); r != nil {
 		return nil, r
+	}
+	if w := v.pollWatchLocked(objs); w != nil {
+		return w, nil
 	}
 	w := &Watch{v: v, gen: v.gen, ch: make(chan []hubapi.Object, 1), objs: make([]watchObj, len(objs))}
 	changed := false
@@ -199,7 +240,7 @@ func (h *Hub) Watch(ctx context.Context, vaultURL string, objs []hubapi.Object) 
 		held, ok := o.knows(lowerVersion(ob.Version))
 		if !ok || !o.exists {
 			return nil, &Refusal{Reason: hubapi.ReasonUnknownVersion, Message: fmt.Sprintf(
-				"version %s of secret %s is not a version the hub can see in %s: the hub watches only versions the agent read", ob.Version, ob.Name, canonical)}
+				"version %s of %s %s is not a version the hub can see in %s: the hub watches only versions the agent read", ob.Version, ob.Kind, ob.Name, canonical)}
 		}
 		name := ob.Name
 		if name == o.name {
@@ -220,6 +261,33 @@ func (h *Hub) Watch(ctx context.Context, vaultURL string, objs []hubapi.Object) 
 		v.enqueueLocked(w)
 	}
 	return w, nil
+}
+
+// pollWatchLocked returns a watch that has already ended with an empty batch
+// when objs names objects the hub does not watch (a kind not watched, or one
+// Key Vault refuses it to list in this vault), nil otherwise.
+func (v *vault) pollWatchLocked(objs []hubapi.Object) *Watch {
+	var polled []hubapi.Polled
+	for _, o := range objs {
+		if p, ok := v.pollOfLocked(o); ok {
+			polled = append(polled, p)
+		}
+	}
+	if len(polled) == 0 {
+		return nil
+	}
+	return v.h.polledWatch(v, polled)
+}
+
+// polledWatch returns a watch of v (a detached vault for kinds the hub does
+// not watch) that has already ended with an empty batch and polled, counted.
+func (h *Hub) polledWatch(v *vault, polled []hubapi.Polled) *Watch {
+	for _, p := range polled {
+		h.metrics.polled.WithLabelValues(p.Kind, p.Reason).Inc()
+	}
+	w := &Watch{v: v, gen: v.gen, ch: make(chan []hubapi.Object, 1), state: stateDone, polled: polled}
+	w.ch <- []hubapi.Object{}
+	return w
 }
 
 // lowerVersion is the key of a version id (Key Vault's are lower-case hex).
@@ -306,7 +374,7 @@ func (w *Watch) batchLocked() []hubapi.Object {
 			}
 		}
 		if !dup {
-			out = append(out, hubapi.Object{Kind: hubapi.KindSecret, Name: wo.name, Version: o.newest.id})
+			out = append(out, hubapi.Object{Kind: o.kind, Name: wo.name, Version: o.newest.id})
 		}
 	}
 	return out

@@ -55,4 +55,10 @@
 // or as PEM ([WithPEMContentType]); GET /certificates/{name} returns the leaf (cer),
 // the ids and the policy, GET /keys/{name} the public JWK. [Emulator.SetKey] adds a key
 // of its own. [NewTestChain] makes a CA, intermediate and leaf for tests.
+// GET /certificates, /certificates/{name}/versions, /keys and /keys/{name}/versions
+// list properties only (certificates with their thumbprint x5t), paged and in id order
+// like the secrets' listings; they need the list permission of their kind in an access
+// policy vault ([PermCertificatesList], [PermKeysList]) and the read action in an RBAC
+// vault ([PermCertificatesGet], [PermKeysGet]: RBAC has no list-only action for them),
+// and count as list requests, not value reads.
 package emulator

@@ -197,7 +197,9 @@ func (e *Emulator) vaultLocked(name string) (*vault, error) {
 // assignments in an RBAC vault).
 func (e *Emulator) Grant(vaultName, clientID string, perms ...Permission) error {
 	for _, p := range perms {
-		if p != PermGet && p != PermList && p != PermCertificatesGet && p != PermKeysGet {
+		switch p {
+		case PermGet, PermList, PermCertificatesGet, PermKeysGet, PermCertificatesList, PermKeysList:
+		default:
 			return fmt.Errorf("emulator: unknown permission %q", p)
 		}
 	}
@@ -538,22 +540,26 @@ type kvRequest struct {
 	op         string // OpGet or OpList
 	collection string // "secrets", "certificates" or "keys"
 	perm       Permission
-	list       string // "versions" or "secrets"
+	list       string // "versions", or "secrets" for a list of the collection
 	name       string
 	version    string
 }
 
-// parseKVPath parses the path of a secret get or list, or of a certificate or key get.
+// parseKVPath parses the path of a get or a list of secrets, certificates or keys.
 func parseKVPath(p string) (kvRequest, bool) {
 	p = strings.TrimPrefix(p, "/")
 	parts := strings.Split(p, "/")
 	if parts[0] == "certificates" || parts[0] == "keys" {
-		perm := PermCertificatesGet
+		perm, listPerm := PermCertificatesGet, PermCertificatesList
 		if parts[0] == "keys" {
-			perm = PermKeysGet
+			perm, listPerm = PermKeysGet, PermKeysList
 		}
 		r := kvRequest{op: OpGet, collection: parts[0], perm: perm}
 		switch {
+		case len(parts) == 1 || len(parts) == 2 && parts[1] == "":
+			return kvRequest{op: OpList, collection: parts[0], perm: listPerm, list: "secrets"}, true
+		case len(parts) == 3 && parts[1] != "" && parts[2] == "versions", len(parts) == 4 && parts[1] != "" && parts[2] == "versions" && parts[3] == "":
+			return kvRequest{op: OpList, collection: parts[0], perm: listPerm, list: "versions", name: parts[1]}, true
 		case len(parts) == 2 && parts[1] != "", len(parts) == 3 && parts[1] != "" && parts[2] == "":
 			r.name = parts[1]
 			return r, true
@@ -670,7 +676,16 @@ func (e *Emulator) serveKeyVault(w http.ResponseWriter, r *http.Request, vaultNa
 		e.stats.lists.Add(1)
 	}
 
-	// Authorization.
+	// Authorization. RBAC has no list-only action for certificates and keys:
+	// their read action allows listing them.
+	if opts.RBAC {
+		switch req.perm {
+		case PermCertificatesList:
+			req.perm = PermCertificatesGet
+		case PermKeysList:
+			req.perm = PermKeysGet
+		}
+	}
 	e.mu.RLock()
 	granted := v.grants[strings.ToLower(tok.clientID)][req.perm]
 	e.mu.RUnlock()
@@ -711,6 +726,9 @@ func (e *Emulator) serveKeyVault(w http.ResponseWriter, r *http.Request, vaultNa
 	}
 	host := requestHost(r)
 	switch {
+	case req.op == OpList && req.collection != "secrets":
+		e.serveObjectList(w, r, host, vaultName, req)
+		return
 	case req.collection == "certificates":
 		e.serveGetCertificate(w, host, vaultName, req)
 		return
@@ -833,37 +851,81 @@ func (e *Emulator) serveGetSecret(w http.ResponseWriter, host, vaultName string,
 	}
 }
 
-// serveList serves one page of /secrets or /secrets/{name}/versions. Versions are listed
-// in the order of their IDs, as Key Vault does, not by date.
-func (e *Emulator) serveList(w http.ResponseWriter, r *http.Request, host, vaultName string, req kvRequest) {
+// listPage is the page a list request asks for: its size (maxresults) and
+// first item ($skiptoken).
+type listPage struct {
+	maxResults, skip int
+}
+
+// parseListPage reads maxresults and $skiptoken; false when it answered 400.
+func parseListPage(w http.ResponseWriter, r *http.Request) (listPage, bool) {
 	q := r.URL.Query()
-	maxResults := 25
+	lp := listPage{maxResults: 25}
 	if s := q.Get("maxresults"); s != "" {
 		n, err := strconv.Atoi(s)
 		if err != nil || n < 1 || n > 25 {
 			writeJSON(w, http.StatusBadRequest, kvError("BadParameter",
 				"Invalid value for parameter maxresults: "+s+". The value must be between 1 and 25.", ""))
-			return
+			return lp, false
 		}
-		maxResults = n
+		lp.maxResults = n
 	}
-	skip := 0
 	if tok := q.Get("$skiptoken"); tok != "" {
 		b, err := base64.RawURLEncoding.DecodeString(tok)
 		n, err2 := strconv.Atoi(strings.TrimPrefix(string(b), "offset:"))
 		if err != nil || err2 != nil || n < 0 {
 			writeJSON(w, http.StatusBadRequest, kvError("BadParameter", "The $skiptoken parameter is invalid.", ""))
-			return
+			return lp, false
 		}
-		skip = n
+		lp.skip = n
 	}
+	return lp, true
+}
 
-	type item struct {
-		key string
-		s   *secret
-		sv  *secretVersion // nil: the secret's current version, unversioned id
+// listItem is one item of a listing: its sort key (the name, or the version
+// id: Key Vault lists in id order, not by date) and its properties, rendered
+// only when on the page.
+type listItem struct {
+	key    string
+	render func() map[string]any
+}
+
+// listBody sorts items by key and returns the page of lp, with a nextLink to
+// path on host when more follow. Call it with e.mu read-locked when render
+// reads the vault.
+func listBody(r *http.Request, host, path string, lp listPage, items []listItem) map[string]any {
+	slices.SortFunc(items, func(a, b listItem) int { return strings.Compare(a.key, b.key) })
+	page := []map[string]any{}
+	for i := lp.skip; i < len(items) && len(page) < lp.maxResults; i++ {
+		page = append(page, items[i].render())
 	}
-	var items []item
+	var next any
+	if end := lp.skip + len(page); end < len(items) {
+		nq := "api-version=" + url.QueryEscape(r.URL.Query().Get("api-version")) +
+			"&$skiptoken=" + base64.RawURLEncoding.EncodeToString([]byte("offset:"+strconv.Itoa(end))) +
+			"&maxresults=" + strconv.Itoa(lp.maxResults)
+		next = "https://" + host + path + "?" + nq
+	}
+	return map[string]any{"value": page, "nextLink": next}
+}
+
+// listPath is the path of a listing: /secrets, or /secrets/{name}/versions
+// (and the same for certificates and keys).
+func listPath(req kvRequest) string {
+	if req.list == "versions" {
+		return "/" + req.collection + "/" + req.name + "/versions"
+	}
+	return "/" + req.collection
+}
+
+// serveList serves one page of /secrets or /secrets/{name}/versions. Versions are listed
+// in the order of their IDs, as Key Vault does, not by date.
+func (e *Emulator) serveList(w http.ResponseWriter, r *http.Request, host, vaultName string, req kvRequest) {
+	lp, ok := parseListPage(w, r)
+	if !ok {
+		return
+	}
+	var items []listItem
 	// Under the lock: UpdateSecret changes versions in place. Only the page's
 	// items are rendered.
 	e.mu.RLock()
@@ -876,35 +938,18 @@ func (e *Emulator) serveList(w http.ResponseWriter, r *http.Request, host, vault
 			return
 		}
 		for _, sv := range s.versions {
-			items = append(items, item{sv.version, s, sv})
+			items = append(items, listItem{sv.version, func() map[string]any {
+				return propertiesJSON("https://"+host+"/secrets/"+s.name+"/"+sv.version, sv)
+			}})
 		}
 	} else {
 		for _, s := range v.secrets {
-			items = append(items, item{strings.ToLower(s.name), s, nil})
+			items = append(items, listItem{strings.ToLower(s.name), func() map[string]any {
+				return propertiesJSON("https://"+host+"/secrets/"+s.name, s.versions[len(s.versions)-1])
+			}})
 		}
 	}
-	slices.SortFunc(items, func(a, b item) int { return strings.Compare(a.key, b.key) })
-	page := []map[string]any{}
-	for i := skip; i < len(items) && len(page) < maxResults; i++ {
-		it := items[i]
-		if it.sv == nil {
-			page = append(page, propertiesJSON("https://"+host+"/secrets/"+it.s.name, it.s.versions[len(it.s.versions)-1]))
-		} else {
-			page = append(page, propertiesJSON("https://"+host+"/secrets/"+it.s.name+"/"+it.sv.version, it.sv))
-		}
-	}
+	body := listBody(r, host, listPath(req), lp, items)
 	e.mu.RUnlock()
-
-	var next any
-	if end := skip + len(page); end < len(items) {
-		nq := "api-version=" + url.QueryEscape(q.Get("api-version")) +
-			"&$skiptoken=" + base64.RawURLEncoding.EncodeToString([]byte("offset:"+strconv.Itoa(end))) +
-			"&maxresults=" + strconv.Itoa(maxResults)
-		path := "/secrets"
-		if req.list == "versions" {
-			path += "/" + req.name + "/versions"
-		}
-		next = "https://" + host + path + "?" + nq
-	}
-	writeJSON(w, http.StatusOK, map[string]any{"value": page, "nextLink": next})
+	writeJSON(w, http.StatusOK, body)
 }

@@ -27,11 +27,17 @@ const (
 	ContentTypePEM    = "application/x-pem-file"
 )
 
-// Permissions on certificates and keys. In a vault that uses Azure RBAC they stand for
-// the data actions certificates/read and keys/read.
+// Permissions on certificates and keys. In a vault that uses Azure RBAC,
+// PermCertificatesGet and PermKeysGet stand for the data actions
+// certificates/read and keys/read, which also allow listing: RBAC has no
+// list-only action for certificates and keys. PermCertificatesList and
+// PermKeysList are the access policies' list permissions; an RBAC vault
+// ignores them (its listings need the read actions).
 const (
-	PermCertificatesGet Permission = "certificates/get"
-	PermKeysGet         Permission = "keys/get"
+	PermCertificatesGet  Permission = "certificates/get"
+	PermKeysGet          Permission = "keys/get"
+	PermCertificatesList Permission = "certificates/list"
+	PermKeysList         Permission = "keys/list"
 )
 
 // keyVersion is one version of a key: its public JWK only. Key Vault never
@@ -376,10 +382,66 @@ func (e *Emulator) serveGetCertificate(w http.ResponseWriter, host, vaultName st
 	writeObject(w, body, "CertificateNotFound", "certificate", req)
 }
 
-// certificateJSON is Key Vault's certificate bundle.
-func certificateJSON(host, name string, cv *certVersion) map[string]any {
-	thumb := sha1.Sum(cv.cer)
-	attrs := map[string]any{
+// serveObjectList serves one page of /certificates, /certificates/{name}/versions,
+// /keys or /keys/{name}/versions: properties only (certificates with their
+// thumbprint x5t, keys with their kid), never a certificate, key or secret. As
+// for secrets, versions come in the order of their ids, not by date, and dates
+// have whole seconds.
+func (e *Emulator) serveObjectList(w http.ResponseWriter, r *http.Request, host, vaultName string, req kvRequest) {
+	lp, ok := parseListPage(w, r)
+	if !ok {
+		return
+	}
+	base := "https://" + host + "/" + req.collection + "/"
+	var items []listItem
+	e.mu.RLock()
+	v := e.vaults[vaultName]
+	found := req.list != "versions"
+	if req.collection == "certificates" {
+		for key, c := range v.certs {
+			switch {
+			case req.list != "versions":
+				cv := c.versions[len(c.versions)-1]
+				items = append(items, listItem{key, func() map[string]any { return certificateItemJSON(base+c.name, cv) }})
+			case key == strings.ToLower(req.name):
+				found = true
+				for _, cv := range c.versions {
+					items = append(items, listItem{cv.version, func() map[string]any { return certificateItemJSON(base+c.name+"/"+cv.version, cv) }})
+				}
+			}
+		}
+	} else {
+		for key, k := range v.keys {
+			switch {
+			case req.list != "versions":
+				kv := k.versions[len(k.versions)-1]
+				items = append(items, listItem{key, func() map[string]any { return keyItemJSON(base+k.name, kv) }})
+			case key == strings.ToLower(req.name):
+				found = true
+				for _, kv := range k.versions {
+					items = append(items, listItem{kv.version, func() map[string]any { return keyItemJSON(base+k.name+"/"+kv.version, kv) }})
+				}
+			}
+		}
+	}
+	var body map[string]any
+	if found {
+		body = listBody(r, host, listPath(req), lp, items)
+	}
+	e.mu.RUnlock()
+	switch {
+	case !found && req.collection == "certificates":
+		notFound(w, "CertificateNotFound", "certificate", req.name)
+	case !found:
+		notFound(w, "KeyNotFound", "key", req.name)
+	default:
+		writeJSON(w, http.StatusOK, body)
+	}
+}
+
+// certificateAttributes are a certificate version's attributes (whole seconds).
+func certificateAttributes(cv *certVersion) map[string]any {
+	return map[string]any{
 		"enabled":         cv.enabled,
 		"nbf":             cv.notBefore.Unix(),
 		"exp":             cv.expires.Unix(),
@@ -388,6 +450,40 @@ func certificateJSON(host, name string, cv *certVersion) map[string]any {
 		"recoveryLevel":   "Recoverable+Purgeable",
 		"recoverableDays": 90,
 	}
+}
+
+// certificateItemJSON is a certificate's item in a listing: id, x5t and
+// attributes.
+func certificateItemJSON(id string, cv *certVersion) map[string]any {
+	thumb := sha1.Sum(cv.cer)
+	return map[string]any{"id": id, "x5t": base64.RawURLEncoding.EncodeToString(thumb[:]), "attributes": certificateAttributes(cv)}
+}
+
+// keyAttributes are a key version's attributes (whole seconds).
+func keyAttributes(kv *keyVersion) map[string]any {
+	return map[string]any{
+		"enabled":         kv.enabled,
+		"created":         kv.created.Unix(),
+		"updated":         kv.updated.Unix(),
+		"recoveryLevel":   "Recoverable+Purgeable",
+		"recoverableDays": 90,
+		"exportable":      false,
+	}
+}
+
+// keyItemJSON is a key's item in a listing: kid, attributes and managed.
+func keyItemJSON(kid string, kv *keyVersion) map[string]any {
+	m := map[string]any{"kid": kid, "attributes": keyAttributes(kv)}
+	if kv.managed {
+		m["managed"] = true
+	}
+	return m
+}
+
+// certificateJSON is Key Vault's certificate bundle.
+func certificateJSON(host, name string, cv *certVersion) map[string]any {
+	thumb := sha1.Sum(cv.cer)
+	attrs := certificateAttributes(cv)
 	keyProps := map[string]any{"exportable": cv.exportable, "kty": cv.keyType, "reuse_key": false}
 	if cv.keySize > 0 {
 		keyProps["key_size"] = cv.keySize
@@ -433,17 +529,7 @@ func keyJSON(host, name string, kv *keyVersion) map[string]any {
 		jwk[k] = v
 	}
 	jwk["kid"] = "https://" + host + "/keys/" + name + "/" + kv.version
-	body := map[string]any{
-		"key": jwk,
-		"attributes": map[string]any{
-			"enabled":         kv.enabled,
-			"created":         kv.created.Unix(),
-			"updated":         kv.updated.Unix(),
-			"recoveryLevel":   "Recoverable+Purgeable",
-			"recoverableDays": 90,
-			"exportable":      false,
-		},
-	}
+	body := map[string]any{"key": jwk, "attributes": keyAttributes(kv)}
 	if kv.managed {
 		body["managed"] = true
 	}
@@ -555,4 +641,34 @@ func parsePrivateKey(der []byte) (crypto.Signer, error) {
 		return k, nil
 	}
 	return nil, errors.New("the private key is neither PKCS#8, PKCS#1 nor SEC 1")
+}
+
+// CertificateVersions returns the versions of a certificate, oldest first.
+func (e *Emulator) CertificateVersions(vaultName, name string) []string {
+	e.mu.RLock()
+	defer e.mu.RUnlock()
+	var out []string
+	if v, ok := e.vaults[strings.ToLower(vaultName)]; ok {
+		if c := v.certs[strings.ToLower(name)]; c != nil {
+			for _, cv := range c.versions {
+				out = append(out, cv.version)
+			}
+		}
+	}
+	return out
+}
+
+// KeyVersions returns the versions of a key, oldest first.
+func (e *Emulator) KeyVersions(vaultName, name string) []string {
+	e.mu.RLock()
+	defer e.mu.RUnlock()
+	var out []string
+	if v, ok := e.vaults[strings.ToLower(vaultName)]; ok {
+		if k := v.keys[strings.ToLower(name)]; k != nil {
+			for _, kv := range k.versions {
+				out = append(out, kv.version)
+			}
+		}
+	}
+	return out
 }
