@@ -408,7 +408,7 @@ func (l *hubLoop) toPoll(err *hubError, retryIn time.Duration) {
 	l.a.log.Warn("rotation source", attrs...)
 	if wasHub {
 		// Not at once: the agents of a whole cluster lose the hub together.
-		l.pollAt.set(jittered(l.stretched))
+		l.pollAt.set(spreadFirst(l.stretched))
 	}
 }
 

@@ -169,6 +169,19 @@ func jittered(d time.Duration) time.Duration {
 	return d - spread/2 + rand.N(spread+1)
 }
 
+// spreadFirst is the wait before the first stretched poll after the hub was
+// lost: uniform in [d/2, 3d/2). The agents of a cluster lose the hub at the
+// same moment; with jittered (±10%) their first polls would all fall within a
+// fifth of d, a peak as high as polling without the stretch. Spread over a
+// whole d, the first round costs Key Vault the stretched rate, and the later
+// rounds (jittered from each agent's own first poll) stay spread.
+func spreadFirst(d time.Duration) time.Duration {
+	if d <= 0 {
+		return d
+	}
+	return d/2 + rand.N(d)
+}
+
 // sleep waits for d or until ctx is done; it reports whether d elapsed.
 func sleep(ctx context.Context, d time.Duration) bool {
 	t := time.NewTimer(d)

@@ -127,6 +127,25 @@ func TestBackoff(t *testing.T) {
 	}
 }
 
+// TestSpreadFirst: the first stretched poll is spread over a whole interval,
+// [d/2, 3d/2), each quarter of it about as likely (not within ±10% of d).
+func TestSpreadFirst(t *testing.T) {
+	const d, n = time.Minute, 4000
+	var quarters [4]int
+	for range n {
+		got := spreadFirst(d)
+		if got < d/2 || got >= 3*d/2 {
+			t.Fatalf("spreadFirst(1m) = %s, want within [30s, 90s)", got)
+		}
+		quarters[(got-d/2)*4/d]++
+	}
+	for i, q := range quarters {
+		if q < n/4*8/10 || q > n/4*12/10 {
+			t.Errorf("quarter %d of [30s, 90s) got %d of %d first polls: not spread (%v)", i, q, n, quarters)
+		}
+	}
+}
+
 func TestJittered(t *testing.T) {
 	for range 200 {
 		if got := jittered(time.Minute); got < 54*time.Second || got > 66*time.Second {

@@ -154,7 +154,7 @@ func (f *Flags) Validate() error {
 		seen[u] = true
 	}
 	if f.EventsPollInterval < 100*time.Millisecond || f.EventsPollInterval > time.Minute {
-		bad("--events-poll-interval %s: use a duration from 100ms to 1m, e.g. 1s (each peek of an empty queue is one Storage transaction per replica)", f.EventsPollInterval)
+		bad("--events-poll-interval %s: use a duration from 100ms to 1m, e.g. 500ms (each peek of an empty queue is one Storage transaction per replica)", f.EventsPollInterval)
 	}
 	if f.EventsDeleteAfter < 2*f.EventsPollInterval || f.EventsDeleteAfter > time.Hour {
 		bad("--events-delete-after %s: use a duration from twice --events-poll-interval (%s) to 1h, e.g. 10s, so that every replica peeks a message before it is deleted", f.EventsDeleteAfter, 2*f.EventsPollInterval)

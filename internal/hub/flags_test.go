@@ -35,7 +35,7 @@ func TestFlagDefaults(t *testing.T) {
 		Identity: "workload", SweepInterval: 30 * time.Second, ReadBudget: 100, Replicas: 1, MaxWait: 5 * time.Minute,
 		MaxConnectionAge: 30 * time.Minute, MaxVersions: 500, PodCacheTTL: time.Minute, WatchKinds: "secret", LogLevel: "info",
 		IdentityKind: agentconfig.IdentityWorkload, Level: slog.LevelInfo,
-		EventsPollInterval: time.Second, EventsDeleteAfter: 10 * time.Second,
+		EventsPollInterval: 500 * time.Millisecond, EventsDeleteAfter: 10 * time.Second,
 	}
 	if !reflect.DeepEqual(*f, want) {
 		t.Errorf("defaults\n%+v\nwant\n%+v", *f, want)
@@ -95,7 +95,7 @@ func TestFlagErrorsNameTheFlag(t *testing.T) {
 		{"--events-queue=https://kvevents.blob.core.windows.net/q01", `--events-queue "https://kvevents.blob.core.windows.net/q01": host "kvevents.blob.core.windows.net" is not a Storage account's queue endpoint`},
 		{"--events-queue=https://kvevents.queue.core.windows.net/q01?sig=x", "(a SAS token?)"},
 		{"--events-poll-interval=10ms", "--events-poll-interval 10ms: use a duration from 100ms to 1m"},
-		{"--events-delete-after=1s", "--events-delete-after 1s: use a duration from twice --events-poll-interval (2s) to 1h"},
+		{"--events-delete-after=900ms", "--events-delete-after 900ms: use a duration from twice --events-poll-interval (1s) to 1h"},
 		{"--watch-kinds=secret,cert", `--watch-kinds "secret,cert": unknown kind "cert": use secret, certificate, key; e.g. --watch-kinds=secret,certificate,key`},
 		{"--watch-kinds=key,certificate", `--watch-kinds "key,certificate": add secret, e.g. --watch-kinds=secret,certificate,key`},
 		{"--watch-kinds=", `--watch-kinds "": no kind`},

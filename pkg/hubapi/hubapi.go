@@ -108,7 +108,7 @@ const (
 	// PollKindNotWatched: the hub does not watch this kind (its --watch-kinds).
 	PollKindNotWatched = "KindNotWatched"
 	// PollKindNotListable: Key Vault refuses the hub's listing of this kind in
-	// this vault (403).
+	// this vault (401 or 403).
 	PollKindNotListable = "KindNotListable"
 )
 

@@ -21,7 +21,7 @@ import (
 
 // Defaults of IntakeOptions.
 const (
-	DefaultPollInterval = time.Second
+	DefaultPollInterval = 500 * time.Millisecond
 	DefaultDeleteAfter  = 10 * time.Second
 	DefaultMaxAttempts  = 5
 )
@@ -45,7 +45,10 @@ const (
 
 // Hinter is the Key Vault side of the hub: *vaults.Hub.
 type Hinter interface {
-	Hint(ctx context.Context, vaultURL, name, version string) (string, error)
+	// HintObject tells the hub that an object (kind KindSecret,
+	// KindCertificate or KindKey, the hub's kinds) may have a new version;
+	// the answer is one of the vaults.Hint* results.
+	HintObject(ctx context.Context, vaultURL, kind, name, version string) (string, error)
 }
 
 // IntakeOptions configure an Intake.
@@ -340,21 +343,19 @@ func (in *Intake) hint(ctx context.Context, ev Event, inserted *time.Time) bool 
 		in.log.Log(ctx, level, "Key Vault object "+strings.ToLower(ev.Change[:1])+ev.Change[1:], "vault", ev.VaultURL, "kind", ev.Kind, "name", ev.Name, "version", ev.Version, "expires", ev.Expires)
 		in.m.expiry.WithLabelValues(ev.Kind, ev.Change).Inc()
 		in.m.events.WithLabelValues(ev.Kind, "expiry").Inc()
-	case ev.Kind != KindSecret:
-		// The hub watches secrets; agents poll certificates and keys.
-		in.m.events.WithLabelValues(ev.Kind, "kind_not_watched").Inc()
 	default:
-		res, err := in.opts.Hints.Hint(ctx, ev.VaultURL, ev.Name, ev.Version)
+		// A kind the hub does not watch (--watch-kinds) is unwatched.
+		res, err := in.opts.Hints.HintObject(ctx, ev.VaultURL, ev.Kind, ev.Name, ev.Version)
 		in.m.events.WithLabelValues(ev.Kind, res).Inc()
 		if inserted != nil && (res == vaults.HintListed || res == vaults.HintKnown) {
 			in.m.lag.Observe(max(0, time.Since(*inserted).Seconds()))
 		}
 		if res == vaults.HintFailed {
-			in.log.Info("listing after an event failed; retried at the next read of the queue", "vault", ev.VaultURL, "secret", ev.Name, "error", oneLine(err))
+			in.log.Info("listing after an event failed; retried at the next read of the queue", "vault", ev.VaultURL, "kind", ev.Kind, "name", ev.Name, "error", oneLine(err))
 			return false
 		}
 		if res == vaults.HintListed {
-			in.log.Debug("event", "vault", ev.VaultURL, "secret", ev.Name, "version", ev.Version, "eventId", ev.ID)
+			in.log.Debug("event", "vault", ev.VaultURL, "kind", ev.Kind, "name", ev.Name, "version", ev.Version, "eventId", ev.ID)
 		}
 	}
 	in.remember(key, seenEntry{done: true})
@@ -438,7 +439,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	m := &Metrics{
 		events: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "kvinject_hub_events_total",
-			Help: "Key Vault events read, by object kind and result: listed (new version: listed at once), known (duplicate or late: no call), unwatched (no watcher of this replica), failed, duplicate (same event again), expiry (NearExpiry, Expired), kind_not_watched (certificates, keys), ignored (other event types).",
+			Help: "Key Vault events read, by object kind and result: listed (new version: listed at once), known (duplicate or late: no call), unwatched (no watcher of this replica, or a kind --watch-kinds leaves out), failed, duplicate (same event again), expiry (NearExpiry, Expired), ignored (other event types).",
 		}, []string{"kind", "result"}),
 		messages: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "kvinject_hub_event_messages_total",

@@ -2,6 +2,9 @@ package events
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"encoding/base64"
 	"fmt"
 	"net/http"
@@ -34,13 +37,15 @@ type hints struct {
 	mu    sync.Mutex
 	got   []string // name@version, in order
 	known map[string]bool
-	fail  int // fail the next n
+	fail  int             // fail the next n
+	kinds map[string]bool // the kinds watched; nil: secrets only
 }
 
-func (h *hints) Hint(_ context.Context, vaultURL, name, version string) (string, error) {
+func (h *hints) HintObject(_ context.Context, vaultURL, kind, name, version string) (string, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if vaultURL != "https://"+vaultName+".vault.azure.net/" {
+	watched := h.kinds[kind] || h.kinds == nil && kind == KindSecret
+	if vaultURL != "https://"+vaultName+".vault.azure.net/" || !watched {
 		return vaults.HintUnwatched, nil
 	}
 	if h.fail > 0 {
@@ -190,6 +195,36 @@ func TestIntakeOneReplica(t *testing.T) {
 	}
 	if testutil.CollectAndCount(m.lag) != 1 || testutil.ToFloat64(m.messages.WithLabelValues("deleted")) != 3 {
 		t.Errorf("lag observed or deletions not counted")
+	}
+}
+
+// TestIntakeKinds: certificate and key events are hinted with their kind
+// when the hub watches it (--watch-kinds), and counted unwatched otherwise.
+func TestIntakeKinds(t *testing.T) {
+	e := newEnv(t, emulator.EventOptions{}, true)
+	h := &hints{known: map[string]bool{}, kinds: map[string]bool{KindSecret: true, KindKey: true}}
+	_, m := e.intake(h, nil)
+	priv, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kv, err := e.emu.SetKey(vaultName, "SIGNING", priv.Public())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch, err := emulator.NewTestChain("web.contoso.example", "EC")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.emu.ImportCertificate(vaultName, "WEB", ch.LeafKey, ch.Chain()); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "both events handled and deleted", func() bool { return e.stats().Deleted == 2 })
+	if got := h.listed(); len(got) != 1 || got[0] != "signing@"+strings.ToLower(kv) {
+		t.Errorf("hinted %v, want the key's new version", got)
+	}
+	if testutil.ToFloat64(m.events.WithLabelValues(KindKey, vaults.HintListed)) != 1 || testutil.ToFloat64(m.events.WithLabelValues(KindCertificate, vaults.HintUnwatched)) != 1 {
+		t.Error("the key's event is not counted listed, or the certificate's not unwatched")
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/base64"
 	"fmt"
+	"net/http"
 	"slices"
 	"strings"
 	"time"
@@ -345,13 +346,29 @@ func (v *vault) kindRefused(kind string, err error) {
 	}
 }
 
+// kindFailed records a listing of a kind other than secrets that failed
+// for another reason than a refusal (throttled, 5xx, a connection): logged
+// and counted; the kind is listed again at the next sweep, and the secrets'
+// sweep goes on.
+func (v *vault) kindFailed(kind string, err error) {
+	h := v.h
+	result := sweepError
+	if status(err) == http.StatusTooManyRequests {
+		result = sweepThrottled
+	}
+	h.metrics.sweeps.WithLabelValues(result).Inc()
+	h.log.Warn("listing this kind failed; retried at the next sweep", "vault", v.url, "kind", kind, "status", status(err), "err", shortErr(err))
+}
+
 // pollOfLocked returns the object of a watch request that the hub does not
-// watch, with why; ok false when it is watched.
+// watch, with why; ok false when it is watched. A kind Key Vault refused is
+// polled until its retry is due; after that the watch lists the object
+// itself (and finds it refused again, or listable).
 func (v *vault) pollOfLocked(o hubapi.Object) (hubapi.Polled, bool) {
 	if p, ok := v.h.notWatched(o); ok {
 		return p, true
 	}
-	if ks := v.kinds[o.Kind]; ks != nil && ks.notListable {
+	if ks := v.kinds[o.Kind]; ks != nil && ks.notListable && time.Now().Before(ks.retryAt) {
 		return hubapi.Polled{Kind: o.Kind, Name: o.Name, Reason: hubapi.PollKindNotListable, Message: ks.msg,
 			RetryAfterSeconds: int(max(time.Second, time.Until(ks.retryAt)).Round(time.Second) / time.Second)}, true
 	}

@@ -1,18 +1,20 @@
 package vaults
 
 import (
-	"errors"
-
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
-	"github.com/Azure/azure-sdk-for-go/sdk/security/keyvault/azsecrets"
+	"errors"
+	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+	"github.com/Azure/azure-sdk-for-go/sdk/security/keyvault/azsecrets"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/kvinject/kvinject/internal/testing/emulator"
@@ -334,3 +336,48 @@ func TestHintObject(t *testing.T) {
 
 // newEnvClientStub is an Options.Client for tests of New's checks.
 func newEnvClientStub(string) (*azsecrets.Client, error) { return nil, errors.New("not for use") }
+
+// failingPager is a listing that fails with status.
+type failingPager struct {
+	status int
+	done   bool
+}
+
+func (p *failingPager) More() bool { return !p.done }
+func (p *failingPager) NextPage(context.Context) ([]item, error) {
+	p.done = true
+	return nil, &azcore.ResponseError{StatusCode: p.status, ErrorCode: http.StatusText(p.status)}
+}
+
+// TestKindFailureLeavesSecretsWatched: a listing of certificates that keeps
+// failing (500, or 429) is retried at each sweep without stopping the
+// secrets' sweep: a secret's new version is still notified, and a new watch
+// holding an old version is told at once.
+func TestKindFailureLeavesSecretsWatched(t *testing.T) {
+	for _, code := range []int{http.StatusInternalServerError, http.StatusTooManyRequests} {
+		t.Run(strconv.Itoa(code), func(t *testing.T) {
+			e := newEnv(t, envOpts{opts: Options{SweepInterval: 200 * time.Millisecond, Kinds: allKinds}, perms: listAll,
+				before: func(h *Hub) { h.backoffBase = 10 * time.Millisecond }})
+			s1 := e.set("s", past)
+			c1 := e.newCert("c")
+			w := e.watch(obj("s", s1), kobj(hubapi.KindCertificate, "c", c1))
+			quiet(t, w, "both watched")
+			v := e.vault()
+			v.mu.Lock()
+			v.listers[hubapi.KindCertificate].list = func() itemPager { return &failingPager{status: code} }
+			v.mu.Unlock()
+			s2 := e.set("s", time.Now().Add(-5*time.Second))
+			select {
+			case <-w.Changed():
+			case <-time.After(5 * time.Second):
+				t.Fatalf("secret s changed to %s, nobody was told while the certificates' listing fails", s2)
+			}
+			ws := e.watch(obj("s", s1))
+			select {
+			case <-ws.Changed():
+			case <-time.After(2 * time.Second):
+				t.Error("a new watch holding the old secret version was not told")
+			}
+		})
+	}
+}

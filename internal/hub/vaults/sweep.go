@@ -264,8 +264,13 @@ func (v *vault) sweep() (time.Duration, bool) {
 			v.kindListed(kind)
 		case errors.Is(err, context.Canceled):
 			return 0, false
-		case kind != hubapi.KindSecret && notListable(err):
+		case kind != hubapi.KindSecret && refused(err):
 			v.kindRefused(kind, err)
+		case kind != hubapi.KindSecret:
+			// Throttled or failing: this kind learns nothing from this sweep
+			// and is listed again at the next one; the secrets, listed
+			// first, are still refreshed.
+			v.kindFailed(kind, err)
 		default:
 			return v.failed(err)
 		}
@@ -305,11 +310,15 @@ func (v *vault) sweep() (time.Duration, bool) {
 			if errors.Is(err, context.Canceled) {
 				return 0, false
 			}
-			if notListable(err) {
-				if r.o.kind != hubapi.KindSecret {
-					v.kindRefused(r.o.kind, err)
-				}
+			switch {
+			case r.o.kind != hubapi.KindSecret && refused(err):
+				v.kindRefused(r.o.kind, err)
+				continue // its objects are polled now
+			case notListable(err):
 				continue // logged by refresh; the other objects are still swept
+			case r.o.kind != hubapi.KindSecret:
+				v.kindFailed(r.o.kind, err)
+				continue // refreshed again at the next sweep
 			}
 			return v.failed(err)
 		}
@@ -362,6 +371,13 @@ func retryAfter(err error) time.Duration {
 		return max(0, time.Until(t))
 	}
 	return 0
+}
+
+// refused reports whether Key Vault refused the hub's identity (401, 403):
+// for a kind other than secrets, the kind is not listable in that vault.
+func refused(err error) bool {
+	s := status(err)
+	return s == http.StatusUnauthorized || s == http.StatusForbidden
 }
 
 // notListable reports whether a listing error means the hub may not list.

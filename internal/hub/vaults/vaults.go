@@ -53,7 +53,7 @@
 // object: concurrent watches share one listing, and it waits for the budget)
 // and checked again; still unknown, or no such object: refused with
 // hubapi.ReasonUnknownVersion, without saying which. Watches are indexed by
-// (vault, secret name); no goroutine runs per watch.
+// (vault, kind, name); no goroutine runs per watch.
 //
 // # Metrics
 //

@@ -210,7 +210,7 @@ func (h *Hub) Watch(ctx context.Context, vaultURL string, objs []hubapi.Object) 
 			break
 		}
 		if err := v.refresh(ctx, stale, start, hint, true); err != nil {
-			if stale.kind != hubapi.KindSecret && notListable(err) && ctx.Err() == nil {
+			if stale.kind != hubapi.KindSecret && refused(err) && ctx.Err() == nil {
 				v.kindRefused(stale.kind, err)
 				continue // its objects are polled now
 			}
