@@ -4,6 +4,7 @@ package bench
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"slices"
@@ -114,9 +115,15 @@ func eventsScenario(b *testing.B, es eventsSize) {
 	for range es.rotations {
 		last, each := r.rotateAll("SECRET-00", 3*sz.sweep+time.Duration(3*wave*float64(time.Second))+time.Minute)
 		lasts, agentTimes = append(lasts, last), append(agentTimes, each...)
-		time.Sleep(time.Second)
+		// A random gap, longer than a peek interval: a fixed one would lock
+		// each rotation to the same phase of the replicas' peeks.
+		time.Sleep(time.Second + rand.N(2*time.Second))
 	}
 	notHub := r.fleet.count(func(a *hubAgent) bool { tr, _ := a.trigger.Load().(string); return tr != "hub" })
+	// Where the time goes: from the queue to the version listing (the peek
+	// interval), and from the change found to each notification (pacing).
+	lagN, lagSum := r.hubMetric("kvinject_hub_event_lag_seconds_count"), r.hubMetric("kvinject_hub_event_lag_seconds_sum")
+	paceN, paceSum := r.hubMetric("kvinject_hub_pacing_delay_seconds_count"), r.hubMetric("kvinject_hub_pacing_delay_seconds_sum")
 
 	// The same without events: the sweep alone.
 	r.emu.UnsubscribeEvents(hubVault)
@@ -124,7 +131,7 @@ func eventsScenario(b *testing.B, es eventsSize) {
 	for range es.sweepRotations {
 		last, _ := r.rotateAll("SECRET-00", 3*sz.sweep+time.Duration(3*wave*float64(time.Second))+time.Minute)
 		sweepLasts = append(sweepLasts, last)
-		time.Sleep(time.Second)
+		time.Sleep(time.Second + rand.N(2*time.Second))
 	}
 	sweepOnly := measure(r.env, r.hubCPU, es.steadyWindow)
 
@@ -149,6 +156,8 @@ func eventsScenario(b *testing.B, es eventsSize) {
 	b.ReportMetric(fr.converged.Seconds(), "faults-converged-s")
 	b.Logf("events: %d rotations, last agent p50 %.2fs p99 %.2fs (the wave alone %.2fs), every agent's time p50 %.2fs p99 %.2fs (%d samples); %d agents' last set not triggered by the hub",
 		len(lasts), p(lasts, 50), p(lasts, 99), wave, p(agentTimes, 50), p(agentTimes, 99), len(agentTimes), notHub)
+	b.Logf("hub, during the rotations with events: %.0f events listed, mean %.0f ms from the queue to the version listing (the queue's insertion times have whole seconds: about 500 ms of that is rounding); %.0f notifications released, mean pacing delay %.0f ms",
+		lagN, 1000*lagSum/max(1, lagN), paceN, 1000*paceSum/max(1, paceN))
 	b.Logf("sweep alone (--sweep-interval=%s): %d rotations, last agent p50 %.2fs p99 %.2fs; %s",
 		sz.sweep, len(sweepLasts), p(sweepLasts, 50), p(sweepLasts, 99), durations(sweepLasts))
 	b.Logf("steady %s: with events %d Key Vault transactions (hub list pages %d, agent reads %d, 429s %d), without %d (list pages %d, agent reads %d, 429s %d); %.0f queue peeks/min by the replicas together",

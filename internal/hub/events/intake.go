@@ -463,7 +463,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		}, []string{"queue"}),
 		lag: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "kvinject_hub_event_lag_seconds",
-			Help:    "Time from an event's arrival in the queue to its version listing.",
+			Help:    "Time from an event's arrival in the queue to its version listing (the queue's insertion times have whole seconds: up to 1 s more than the real lag).",
 			Buckets: []float64{0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60},
 		}),
 	}
