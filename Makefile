@@ -76,7 +76,7 @@ fuzz-smoke: ## run every fuzz target briefly; longer: make fuzz-smoke FUZZTIME=1
 test: lint test-unit bench-smoke fuzz-smoke test-integration ## everything CI runs: lint, unit, golden, benchmark and fuzz smoke, integration tests
 
 .PHONY: bench
-bench: ## every benchmark at full size, as in BENCHMARKS.md (~25 min); some: make bench GROUPS="agent webhook"
+bench: ## every benchmark at full size, as in BENCHMARKS.md (over an hour; hub and hub-events about 20 minutes each); some: make bench GROUPS="agent webhook"
 	hack/bench.sh $(GROUPS)
 
 .PHONY: golden

@@ -3,7 +3,7 @@
 # has two cores), and keeps their raw output and a description of the machine.
 # BENCHMARKS.md holds the numbers of one run and names these commands.
 #
-#   hack/bench.sh [GROUP...]   default: every group, ~30 minutes
+#   hack/bench.sh [GROUP...]   default: every group but hub-faults, over an hour
 #
 # Groups: mutation, emulator, agent, rollout, webhook, podcreate, memory, hub,
 # hub-events, hub-faults (not in the default list: ~30 minutes).
