@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net/http"
 	"os"
 	"os/exec"
@@ -485,22 +486,14 @@ func (f *hubFleet) gaveUp() []string {
 func (f *hubFleet) pollReasons() map[string]int {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	m := make(map[string]int, len(f.reasons))
-	for k, v := range f.reasons {
-		m[k] = v
-	}
-	return m
+	return maps.Clone(f.reasons)
 }
 
 // otherWarnings returns the other warnings so far, by message.
 func (f *hubFleet) otherWarnings() map[string]int {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	m := make(map[string]int, len(f.warns))
-	for k, v := range f.warns {
-		m[k] = v
-	}
-	return m
+	return maps.Clone(f.warns)
 }
 
 func (f *hubFleet) count(cond func(*hubAgent) bool) int {
