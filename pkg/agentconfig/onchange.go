@@ -122,7 +122,7 @@ func ParseOnChange(raw string) (OnChange, error) {
 	head = strings.TrimSpace(head)
 	if strings.EqualFold(head, string(OnChangeRestart)) {
 		if hasOpts {
-			return fail("restart takes no options (the restart controller rolls the pod's owner as its update strategy says); write restart")
+			return fail("restart takes no options; write restart")
 		}
 		return OnChange{Kind: OnChangeRestart}, nil
 	}
