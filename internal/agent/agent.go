@@ -49,6 +49,13 @@
 // poll, rotation or safety: what made it read). An init agent never talks to
 // the hub.
 //
+// With --on-change (the pod's kvinject.dev/on-change), the sidecar acts
+// after each swap of a new set, never after the first (onchange.go): it calls
+// the app on 127.0.0.1 (http) or reports the set to the hub for a rolling
+// restart of the pod's owner (restart), in a goroutine of its own that the
+// rotation never waits for, retrying with backoff; a newer set cancels
+// pending retries and starts over for both.
+//
 // Transient failures (429, 5xx, connection errors, an unavailable token
 // endpoint) before the first set are retried with exponential backoff for up
 // to --init-timeout; permanent ones (401, 403, 404, a disabled secret, Azure AD
