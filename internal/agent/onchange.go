@@ -54,6 +54,10 @@ const (
 	reportTimeout = 30 * time.Second
 	// maxActionAnswer bounds the body of an answer the agent reads (and discards).
 	maxActionAnswer = 64 << 10
+	// maxChangedHeader bounds the Kvinject-Changed header (servers commonly
+	// refuse request headers over 8 KiB); a longer list ends with ",..." after
+	// the last name that fits.
+	maxChangedHeader = 4 << 10
 )
 
 // changedObject is an object of a swapped set whose version or value changed,
@@ -269,6 +273,25 @@ func objectNames(objs []changedObject) string {
 	return strings.Join(names, ",")
 }
 
+// changedHeader is the Kvinject-Changed header: objectNames, at most
+// maxChangedHeader bytes.
+func changedHeader(objs []changedObject) string {
+	const more = ",..."
+	var b strings.Builder
+	for i, o := range objs {
+		name := o.kind + "/" + o.name
+		if i > 0 {
+			name = "," + name
+		}
+		if b.Len()+len(name)+len(more) > maxChangedHeader && i < len(objs)-1 || b.Len()+len(name) > maxChangedHeader {
+			b.WriteString(more)
+			break
+		}
+		b.WriteString(name)
+	}
+	return b.String()
+}
+
 // newActionClient is the http action's client: no proxy (a proxy from the
 // environment would send the call out of the pod), no redirects followed,
 // no connection kept (calls are rare), each attempt bounded by timeout.
@@ -297,7 +320,7 @@ func httpAction(oc agentconfig.OnChange) func(context.Context, []changedObject) 
 			return actionOutcome{err: fmt.Errorf("bad on-change URL: %w", err)}
 		}
 		req.Header.Set("User-Agent", ua)
-		req.Header.Set(ChangedHeader, objectNames(objs))
+		req.Header.Set(ChangedHeader, changedHeader(objs))
 		resp, err := client.Do(req)
 		if err != nil {
 			return actionOutcome{err: err, retry: true}

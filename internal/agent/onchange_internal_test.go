@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -94,5 +95,27 @@ func TestMergeChanged(t *testing.T) {
 	}
 	if s := objectNames([]changedObject{a1, c}); s != "secret/a,certificate/a" {
 		t.Errorf("objectNames = %q", s)
+	}
+}
+
+// TestChangedHeader: the header names every object up to 4 KiB, then ends
+// with ",...".
+func TestChangedHeader(t *testing.T) {
+	few := []changedObject{{kind: "secret", name: "a"}, {kind: "key", name: "k"}}
+	if got := changedHeader(few); got != "secret/a,key/k" {
+		t.Errorf("changedHeader = %q", got)
+	}
+	var many []changedObject
+	for i := range 256 {
+		many = append(many, changedObject{kind: "certificate", name: fmt.Sprintf("%0120d", i)})
+	}
+	got := changedHeader(many)
+	if len(got) > maxChangedHeader || !strings.HasSuffix(got, ",...") || !strings.HasPrefix(got, "certificate/"+fmt.Sprintf("%0120d", 0)+",") {
+		t.Errorf("changedHeader of 256 long names: %d bytes, ending %q", len(got), got[len(got)-20:])
+	}
+	for _, name := range strings.Split(strings.TrimSuffix(got, ",..."), ",") {
+		if len(name) != len("certificate/")+120 {
+			t.Errorf("a name was cut: %q", name)
+		}
 	}
 }
