@@ -99,3 +99,29 @@ func TestOnChangePortWarning(t *testing.T) {
 		})
 	}
 }
+
+// TestOnChangeAllPinnedWarning: an action on a set whose entries are all
+// pinned to a version never runs, which is warned about.
+func TestOnChangeAllPinnedWarning(t *testing.T) {
+	const v = "4387e9f3d6e14c459867679a90fd0f79"
+	for _, tt := range []struct {
+		secrets string
+		warn    bool
+	}{
+		{"a=A@" + v + ", b=B@" + v, true},
+		{"a=A@" + v + ", b=B", false},
+	} {
+		pod := &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Annotations: map[string]string{AnnotationVault: "myvault", AnnotationSecrets: tt.secrets, AnnotationOnChange: "restart"}},
+			Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "app"}}},
+		}
+		_, warnings, err := Resolve(pod, nil, nil, Defaults{Identity: "system", Rotation: DefaultRotation})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := strings.Join(warnings, "\n")
+		if warned := strings.Contains(got, `every entry of kvinject.dev/secrets is pinned to a version, so the set never changes and "restart" never runs`); warned != tt.warn {
+			t.Errorf("%s: warnings %q; want the pinned warning: %v", tt.secrets, got, tt.warn)
+		}
+	}
+}

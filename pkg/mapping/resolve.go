@@ -181,6 +181,9 @@ func Resolve(pod *corev1.Pod, ns *corev1.Namespace, sa *corev1.ServiceAccount, d
 		if w := onChangePortWarning(pod, spec.OnChange); w != "" {
 			warnings = append(warnings, w)
 		}
+		if !spec.OnChange.IsZero() && len(spec.Entries) > 0 && allPinned(spec.Entries) {
+			warnings = append(warnings, fmt.Sprintf("%s: every entry of %s is pinned to a version, so the set never changes and %q never runs: drop @<version> from the entries that should rotate, or remove %s", AnnotationOnChange, AnnotationSecrets, spec.OnChange.String(), AnnotationOnChange))
+		}
 	}
 
 	spec.Identity = resolveIdentity(pod, saAnn, lookup, d, &probs)
@@ -425,6 +428,16 @@ func resolveOnChange(pod *corev1.Pod, raw string, rotation time.Duration, podAnn
 		return agentconfig.OnChange{}
 	}
 	return oc
+}
+
+// allPinned reports whether every entry reads a pinned version.
+func allPinned(entries []agentconfig.Entry) bool {
+	for _, e := range entries {
+		if e.Version == "" {
+			return false
+		}
+	}
+	return true
 }
 
 // onChangePortWarning warns when the http action's port is not a
