@@ -172,6 +172,13 @@ func TestOnChangeHTTP(t *testing.T) {
 	if len(done) != 1 || done[0]["status"] != float64(200) || done[0]["attempt"] != float64(1) {
 		t.Errorf("outcome records %v, want one: status 200 at attempt 1", done)
 	}
+	if swapped := h.records(0, msgChanged, nil); len(swapped) == 1 && len(done) == 1 {
+		at := func(rec map[string]any) time.Time {
+			ts, _ := time.Parse(time.RFC3339Nano, rec["time"].(string))
+			return ts
+		}
+		t.Logf("from the swap to the app's answer: %s", at(done[0]).Sub(at(swapped[0])))
+	}
 
 	// The app fails twice, then reloads: two retries, one success.
 	rc.answer(http.StatusOK, http.StatusInternalServerError, http.StatusServiceUnavailable)
