@@ -166,7 +166,7 @@ func CheckTemplates(ts []Template, entries []Entry) ([]*CompiledTemplate, []Temp
 		probs = append(probs, TemplateProblem{File: file, Msg: fmt.Sprintf(format, args...)})
 	}
 	if len(ts) > MaxTemplates {
-		add(ts[MaxTemplates].File, "more than the limit of %d templates", MaxTemplates)
+		add(ts[MaxTemplates].File, "the pod has %d templates, more than the limit of %d; render fewer files (one template may read many entries)", len(ts), MaxTemplates)
 		return nil, probs
 	}
 	claims := entryPaths(entries)
@@ -187,7 +187,7 @@ func CheckTemplates(ts []Template, entries []Entry) ([]*CompiledTemplate, []Temp
 			add(t.File, "the file %q is already written by entry %q; name the template's file differently", t.File, by)
 		}
 		if len(t.Text) > MaxTemplateSize {
-			add(t.File, "is %d bytes, more than the limit of %d", len(t.Text), MaxTemplateSize)
+			add(t.File, "the template is %d bytes, more than the limit of %d; split it into several files", len(t.Text), MaxTemplateSize)
 			continue
 		}
 		c, msgs := compile(t, entries, used)

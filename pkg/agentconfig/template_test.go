@@ -109,7 +109,7 @@ func TestCheckTemplatesLimits(t *testing.T) {
 	for i := range MaxTemplates + 1 {
 		ts = append(ts, Template{File: "t" + string(rune('a'+i)), Text: "x"})
 	}
-	if _, probs := CheckTemplates(ts, entries); len(probs) != 1 || !strings.Contains(probs[0].Msg, "more than the limit of 16 templates") {
+	if _, probs := CheckTemplates(ts, entries); len(probs) != 1 || !strings.Contains(probs[0].Msg, "templates, more than the limit of 16; render fewer files") {
 		t.Errorf("17 templates: %v", probs)
 	}
 	if _, probs := CheckTemplates(ts[:MaxTemplates], entries); len(probs) != 0 {

@@ -39,7 +39,8 @@ func unknownKeyWarnings(ann map[string]string) []string {
 // hasKnownPrefix reports whether k is a known prefix followed by a name.
 func hasKnownPrefix(k string) bool {
 	for _, p := range podKeyPrefixes {
-		if strings.HasPrefix(k, p) {
+		// The prefix without a name is refused by Resolve, not warned about.
+		if strings.HasPrefix(k, p) || k == strings.TrimSuffix(p, ".") {
 			return true
 		}
 	}
