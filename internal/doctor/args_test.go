@@ -88,7 +88,7 @@ func TestParseArgs(t *testing.T) {
 // front of any agent command line.
 func TestAcceptsAgentFlags(t *testing.T) {
 	base := []string{"--vault=myvault", "--secret=a=A", "--identity=system"}
-	own := map[string]bool{agentconfig.FlagVault: true, agentconfig.FlagIdentity: true, agentconfig.FlagSecret: true}
+	own := map[string]bool{agentconfig.FlagVault: true, agentconfig.FlagIdentity: true, agentconfig.FlagSecret: true, agentconfig.FlagTemplate: true}
 	n := 0
 	agent.Flags().VisitAll(func(f *flag.Flag) {
 		n++
