@@ -1,7 +1,9 @@
 package agentconfig
 
 import (
+	"bytes"
 	"errors"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -256,5 +258,79 @@ func TestTemplateFlag(t *testing.T) {
 		if back, err := ParseTemplateFlag(got.String()); err != nil || back != got {
 			t.Errorf("round trip of %q: %+v, %v", got.String(), back, err)
 		}
+	}
+}
+
+// benchTemplate is a typical appsettings.json template.
+const benchTemplate = `{
+  "ConnectionStrings": {
+    "Orders": "Server={{ file "db/host" | trim }};User Id={{ file "db/user" | trim }};Password={{ secret "DB-PASSWORD" | trim }}"
+  },
+  "Jwt": {"Key": {{ file "jwt.key" | jsonQuote }}, "Issuer": {{ file "cfg/issuer" | default "orders" | jsonQuote }}}
+}
+`
+
+const benchEntries = "db/host=DB-HOST, db/user=DB-USER, db/password=DB-PASSWORD;nofile, jwt.key=JWT-KEY;nofile, cfg=secret:app-config;format=json"
+
+// BenchmarkCheckTemplates is the admission's cost: a typical template, and
+// the most a pod may bring (16 templates of 16 KiB, each 2,000 actions).
+func BenchmarkCheckTemplates(b *testing.B) {
+	entries, err := ParseEntries(benchEntries)
+	if err != nil {
+		b.Fatal(err)
+	}
+	big := strings.Repeat(`{{ file "db/host" | trim }}`, (MaxTemplateSize-100)/len(`{{ file "db/host" | trim }}`))
+	var most []Template
+	for i := range MaxTemplates {
+		most = append(most, Template{File: "t" + strconv.Itoa(i), Text: big + `{{ file "db/password" }}{{ file "jwt.key" }}`})
+	}
+	for _, bc := range []struct {
+		name string
+		ts   []Template
+	}{
+		{"typical", []Template{{File: "appsettings.json", Text: benchTemplate}}},
+		{"most", most},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, probs := CheckTemplates(bc.ts, entries); len(probs) > 0 {
+					b.Fatal(probs)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkRender is the agent's cost per set: the typical template from
+// 64-byte values, and 1 MiB of output from one 16 KiB value.
+func BenchmarkRender(b *testing.B) {
+	entries, err := ParseEntries(benchEntries)
+	if err != nil {
+		b.Fatal(err)
+	}
+	value := func(n int) []byte { return bytes.Repeat([]byte("x\""), n/2) }
+	for _, bc := range []struct {
+		name string
+		text string
+		size int
+	}{
+		{"typical", benchTemplate, 64},
+		{"1MiB", strings.Repeat(`{{ file "jwt.key" }}`, MaxRendered/(16<<10)-1), 16 << 10},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			cs, probs := CheckTemplates([]Template{{File: "t", Text: bc.text + `{{ file "db/password" }}`}}, entries)
+			if len(probs) > 0 {
+				b.Fatal(probs)
+			}
+			v := value(bc.size)
+			files := func(string) ([]byte, bool) { return v, true }
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := cs[0].Render(files, MaxRendered+len(v)); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }
