@@ -390,9 +390,8 @@ func (w *walker) command(cmd *parse.CommandNode, first bool) {
 	head := cmd.Args[0]
 	id, ok := head.(*parse.IdentifierNode)
 	if !ok {
-		if s, isString := head.(*parse.StringNode); isString && first && len(cmd.Args) == 1 {
-			_ = s // a literal string, e.g. {{ "{{" }} to write braces
-			return
+		if _, isString := head.(*parse.StringNode); isString && first && len(cmd.Args) == 1 {
+			return // a literal string, e.g. {{ "{{" }} to write braces
 		}
 		w.problem(head.Position(), "%s", operandMessage(head))
 		return
