@@ -282,7 +282,7 @@ func compile(t Template, entries []Entry, used []bool) (*CompiledTemplate, []str
 	tree.Mode = parse.SkipFuncCheck | parse.ParseComments
 	treeSet := map[string]*parse.Tree{}
 	if _, err := tree.Parse(t.Text, "", "", treeSet); err != nil {
-		return nil, []string{syntaxMessage(t.File, err)}
+		return nil, []string{syntaxMessage(t.Text, err)}
 	}
 	c := &CompiledTemplate{Template: t, tree: tree, refs: map[string]reference{}}
 	w := walker{text: t.Text, entries: entries, used: used, c: c}
@@ -302,19 +302,42 @@ func compile(t Template, entries []Entry, used []bool) (*CompiledTemplate, []str
 
 var syntaxRE = regexp.MustCompile(`^template: [^:]*:(\d+): (.*)$`)
 
-// syntaxMessage rephrases text/template's syntax error: "line N: ...".
-func syntaxMessage(file string, err error) string {
+// syntaxTokenRE finds the token a syntax error is about.
+var syntaxTokenRE = regexp.MustCompile(`^unexpected (?:"(.+)" in|\{\{(\w+)\}\})`)
+
+// syntaxTokens maps other syntax errors to the token they are about.
+var syntaxTokens = map[string]string{
+	"unclosed action":                 "{{",
+	"missing value for command":       "{{",
+	"unexpected right paren":          ")",
+	"unterminated quoted string":      `"`,
+	"unterminated raw quoted string":  "`",
+	"unterminated character constant": "'",
+}
+
+// syntaxMessage rephrases text/template's syntax error: "line N, column M:
+// ...". Go's parser reports the line only; the column is that of the token
+// the error names when it occurs once on that line, else left out.
+func syntaxMessage(text string, err error) string {
 	msg := err.Error()
-	line := ""
+	line := 0
 	if m := syntaxRE.FindStringSubmatch(msg); m != nil {
-		line, msg = m[1], m[2]
+		line, _ = strconv.Atoi(m[1])
+		msg = m[2]
 	}
-	msg = truncate(msg, 200)
-	fix := "check the {{ }} on that line: actions are {{ file \"<file>\" }}, {{ secret \"<name>\" }}, optionally piped into functions, e.g. {{ file \"db/password\" | jsonQuote }}"
-	if line == "" {
-		return fmt.Sprintf("syntax error: %s; %s", msg, fix)
+	fix := "check the {{ }} there: actions are {{ file \"<file>\" }}, {{ secret \"<name>\" }}, optionally piped into functions, e.g. {{ file \"db/password\" | jsonQuote }}"
+	if line <= 0 {
+		return fmt.Sprintf("syntax error: %s; %s", truncate(msg, 200), fix)
 	}
-	return fmt.Sprintf("line %s: syntax error: %s; %s", line, msg, fix)
+	at := fmt.Sprintf("line %d", line)
+	token := syntaxTokens[msg]
+	if m := syntaxTokenRE.FindStringSubmatch(msg); m != nil {
+		token = m[1] + m[2]
+	}
+	if lines := strings.Split(text, "\n"); token != "" && line <= len(lines) && strings.Count(lines[line-1], token) == 1 {
+		at += fmt.Sprintf(", column %d", strings.Index(lines[line-1], token)+1)
+	}
+	return fmt.Sprintf("%s: syntax error: %s; %s", at, truncate(msg, 200), fix)
 }
 
 // walker checks a parse tree against the allow-list of nodes and functions.

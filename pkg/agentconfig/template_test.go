@@ -40,7 +40,9 @@ func TestCheckTemplates(t *testing.T) {
 		{name: "comment and literal braces", text: pw + `{{/* a comment */}}{{ "{{" }}`},
 		{name: "trim markers", text: "a\n  {{- " + pw[2:len(pw)-2] + " -}}\n"},
 
-		{name: "syntax error line", text: "line one\n{{ file \"db/password\" ", want: `line 2: syntax error: unclosed action`},
+		{name: "syntax error line", text: "line one\n{{ file \"db/password\" ", want: `line 2, column 1: syntax error: unclosed action`},
+		{name: "syntax error column", text: "a\n  {{ file \"db/password\" | yamlQuote }\n", want: `line 2, column 37: syntax error: unexpected "}" in operand; check the {{ }} there`},
+		{name: "syntax error without a column", text: "{{ file \"db/password\" }} {{ trim }\n", want: `line 1: syntax error: unexpected "}" in operand`},
 		{name: "unknown function", text: pw + "\n\n  {{ jsn }}", want: `line 3, column 6: unknown function "jsn"; the functions are file, secret, jsonQuote`},
 		{name: "alias hint", text: pw + `{{ file "db/user" | toJson }}`, want: `unknown function "toJson"; did you mean jsonQuote?`},
 		{name: "printf", text: `{{ printf "%999999999d" 1 }}`, want: `line 1, column 4: printf is not available: printf can allocate without bound`},
