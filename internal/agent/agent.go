@@ -423,14 +423,26 @@ func (a *agent) run(ctx context.Context) error {
 		}
 		return err
 	}
-	a.log.Info("wrote secrets", "files", len(a.cfg.Entries), "versions", a.versions(a.last), "elapsed", time.Since(start).String())
+	a.log.Info("wrote secrets", "files", a.fileCount(), "versions", a.versions(a.last), "elapsed", time.Since(start).String())
 	if a.cfg.Mode == agentconfig.ModeInit {
-		writeTerminationLog(a.opts.TerminationLog, fmt.Sprintf("kvinject-agent: wrote %d file(s) from vault %s", len(a.cfg.Entries), a.cfg.VaultURL))
+		writeTerminationLog(a.opts.TerminationLog, fmt.Sprintf("kvinject-agent: wrote %d file(s) from vault %s", a.fileCount(), a.cfg.VaultURL))
 		return nil
 	}
 	a.rotate(ctx)
 	a.log.Info("stopped")
 	return nil
+}
+
+// fileCount counts the entries that write files (not ;nofile) and the
+// templates, as the messages count files.
+func (a *agent) fileCount() int {
+	n := len(a.templates)
+	for _, e := range a.cfg.Entries {
+		if !e.NoFile {
+			n++
+		}
+	}
+	return n
 }
 
 // connect builds the transport (once), the credential and the Key Vault

@@ -111,6 +111,9 @@ func TestTemplates(t *testing.T) {
 	if d := cmp.Diff([]string{".env", "appsettings.json", "db", "jdbc.url"}, visible); d != "" {
 		t.Errorf("visible names (-want +got), no cfg and no db/password:\n%s", d)
 	}
+	if got, want := h.termination(), "kvinject-agent: wrote 5 file(s) from vault "+h.vaultURL(); got != want {
+		t.Errorf("termination message %q, want %q (2 entries with files, 3 templates)", got, want)
+	}
 	if !strings.Contains(h.logs.String(), `"templates":3`) {
 		t.Errorf("the start is not logged with the templates' count:\n%s", h.logs)
 	}
