@@ -184,7 +184,7 @@ func CheckTemplates(ts []Template, entries []Entry) ([]*CompiledTemplate, []Temp
 		}
 		seen[t.File] = true
 		if by, ok := claims[t.File]; ok {
-			add(t.File, "the file %q is already written by entry %q; name the template's file differently", t.File, by)
+			add(t.File, "the file %q is already %s; name the template's file differently", t.File, by)
 		}
 		if len(t.Text) > MaxTemplateSize {
 			add(t.File, "the template is %d bytes, more than the limit of %d; split it into several files", len(t.Text), MaxTemplateSize)
@@ -213,20 +213,30 @@ func CheckTemplates(ts []Template, entries []Entry) ([]*CompiledTemplate, []Temp
 }
 
 // entryPaths maps every path the entries claim, and every directory above
-// one, to the entry (written form) that claims it.
+// one, to what claims it, for messages: `written by entry "..."`.
 func entryPaths(entries []Entry) map[string]string {
 	m := map[string]string{}
 	for _, e := range entries {
 		for _, p := range e.Files() {
+			what := fmt.Sprintf("written by entry %q", e.String())
+			switch {
+			case e.NoFile:
+				what = fmt.Sprintf("a path of entry %q (not written, as it has nofile, but named by templates)", e.String())
+			case e.IsDir():
+				what = fmt.Sprintf("the directory of entry %q", e.String())
+			}
 			for q := p; ; {
 				if _, ok := m[q]; !ok {
-					m[q] = e.String()
+					m[q] = what
 				}
 				i := strings.LastIndexByte(q, '/')
 				if i < 0 {
 					break
 				}
 				q = q[:i]
+				if !e.NoFile {
+					what = fmt.Sprintf("the directory of entry %q", e.String())
+				}
 			}
 		}
 	}
