@@ -216,7 +216,9 @@ func contractKeys(t *testing.T) map[string]string {
 			continue
 		}
 		if v, ok := eval(e, 0); ok && strings.HasPrefix(v, mapping.Prefix) && len(v) > len(mapping.Prefix) {
-			keys[v] = "mapping." + name
+			// A prefix followed by a name (kvinject.dev/template.<file>) is
+			// documented as the prefix without its dot.
+			keys[strings.TrimSuffix(v, ".")] = "mapping." + name
 		}
 	}
 	// The reading of the source must find at least what the compiled package says.

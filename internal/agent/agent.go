@@ -398,6 +398,8 @@ type agent struct {
 	entries map[objectRef]agentconfig.Entry
 	f       *fetcher
 	writer  *atomicdir.Writer
+	// templates are rendered into every set, after the entries.
+	templates []*agentconfig.CompiledTemplate
 	// transport is shared by the credential and the client, and survives
 	// their renewal.
 	transport *http.Transport
@@ -420,8 +422,15 @@ func (a *agent) run(ctx context.Context) error {
 		}
 	}
 	a.writer = atomicdir.New(a.cfg.Dir, os.FileMode(a.cfg.FileMode))
+	ts, probs := agentconfig.CheckTemplates(a.cfg.Templates, a.cfg.Entries)
+	if len(probs) > 0 {
+		// ParseArgs checked them; a caller of Run with its own Config may not have.
+		p := probs[0]
+		return &ConfigError{Msg: fmt.Sprintf("template %q: %s. Fix: correct the pod's %s%s annotation, then recreate the pod", p.File, p.Msg, "kvinject.dev/template.", p.File)}
+	}
+	a.templates = ts
 	a.log.Info("starting", "version", version.Version, "mode", a.cfg.Mode, "identity", string(a.cfg.Identity),
-		"clientID", a.env.ClientID, "dir", a.cfg.Dir, "files", len(a.cfg.Entries), "secrets", len(a.refs),
+		"clientID", a.env.ClientID, "dir", a.cfg.Dir, "files", len(a.cfg.Entries), "templates", len(a.templates), "secrets", len(a.refs),
 		"rotation", a.cfg.Rotation.String())
 	if err := a.connect(); err != nil {
 		return err
@@ -433,14 +442,26 @@ func (a *agent) run(ctx context.Context) error {
 		}
 		return err
 	}
-	a.log.Info("wrote secrets", "files", len(a.cfg.Entries), "versions", a.versions(a.last), "elapsed", time.Since(start).String())
+	a.log.Info("wrote secrets", "files", a.fileCount(), "versions", a.versions(a.last), "elapsed", time.Since(start).String())
 	if a.cfg.Mode == agentconfig.ModeInit {
-		writeTerminationLog(a.opts.TerminationLog, fmt.Sprintf("kvinject-agent: wrote %d file(s) from vault %s", len(a.cfg.Entries), a.cfg.VaultURL))
+		writeTerminationLog(a.opts.TerminationLog, fmt.Sprintf("kvinject-agent: wrote %d file(s) from vault %s", a.fileCount(), a.cfg.VaultURL))
 		return nil
 	}
 	a.rotate(ctx)
 	a.log.Info("stopped")
 	return nil
+}
+
+// fileCount counts the entries that write files (not ;nofile) and the
+// templates, as the messages count files.
+func (a *agent) fileCount() int {
+	n := len(a.templates)
+	for _, e := range a.cfg.Entries {
+		if !e.NoFile {
+			n++
+		}
+	}
+	return n
 }
 
 // connect builds the transport (once), the credential and the Key Vault
@@ -550,10 +571,15 @@ func (a *agent) firstAttempt(ctx context.Context) error {
 }
 
 // write writes a complete set: the files of every entry, rendered from the
-// values of their objects, swapped in together. An entry whose object cannot
-// become its files (a *ContentError) fails the whole set.
+// values of their objects, and the templates, rendered from those files,
+// swapped in together. An entry whose object cannot become its files (a
+// *ContentError) or a template that cannot be rendered fails the whole set.
 func (a *agent) write(values map[objectRef]objectValue) error {
-	files := make([]atomicdir.File, 0, len(a.cfg.Entries))
+	files := make([]atomicdir.File, 0, len(a.cfg.Entries)+len(a.templates))
+	var rendered map[string][]byte // every entry's files, ;nofile ones too, for templates
+	if len(a.templates) > 0 {
+		rendered = map[string][]byte{}
+	}
 	for _, e := range a.cfg.Entries {
 		v, ok := values[refOf(e)]
 		if !ok {
@@ -563,8 +589,20 @@ func (a *agent) write(values map[objectRef]objectValue) error {
 		if err != nil {
 			return err
 		}
-		files = append(files, fs...)
+		for _, f := range fs {
+			if rendered != nil {
+				rendered[f.Path] = f.Data
+			}
+		}
+		if !e.NoFile {
+			files = append(files, fs...)
+		}
 	}
+	tfiles, err := renderTemplates(a.templates, rendered)
+	if err != nil {
+		return err
+	}
+	files = append(files, tfiles...)
 	if err := a.writer.Write(files); err != nil {
 		if errors.Is(err, atomicdir.ErrVolumeFull) {
 			return &ConfigError{Msg: fmt.Sprintf("the secrets volume is full: %v. Fix: raise the webhook's volume size limit, or map fewer or smaller secrets", err)}

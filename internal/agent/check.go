@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"time"
 
@@ -115,4 +116,38 @@ func (o *Object) Render(e agentconfig.Entry) ([]string, error) {
 		paths[i] = f.Path
 	}
 	return paths, nil
+}
+
+// RenderTemplates renders the templates from the objects read for the
+// entries (objects[i] was read for entries[i]) as the agent does, and
+// returns the size of each rendered file, never its content. Its error is
+// the agent's: a *ConfigError naming the template, the line and what is
+// missing, or an entry's *SecretError.
+func RenderTemplates(ts []agentconfig.Template, entries []agentconfig.Entry, objects []*Object) ([]int, error) {
+	compiled, probs := agentconfig.CheckTemplates(ts, entries)
+	if len(probs) > 0 {
+		return nil, &ConfigError{Msg: fmt.Sprintf("template %q: %s", probs[0].File, probs[0].Msg)}
+	}
+	files := map[string][]byte{}
+	for i, e := range entries {
+		if i >= len(objects) || objects[i] == nil {
+			return nil, fmt.Errorf("internal error: no object read for entry %s", e.String())
+		}
+		fs, err := render(e, objects[i].v, objects[i].vault)
+		if err != nil {
+			return nil, err
+		}
+		for _, f := range fs {
+			files[f.Path] = f.Data
+		}
+	}
+	out, err := renderTemplates(compiled, files)
+	if err != nil {
+		return nil, err
+	}
+	sizes := make([]int, len(out))
+	for i, f := range out {
+		sizes[i] = len(f.Data)
+	}
+	return sizes, nil
 }

@@ -81,7 +81,7 @@ func TestWebhookContract(t *testing.T) {
 
 			// The doctor, in front of the agent's command line.
 			code, out := h.exec(bin, append([]string{"doctor"}, args...), env, 30*time.Second)
-			if code != 0 || !strings.Contains(out, "All 5 checks passed.") || !strings.Contains(out, clientID) {
+			if code != 0 || !strings.Contains(out, "All 6 checks passed.") || !strings.Contains(out, "[ok]   template ab.txt: renders") || !strings.Contains(out, clientID) {
 				t.Errorf("doctor: exit %d, want 0 with every check passed for client %s:\n%s", code, clientID, out)
 			}
 
@@ -108,6 +108,9 @@ func TestWebhookContract(t *testing.T) {
 			}
 			if !h.fileIs("a", a) || !h.fileIs("sub/b", b) {
 				t.Error("the files do not hold the secrets")
+			}
+			if want := a + "\n\"" + b + "\"\n"; !h.fileIs("ab.txt", want) {
+				t.Errorf("the template's file is not %q", want)
 			}
 			checkJSONLogs(t, p.stderr.String())
 			// The downward API's variables reached the agent under the names it reads.
@@ -222,6 +225,8 @@ func injectedAgentWith(t *testing.T, h *harness, identity, rotation string, nati
 			mapping.AnnotationVault:    h.vault,
 			mapping.AnnotationSecrets:  "a=a, sub/b=b",
 			mapping.AnnotationRotation: rotation,
+			// A template on several lines, through the binary's command line.
+			mapping.AnnotationTemplatePrefix + "ab.txt": "{{ file \"a\" }}\n{{ secret \"B\" | jsonQuote }}\n",
 		}},
 		Spec: corev1.PodSpec{ServiceAccountName: testSA, Containers: []corev1.Container{{Name: "app", Image: "app"}}},
 	}

@@ -380,3 +380,30 @@ func jsonFiles(dir string, value []byte, mode fs.FileMode) ([]atomicdir.File, er
 	}
 	return files, nil
 }
+
+// renderTemplates renders the templates from the entries' files (by path),
+// all of them together bounded by agentconfig.MaxRenderedTotal. A failure is
+// a *ConfigError naming the template, the place and what is missing, never
+// a value: it stays until the secret or the template changes.
+func renderTemplates(ts []*agentconfig.CompiledTemplate, files map[string][]byte) ([]atomicdir.File, error) {
+	out := make([]atomicdir.File, 0, len(ts))
+	left := agentconfig.MaxRenderedTotal
+	lookup := func(p string) ([]byte, bool) {
+		b, ok := files[p]
+		return b, ok
+	}
+	for _, t := range ts {
+		data, err := t.Render(lookup, left)
+		if err != nil {
+			return nil, &ConfigError{Msg: fmt.Sprintf("cannot render %v. Fix: %s", err, templateFix(t.File))}
+		}
+		left -= len(data)
+		out = append(out, atomicdir.File{Path: t.File, Data: data, Mode: fs.FileMode(t.Mode)})
+	}
+	return out, nil
+}
+
+// templateFix is the fix of a template that fails at run time.
+func templateFix(file string) string {
+	return "store the value the template expects in Key Vault (the next rotation picks it up), or change the pod's kvinject.dev/template." + file + " annotation and recreate the pod"
+}

@@ -61,6 +61,13 @@ func TestParseArgs(t *testing.T) {
 			env:   map[string]string{"AZURE_CLIENT_ID": "other"},
 			vault: "https://myvault.vault.azure.net/", identity: agentconfig.IdentityWorkload, clientID: id, auth: "https://login.microsoftonline.com/", entries: 1,
 		},
+		{
+			name: "an injected agent's command line with templates: the ;nofile entries are checked, the templates accepted",
+			args: []string{"sidecar", "--dir=/x", "--vault=https://myvault.vault.azure.net/", "--identity=system", "--file-mode=0444", "--rotation=2m0s",
+				"--secret=db/host=DB-HOST", "--secret=db/password=DB-PASSWORD;nofile",
+				"--template=appsettings.json;mode=0440={\"Password\": {{ file \"db/password\" | jsonQuote }}}\n"},
+			vault: "https://myvault.vault.azure.net/", identity: agentconfig.IdentitySystem, entries: 2,
+		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg, _, err := parseArgs(tc.args, func(k string) string { return tc.env[k] }, io.Discard)
@@ -81,7 +88,7 @@ func TestParseArgs(t *testing.T) {
 // front of any agent command line.
 func TestAcceptsAgentFlags(t *testing.T) {
 	base := []string{"--vault=myvault", "--secret=a=A", "--identity=system"}
-	own := map[string]bool{agentconfig.FlagVault: true, agentconfig.FlagIdentity: true, agentconfig.FlagSecret: true}
+	own := map[string]bool{agentconfig.FlagVault: true, agentconfig.FlagIdentity: true, agentconfig.FlagSecret: true, agentconfig.FlagTemplate: true}
 	n := 0
 	agent.Flags().VisitAll(func(f *flag.Flag) {
 		n++

@@ -55,6 +55,7 @@ const (
 	CheckSecret   = "secret"
 	CheckList     = "list"
 	CheckOnChange = "on-change"
+	CheckTemplate = "template"
 )
 
 // Check is one line of the checklist.
@@ -125,6 +126,9 @@ type Config struct {
 	Env agent.Env
 	// Entries are the files and secrets of the mapping.
 	Entries []agentconfig.Entry
+	// Templates are files rendered from the entries; checked against them
+	// already (agentconfig.CheckTemplates).
+	Templates []agentconfig.Template
 	// CheckList also checks that the identity may list the versions of each
 	// secret (the 'list' permission, RBAC secrets/readMetadata/action).
 	CheckList bool
@@ -217,10 +221,11 @@ func run(ctx context.Context, cfg Config, opts Options) *Report {
 
 	// 4. Each object, read and rendered as the agent does, then the list
 	// permission if asked.
-	d := &secretChecker{r: r, clients: clients, client: clients.Secrets, facts: facts, vault: cfg.VaultURL, now: now}
+	d := &secretChecker{r: r, clients: clients, client: clients.Secrets, facts: facts, vault: cfg.VaultURL, now: now, objects: map[string]*agent.Object{}}
 	for _, s := range distinct(cfg.Entries) {
 		d.check(ctx, s)
 	}
+	d.checkTemplates(cfg)
 	if cfg.CheckList {
 		for _, s := range distinctNames(cfg.Entries) {
 			d.checkList(ctx, s)
@@ -282,6 +287,35 @@ func checkOnChange(ctx context.Context, cfg Config) Check {
 func (r *Report) skipRest(cfg Config, why string) {
 	for _, s := range distinct(cfg.Entries) {
 		r.add(Check{Kind: CheckSecret, Status: StatusSkip, Subject: s.subject(), Detail: "not checked: " + why})
+	}
+	for _, t := range cfg.Templates {
+		r.add(Check{Kind: CheckTemplate, Status: StatusSkip, Subject: "template " + t.File, Detail: "not checked: " + why})
+	}
+}
+
+// checkTemplates renders the templates from the objects read, as the agent
+// does, once every entry was read and rendered.
+func (d *secretChecker) checkTemplates(cfg Config) {
+	if len(cfg.Templates) == 0 {
+		return
+	}
+	objects := make([]*agent.Object, len(cfg.Entries))
+	for i, e := range cfg.Entries {
+		if objects[i] = d.objects[e.String()]; objects[i] == nil {
+			for _, t := range cfg.Templates {
+				d.r.add(Check{Kind: CheckTemplate, Status: StatusSkip, Subject: "template " + t.File, Detail: "not checked: an entry failed above"})
+			}
+			return
+		}
+	}
+	sizes, err := agent.RenderTemplates(cfg.Templates, cfg.Entries, objects)
+	if err != nil {
+		why, fix := agent.Reason(err, d.facts)
+		d.r.add(Check{Kind: CheckTemplate, Status: StatusFail, Subject: "templates", Detail: why, Fix: fix, Err: err})
+		return
+	}
+	for i, t := range cfg.Templates {
+		d.r.add(Check{Kind: CheckTemplate, Status: StatusOK, Subject: "template " + t.File, Detail: fmt.Sprintf("renders %d bytes", sizes[i])})
 	}
 }
 
@@ -349,6 +383,9 @@ type secretChecker struct {
 	facts   agent.Facts
 	vault   string
 	now     func() time.Time
+	// objects are the objects read and rendered without a failure, by
+	// entry (its written form), for the templates.
+	objects map[string]*agent.Object
 	// lastWhy and lastFix are those of the previous failure, to say "as
 	// above" rather than repeat a long fix.
 	lastWhy, lastFix, lastSubject string
@@ -417,7 +454,9 @@ func (d *secretChecker) check(ctx context.Context, s secret) {
 	for _, e := range s.entries {
 		if _, err := o.Render(e); err != nil {
 			d.fail(CheckSecret, fmt.Sprintf("entry %s", e.String()), err, "")
+			continue
 		}
+		d.objects[e.String()] = o
 	}
 }
 

@@ -244,6 +244,45 @@ func TestDoctor(t *testing.T) {
 			want: []string{"[FAIL] on-change: restart needs the version hub, but the agent has no --hub", "fix: install the hub", "1 of 5 checks failed."},
 		},
 		{
+			name: "templates render from the secrets read, as the agent renders them",
+			setup: func(k *c) []string {
+				id := k.workload(testSubject, testSubject)
+				k.grant(id, emulator.PermGet)
+				k.secret("DB-PASSWORD")
+				k.values = append(k.values, "VALUE-port-5432x")
+				k.emu.SetSecret(k.vault, "APP-CONFIG", `{"port":"VALUE-port-5432x"}`)
+				return []string{"--vault", k.vault, "--secrets", "db/password=DB-PASSWORD;nofile, cfg=secret:APP-CONFIG;format=json;nofile",
+					`--template=app.json;mode=0400={"password": {{ secret "db-password" | jsonQuote }}, "port": {{ file "cfg/port" }}}`}
+			},
+			code: 0,
+			want: []string{`[ok]   secret "DB-PASSWORD" (db/password)`, "[ok]   template app.json: renders 84 bytes", "All 6 checks passed."},
+		},
+		{
+			name: "a template that the secrets cannot fill",
+			setup: func(k *c) []string {
+				id := k.workload(testSubject, testSubject)
+				k.grant(id, emulator.PermGet)
+				k.values = append(k.values, "VALUE-host-db1x")
+				k.emu.SetSecret(k.vault, "APP-CONFIG", `{"host":"VALUE-host-db1x"}`)
+				return []string{"--vault", k.vault, "--secret", "cfg=secret:APP-CONFIG;format=json",
+					"--template=app.env=HOST={{ file \"cfg/host\" }}\nPORT={{ file \"cfg/port\" }}\n"}
+			},
+			code: 1,
+			want: []string{
+				`[FAIL] templates: cannot render template "app.env": line 2, column 9: file "cfg/port": entry "cfg=secret:APP-CONFIG;format=json" has no file "cfg/port": the JSON object has no key "port"`,
+				"fix: store the value the template expects in Key Vault",
+				"1 of 5 checks failed.",
+			},
+		},
+		{
+			name: "a template that reads no entry of the mapping is bad usage",
+			setup: func(k *c) []string {
+				return []string{"--vault", k.vault, "--identity=system", "--secret", "a=A", `--template=t={{ file "b" }}`}
+			},
+			code: 2,
+			want: []string{`--template t: line 1, column 4: no entry of kvinject.dev/secrets writes the file "b"`},
+		},
+		{
 			name: "no federated credential for the pod's ServiceAccount",
 			setup: func(k *c) []string {
 				k.workload("system:serviceaccount:shop:other", testSubject)

@@ -93,6 +93,17 @@ func parseArgs(args []string, getenv func(string) string, stderr io.Writer) (Con
 		entries = append(entries, es...)
 		return nil
 	})
+	fs.Func(agentconfig.FlagTemplate, "<file>[;mode=<octal>]=<template text>, as the agent gets it (repeatable): rendered from the secrets read, as the agent renders it", func(s string) error {
+		if len(cfg.Templates) >= agentconfig.MaxTemplates {
+			return fmt.Errorf("more than the limit of %d templates", agentconfig.MaxTemplates)
+		}
+		t, err := agentconfig.ParseTemplateFlag(s)
+		if err != nil {
+			return err
+		}
+		cfg.Templates = append(cfg.Templates, t)
+		return nil
+	})
 	fs.StringVar(&identity, agentconfig.FlagIdentity, "", "workload, managed, managed:<client-id> or system (default: workload when AZURE_FEDERATED_TOKEN_FILE is set, else managed when AZURE_CLIENT_ID is)")
 	fs.StringVar(&clientID, "client-id", "", "the identity's client ID (default $"+agentconfig.EnvClientID+")")
 	fs.StringVar(&tenantID, "tenant-id", "", "the identity's tenant (default $"+agentconfig.EnvTenantID+")")
@@ -171,6 +182,13 @@ func parseArgs(args []string, getenv func(string) string, stderr io.Writer) (Con
 		return cfg, 0, errors.New("no secrets: give --secret=<file>=<secret-name> (repeatable) or --secrets='<the " + agentconfig.AnnotationSecrets + " annotation>'")
 	}
 	cfg.Entries = entries
+	if _, probs := agentconfig.CheckTemplates(cfg.Templates, entries); len(cfg.Templates) > 0 && len(probs) > 0 {
+		p := probs[0]
+		if p.File == "" {
+			return cfg, 0, fmt.Errorf("--secret: %s", p.Msg)
+		}
+		return cfg, 0, fmt.Errorf("--template %s: %s", p.File, p.Msg)
+	}
 
 	switch {
 	case identity == "" && env.TokenFile != "":

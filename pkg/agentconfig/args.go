@@ -37,6 +37,9 @@ const (
 	FlagRotation = "rotation"
 	// FlagSecret is one entry of the mapping, repeated for each.
 	FlagSecret = "secret"
+	// FlagTemplate is one file rendered from the entries, repeated for each:
+	// <file>[;mode=<octal>]=<template text> (see Template).
+	FlagTemplate = "template"
 	// FlagHub is the version hub's URL (sidecar mode only; optional): the agent
 	// watches it for new versions instead of polling Key Vault.
 	FlagHub = "hub"
@@ -74,6 +77,9 @@ type Config struct {
 	Hub string
 	// OnChange is the action after each new set (sidecar mode only); zero: none.
 	OnChange OnChange
+	// Templates are files rendered from the entries' values, written in the
+	// same set as the entries' files.
+	Templates []Template
 }
 
 // Args renders the configuration as the agent's arguments.
@@ -99,6 +105,9 @@ func (c Config) Args() []string {
 	}
 	for _, e := range c.Entries {
 		args = append(args, f(FlagSecret, e.String()))
+	}
+	for _, t := range c.Templates {
+		args = append(args, f(FlagTemplate, t.String()))
 	}
 	return args
 }
@@ -139,6 +148,17 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 		c.Entries = append(c.Entries, e)
 		return nil
 	})
+	fs.Func(FlagTemplate, "a file rendered from the entries, <file>[;mode=<octal>]=<template text>; repeat for each template", func(s string) error {
+		if len(c.Templates) >= MaxTemplates {
+			return fmt.Errorf("more than the limit of %d templates", MaxTemplates)
+		}
+		t, err := ParseTemplateFlag(s)
+		if err != nil {
+			return err
+		}
+		c.Templates = append(c.Templates, t)
+		return nil
+	})
 }
 
 // Validate checks a parsed configuration, naming the flag at fault. In sidecar
@@ -166,6 +186,17 @@ func (c *Config) Validate() error {
 	}
 	if p := fileProblems(c.Entries, nil); len(p) > 0 {
 		return fmt.Errorf("--secret: %s", strings.Join(p, "; "))
+	}
+	if _, probs := CheckTemplates(c.Templates, c.Entries); len(probs) > 0 {
+		msgs := make([]string, 0, len(probs))
+		for _, p := range probs {
+			if p.File == "" {
+				msgs = append(msgs, "--secret: "+p.Msg)
+			} else {
+				msgs = append(msgs, fmt.Sprintf("--template %s: %s", p.File, p.Msg))
+			}
+		}
+		return &InvalidError{Problems: msgs}
 	}
 	if c.Hub != "" {
 		if c.Mode != ModeSidecar {

@@ -69,3 +69,37 @@ func TestSidecarDefaultRotation(t *testing.T) {
 		t.Errorf("rotation = %v, %v; want %v", c.Rotation, err, DefaultRotation)
 	}
 }
+
+func TestArgsTemplates(t *testing.T) {
+	c := Config{
+		Mode: ModeInit, VaultURL: "https://v.vault.azure.net/", Dir: "/s", FileMode: 0o440, Identity: IdentityWorkload,
+		Entries: []Entry{{File: "db/password", Name: "DB-PASSWORD", NoFile: true}, {File: "host", Name: "HOST"}},
+		Templates: []Template{
+			{File: "app.json", Text: "{\n  \"url\": \"{{ file `host` }}\",\n  \"pw\": {{ file \"db/password\" | jsonQuote }}\n}\n"},
+			{File: ".env", Mode: 0o400, Text: `PW={{ secret "DB-PASSWORD" | base64 }}`},
+		},
+	}
+	got, err := ParseArgs(c.Args(), nil)
+	if err != nil {
+		t.Fatalf("ParseArgs(%q): %v", c.Args(), err)
+	}
+	if d := cmp.Diff(c, got); d != "" {
+		t.Errorf("round trip (-want +got):\n%s", d)
+	}
+	ok := []string{"init", "--dir=/d", "--vault=https://v.vault.azure.net/", "--identity=workload", "--secret=a=B"}
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{append(ok, `--template=t={{ file "b" }}`), `--template t: line 1, column 4: no entry of kvinject.dev/secrets writes the file "b"`},
+		{append(ok, `--template=a={{ file "a" }}`), `--template a: the file "a" is already written by entry "a=B"`},
+		{append(ok, "--secret=c=C;nofile"), `--secret: entry "c=C;nofile" has nofile, but no template reads it`},
+		{append(ok, "--template=t;mode=0200=x"), "must let the owner read"},
+		{append(ok, strings.Split(strings.Repeat("--template=t=x ", MaxTemplates+1), " ")[:MaxTemplates+1]...), "more than the limit of 16 templates"},
+	} {
+		_, err := ParseArgs(tt.args, nil)
+		if err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("ParseArgs(...%q) = %v, want an error containing %q", tt.args[len(tt.args)-1], err, tt.want)
+		}
+	}
+}

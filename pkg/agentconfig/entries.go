@@ -58,6 +58,7 @@ const MaxHistory = 16
 //	kind   = "secret" | "cert" | "key"
 //	option = "format=" ( "pem" | "pfx" | "json" | "auto" ) | "split"
 //	       | "encoding=" ( "base64" | "hex" ) | "history=" 1-16 | "mode=" octal
+//	       | "nofile"
 //
 // A plain "<file>=<secret-name>[@<version>]" writes the secret's value; a bare
 // "<name>" writes a file named after the object. Key Vault names cannot contain
@@ -87,6 +88,9 @@ type Entry struct {
 	History int
 	// Mode is this entry's file mode; 0 means the mapping's (kvinject.dev/file-mode).
 	Mode uint32
+	// NoFile fetches and renders the entry for templates only: its files are
+	// not written, but its paths stay its own (templates name them).
+	NoFile bool
 }
 
 // Kind returns the entry's object type, with "" as ObjectSecret.
@@ -124,6 +128,9 @@ func (e Entry) String() string {
 	}
 	if e.Mode != 0 {
 		fmt.Fprintf(&b, ";mode=%04o", e.Mode)
+	}
+	if e.NoFile {
+		b.WriteString(";nofile")
 	}
 	return b.String()
 }
@@ -377,7 +384,7 @@ func (e Entry) objectWord() string {
 }
 
 // optionsHint lists the options.
-const optionsHint = "options are format=pem|pfx|json|auto, split, encoding=base64|hex, history=<1-16> and mode=<octal>"
+const optionsHint = "options are format=pem|pfx|json|auto, split, encoding=base64|hex, history=<1-16>, mode=<octal> and nofile"
 
 // parseOptions parses the text after the first ';'.
 func (e *Entry) parseOptions(s string) error {
@@ -393,7 +400,7 @@ func (e *Entry) parseOptions(s string) error {
 			return fmt.Errorf("option %s is given twice", key)
 		}
 		seen[key] = true
-		if key != "split" && !hasVal {
+		if key != "split" && key != "nofile" && !hasVal {
 			switch key {
 			case "format", "encoding", "history", "mode":
 				return fmt.Errorf("option %s needs a value, e.g. %s", key, optionExample(key))
@@ -412,6 +419,11 @@ func (e *Entry) parseOptions(s string) error {
 				return fmt.Errorf("split takes no value (write ;split)")
 			}
 			e.Split = true
+		case "nofile":
+			if hasVal {
+				return fmt.Errorf("nofile takes no value (write ;nofile)")
+			}
+			e.NoFile = true
 		case "encoding":
 			switch enc := Encoding(strings.ToLower(val)); {
 			case enc == EncodingBase64 || enc == EncodingHex:
@@ -455,6 +467,9 @@ func optionExample(key string) string {
 // checkCombination refuses options that do not fit the kind or each other,
 // saying why and what to write instead.
 func (e Entry) checkCombination() error {
+	if e.NoFile && e.Mode != 0 {
+		return fmt.Errorf("mode sets the mode of the entry's file, but nofile writes no file; drop ;mode=%04o (a template's file has its own mode)", e.Mode)
+	}
 	switch e.Type {
 	case ObjectCert, ObjectKey:
 		kind, what := "cert", "a certificate's public certificate"

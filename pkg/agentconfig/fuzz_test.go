@@ -1,6 +1,8 @@
 package agentconfig
 
 import (
+	"bytes"
+	"errors"
 	"net/url"
 	"regexp"
 	"strconv"
@@ -460,6 +462,84 @@ func FuzzParseOnChange(f *testing.F) {
 		again, err := ParseOnChange(o.String())
 		if err != nil || again != o {
 			t.Errorf("canonical form %q of %q parses to %+v, %v", o.String(), raw, again, err)
+		}
+	})
+}
+
+// FuzzTemplate checks that checking a template against a mapping never
+// panics, that a template it accepts survives the --template flag, and that
+// rendering an accepted template stays within its bounds: the output limit,
+// and a *RenderError (never a panic) that quotes no value.
+func FuzzTemplate(f *testing.F) {
+	for _, s := range []string{
+		`{{ file "db/password" }}`,
+		`{"p": {{ file "db/password" | jsonQuote }}, "h": {{ file "cfg/host" | yamlQuote }}}`,
+		`jdbc:postgresql://{{ file "db/host" | trim }}/x?password={{ secret "DB-PASSWORD" | urlQuery }}`,
+		`{{ file "hist/1" | base64 | base64Decode | default "x" }}{{/* c */}}{{ "{{" }}`,
+		`{{ file "tls.key" }}{{ file "tls.crt" }}{{ secret "db-host" }}`,
+		`{{ file "db/password" | base64 | base64 | base64 | base64 | base64 | base64 | base64 }}`,
+		`{{ printf "%999999999d" 1 }}`,
+		`{{ range 1000000000 }}x{{ end }}`,
+		`{{ call .F }}{{ index . 1 }}{{ slice "a" 0 }}{{ len "a" }}`,
+		`{{ define "x" }}{{ template "x" }}{{ end }}{{ template "x" }}`,
+		`{{ block "b" . }}x{{ end }}`,
+		`{{ $x := file "db/password" }}{{ $x }}`,
+		`{{ with file "db/password" }}{{ . }}{{ end }}{{ if 1 }}{{ else }}{{ end }}`,
+		`{{ file (file "db/password") }}{{ file .X }}{{ file }}`,
+		`{{ file "db/password" `,
+		`{{- file "db/password" -}}` + "\n\t",
+		`{{ file "cfg" }}{{ file "cfg/a/b" }}{{ file "hist/9" }}{{ file "../x" }}`,
+	} {
+		f.Add(s, []byte("v4lue\"\\\n\x00\xff"))
+	}
+	entries, err := ParseEntries("db/host=DB-HOST, db/password=DB-PASSWORD;nofile, cfg=secret:app;format=json, hist=secret:h;history=2, tls=secret:w;format=pem;split")
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, text string, value []byte) {
+		tmpl := Template{File: "out.txt", Text: text}
+		cs, probs := CheckTemplates([]Template{tmpl}, entries)
+		if len(probs) > 0 {
+			if cs != nil {
+				t.Fatalf("problems and compiled templates at once: %v", probs)
+			}
+			return
+		}
+		if len(cs) != 1 {
+			t.Fatalf("accepted, but %d compiled templates", len(cs))
+		}
+		back, err := ParseTemplateFlag(tmpl.String())
+		if err != nil || back != tmpl {
+			t.Fatalf("--template round trip of an accepted template: %+v, %v", back, err)
+		}
+		// Every file an entry may write holds value (the JSON keys and
+		// versions a reference names included).
+		if bytes.Contains(value, []byte("s3cr3t")) {
+			return
+		}
+		secretValue := append([]byte("s3cr3t"), value...)
+		for _, limit := range []int{MaxRendered, 64} {
+			out, err := cs[0].Render(func(string) ([]byte, bool) { return secretValue, true }, limit)
+			if err != nil {
+				var re *RenderError
+				if !errors.As(err, &re) {
+					t.Fatalf("Render error %T %v, want a *RenderError", err, err)
+				}
+				if strings.Contains(err.Error(), "s3cr3t") {
+					t.Fatalf("the error quotes the value: %v", err)
+				}
+				continue
+			}
+			if len(out) > limit {
+				t.Fatalf("rendered %d bytes over the limit %d", len(out), limit)
+			}
+		}
+		// A file no entry wrote is an error naming the reference, not a panic.
+		if _, err := cs[0].Render(func(string) ([]byte, bool) { return nil, false }, MaxRendered); err != nil {
+			var re *RenderError
+			if !errors.As(err, &re) || strings.Contains(err.Error(), "s3cr3t") {
+				t.Fatalf("Render of missing files: %T %v", err, err)
+			}
 		}
 	})
 }

@@ -48,6 +48,12 @@ const (
 	AnnotationAgentCPULimit = Prefix + "agent-cpu-limit"
 	// AnnotationAgentMemoryLimit overrides the agent's memory limit.
 	AnnotationAgentMemoryLimit = Prefix + "agent-memory-limit"
+	// AnnotationTemplatePrefix followed by a file name is a template of that
+	// file, rendered from the entries (see agentconfig.Template).
+	AnnotationTemplatePrefix = Prefix + "template."
+	// AnnotationTemplateModePrefix followed by a template's file name is the
+	// octal mode of the rendered file (default: the mapping's file mode).
+	AnnotationTemplateModePrefix = Prefix + "template-mode."
 	// AnnotationStatus is written by the webhook ("injected"); users do not set it.
 	AnnotationStatus = Prefix + "status"
 )
@@ -89,3 +95,11 @@ var namespaceKeys = []string{AnnotationVault, AnnotationIdentity, AnnotationTena
 
 // PodAnnotationKeys returns the annotation keys a pod may carry.
 func PodAnnotationKeys() []string { return append([]string(nil), podKeys...) }
+
+// podKeyPrefixes are the prefixes of annotation keys a pod may carry, each
+// followed by a file name.
+var podKeyPrefixes = []string{AnnotationTemplatePrefix, AnnotationTemplateModePrefix}
+
+// PodAnnotationKeyPrefixes returns the prefixes of the annotation keys a pod
+// may carry followed by a name (kvinject.dev/template.<file>).
+func PodAnnotationKeyPrefixes() []string { return append([]string(nil), podKeyPrefixes...) }

@@ -58,6 +58,9 @@ type Spec struct {
 	VaultURL string
 	Cloud    agentconfig.Cloud
 	Entries  []agentconfig.Entry
+	// Templates are files rendered from the entries (kvinject.dev/template.<file>),
+	// sorted by file.
+	Templates []agentconfig.Template
 	// MountPath is where the selected containers see the files.
 	MountPath string
 	// Containers names the containers (regular or init) that get the mount.
@@ -133,10 +136,13 @@ func Resolve(pod *corev1.Pod, ns *corev1.Namespace, sa *corev1.ServiceAccount, d
 		}
 	}
 
+	entriesOK := false
 	if raw, ok := podAnn[AnnotationSecrets]; !ok || strings.TrimSpace(raw) == "" {
 		probs.add(AnnotationSecrets, "not set: list the files to write, e.g. %s: connectionstring.txt=DATABASE-CONNECTION-STRING", AnnotationSecrets)
 	} else if spec.Entries, err = agentconfig.ParseEntries(raw); err != nil {
 		probs.add(AnnotationSecrets, "%v", err)
+	} else {
+		entriesOK = true
 	}
 
 	spec.MountPath = firstNonEmpty(strings.TrimSpace(podAnn[AnnotationMountPath]), d.MountPath, DefaultMountPath)
@@ -166,6 +172,13 @@ func Resolve(pod *corev1.Pod, ns *corev1.Namespace, sa *corev1.ServiceAccount, d
 	for _, e := range spec.Entries {
 		if e.Mode != 0 && !appsCanRead(e.Mode, hasFSGroup, spec.AgentUser != DefaultAgentUser) {
 			warnings = append(warnings, fmt.Sprintf("%s: entry %q, mode %04o: app containers cannot read its files unless they share the agent's user (all run as one non-root runAsUser) or group (securityContext.fsGroup); use ;mode=0444, or set fsGroup and ;mode=0440", AnnotationSecrets, e.String(), e.Mode))
+		}
+	}
+
+	spec.Templates = resolveTemplates(podAnn, spec.Entries, entriesOK, &probs)
+	for _, t := range spec.Templates {
+		if t.Mode != 0 && !appsCanRead(t.Mode, hasFSGroup, spec.AgentUser != DefaultAgentUser) {
+			warnings = append(warnings, fmt.Sprintf("%s%s %04o: app containers cannot read the rendered file unless they share the agent's user (all run as one non-root runAsUser) or group (securityContext.fsGroup); use 0444, or set fsGroup and 0440", AnnotationTemplateModePrefix, t.File, t.Mode))
 		}
 	}
 
@@ -563,4 +576,63 @@ func (d Defaults) Validate() error {
 		return &agentconfig.InvalidError{Problems: probs}
 	}
 	return nil
+}
+
+// resolveTemplates reads the pod's kvinject.dev/template.<file> and
+// kvinject.dev/template-mode.<file> annotations, sorted by file, and checks
+// them against the entries (when the entries themselves are valid).
+func resolveTemplates(ann map[string]string, entries []agentconfig.Entry, entriesOK bool, probs *problems) []agentconfig.Template {
+	for _, bare := range []string{strings.TrimSuffix(AnnotationTemplatePrefix, "."), strings.TrimSuffix(AnnotationTemplateModePrefix, ".")} {
+		if _, ok := ann[bare]; ok {
+			probs.add(bare, "names no file: write %s.<file>, e.g. %s.appsettings.json", bare, bare)
+		}
+	}
+	var (
+		ts    []agentconfig.Template
+		modes = map[string]string{}
+	)
+	for k, v := range ann {
+		if file, ok := strings.CutPrefix(k, AnnotationTemplatePrefix); ok {
+			ts = append(ts, agentconfig.Template{File: file, Text: v})
+		} else if file, ok := strings.CutPrefix(k, AnnotationTemplateModePrefix); ok {
+			modes[file] = v
+		}
+	}
+	sort.Slice(ts, func(i, j int) bool { return ts[i].File < ts[j].File })
+	fileNames := map[string]bool{}
+	for i := range ts {
+		fileNames[ts[i].File] = true
+		raw, ok := modes[ts[i].File]
+		if !ok {
+			continue
+		}
+		m, err := agentconfig.ParseFileMode(raw)
+		if err != nil {
+			probs.add(AnnotationTemplateModePrefix+ts[i].File, "%v", err)
+			continue
+		}
+		ts[i].Mode = m
+	}
+	var orphans []string
+	for f := range modes {
+		if !fileNames[f] {
+			orphans = append(orphans, f)
+		}
+	}
+	sort.Strings(orphans)
+	for _, f := range orphans {
+		probs.add(AnnotationTemplateModePrefix+f, "there is no template %s%s for this mode; add the template, or remove the mode", AnnotationTemplatePrefix, f)
+	}
+	if !entriesOK {
+		return ts
+	}
+	_, tprobs := agentconfig.CheckTemplates(ts, entries)
+	for _, p := range tprobs {
+		if p.File == "" {
+			probs.add(AnnotationSecrets, "%s", p.Msg)
+		} else {
+			probs.add(AnnotationTemplatePrefix+p.File, "%s", p.Msg)
+		}
+	}
+	return ts
 }

@@ -17,7 +17,7 @@ func unknownKeyWarnings(ann map[string]string) []string {
 	}
 	var unknown []string
 	for k := range ann {
-		if strings.HasPrefix(k, Prefix) && !known[k] {
+		if strings.HasPrefix(k, Prefix) && !known[k] && !hasKnownPrefix(k) {
 			unknown = append(unknown, k)
 		}
 	}
@@ -34,6 +34,17 @@ func unknownKeyWarnings(ann map[string]string) []string {
 		}
 	}
 	return warnings
+}
+
+// hasKnownPrefix reports whether k is a known prefix followed by a name.
+func hasKnownPrefix(k string) bool {
+	for _, p := range podKeyPrefixes {
+		// The prefix without a name is refused by Resolve, not warned about.
+		if strings.HasPrefix(k, p) || k == strings.TrimSuffix(p, ".") {
+			return true
+		}
+	}
+	return false
 }
 
 // closestKey returns the known pod annotation key nearest to k by edit distance.

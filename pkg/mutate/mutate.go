@@ -244,13 +244,14 @@ func Desired(pod *corev1.Pod, spec *mapping.Spec, cfg Config) Injection {
 	}
 	inj.Volumes = append(inj.Volumes, noAPITokenVolume())
 	base := agentconfig.Config{
-		VaultURL: spec.VaultURL,
-		Entries:  spec.Entries,
-		Dir:      AgentDir,
-		FileMode: spec.FileMode,
-		Rotation: spec.Rotation,
-		Identity: spec.Identity.Kind,
-		OnChange: spec.OnChange,
+		VaultURL:  spec.VaultURL,
+		Entries:   spec.Entries,
+		Templates: spec.Templates,
+		Dir:       AgentDir,
+		FileMode:  spec.FileMode,
+		Rotation:  spec.Rotation,
+		Identity:  spec.Identity.Kind,
+		OnChange:  spec.OnChange,
 	}
 	switch {
 	case spec.Rotation == 0:
