@@ -48,6 +48,9 @@ type podAgent struct {
 	Objects map[string]bool
 	// Problem says why the pod has nothing to watch; empty when it has.
 	Problem string
+	// Restart: the agent runs with --on-change=restart, so the hub keeps its
+	// reports of swapped sets for the restart controller.
+	Restart bool
 }
 
 // agentOf reads the rotating agent of pod: the container named
@@ -83,6 +86,7 @@ func agentOf(pod *corev1.Pod) podAgent {
 		return a
 	}
 	a.Vault = vault
+	a.Restart = restartAction(c.Args)
 	a.Objects = map[string]bool{}
 	for _, e := range cfg.Entries {
 		if kind := hubKind(e.Kind()); kind != "" && e.Version == "" {
@@ -258,4 +262,14 @@ func (req *watchRequest) validate() *refusal {
 		seen[watchKey(o.Kind, o.Name)] = true
 	}
 	return nil
+}
+
+// restartAction reports whether the agent's arguments carry the restart action.
+func restartAction(args []string) bool {
+	for _, a := range args {
+		if a == "--on-change=restart" {
+			return true
+		}
+	}
+	return false
 }
