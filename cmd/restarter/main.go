@@ -6,7 +6,7 @@
 // bind its ClusterRole (docs/actions.md).
 //
 //	kvinject-restarter --hub-url=https://kvinject-hub.kvinject-system.svc \
-//	  --hub-peers=kvinject-hub-peers.kvinject-system.svc --hub-ca-file=/etc/kvinject-hub/ca.crt
+//	  --hub-peers=kvinject-hub-peers.kvinject-system.svc:8443 --hub-ca-file=/etc/kvinject-hub/ca.crt
 package main
 
 import (
@@ -81,7 +81,7 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 	fs.SetOutput(stderr)
 	var f flags
 	fs.StringVar(&f.HubURL, "hub-url", "", "the version hub's URL, https://<service>.<namespace>.svc[:<port>] (required); its host is the name checked in the hub's certificate")
-	fs.StringVar(&f.HubPeers, "hub-peers", "", "DNS name of a headless Service whose addresses are every hub replica (each keeps its own feed); empty: only --hub-url")
+	fs.StringVar(&f.HubPeers, "hub-peers", "", "<DNS name>:<port> of a headless Service whose addresses are every hub replica, and the hub pods' port (each replica keeps its own feed), e.g. kvinject-hub-peers.kvinject-system.svc:8443; empty: only --hub-url")
 	fs.StringVar(&f.HubCAFile, "hub-ca-file", "", "PEM CA bundle, the only roots trusted for the hub (required)")
 	fs.StringVar(&f.TokenFile, "hub-token-file", DefaultTokenFile, "projected ServiceAccount token of audience "+hubapi.Audience+", presented to the hub (read again for every request)")
 	fs.StringVar(&f.ServiceAccount, "service-account", "", "<namespace>/<name> of this controller's ServiceAccount, for the fix it logs when a namespace has not opted in (default: $POD_NAMESPACE/kvinject-restarter)")

@@ -26,9 +26,10 @@ type FeedOptions struct {
 	// HubURL is the hub's https URL, e.g. https://kvinject-hub.kvinject-system.svc;
 	// its host is the name the hub's certificate is checked against.
 	HubURL string
-	// Peers is a DNS name whose addresses are every hub replica (a headless
-	// Service), re-resolved every ResolveInterval; each replica keeps its own
-	// feed, so the controller reads each. Empty: only HubURL.
+	// Peers is "<DNS name>:<port>": the name's addresses are every hub
+	// replica (a headless Service, whose port is the pods' own), re-resolved
+	// every ResolveInterval; each replica keeps its own feed, so the
+	// controller reads each. Empty: only HubURL.
 	Peers string
 	// RootCAs are the only roots trusted for the hub.
 	RootCAs *x509.CertPool
@@ -63,9 +64,12 @@ func Feeds(ctx context.Context, o FeedOptions) error {
 	if o.ResolveInterval == 0 {
 		o.ResolveInterval = 30 * time.Second
 	}
-	port := u.Port()
-	if port == "" {
-		port = "443"
+	var peerHost, peerPort string
+	if o.Peers != "" {
+		var err error
+		if peerHost, peerPort, err = net.SplitHostPort(o.Peers); err != nil || peerHost == "" || peerPort == "" {
+			return fmt.Errorf("hub peers %q: use <headless service DNS name>:<the hub pods' port>, e.g. kvinject-hub-peers.kvinject-system.svc:8443", o.Peers)
+		}
 	}
 	tr := &http.Transport{
 		Proxy:               nil,
@@ -98,13 +102,13 @@ func Feeds(ctx context.Context, o FeedOptions) error {
 		return nil
 	}
 	for {
-		addrs, err := o.Resolve(ctx, o.Peers)
+		addrs, err := o.Resolve(ctx, peerHost)
 		if err != nil {
 			o.Logger.Warn("cannot resolve the hub replicas; keeping the ones known", "peers", o.Peers, "error", err)
 		} else {
 			want := map[string]bool{}
 			for _, a := range addrs {
-				want[net.JoinHostPort(a, port)] = true
+				want[net.JoinHostPort(a, peerPort)] = true
 			}
 			for addr, cancel := range pollers {
 				if !want[addr] {

@@ -41,6 +41,11 @@ type install struct {
 	// hub and hubService are the version hub's (docs/hub.md); nil without it.
 	hub        *appsv1.Deployment
 	hubService *corev1.Service
+	// restarter and hubPeers are the restart controller's Deployment and the
+	// headless Service through which it reads every hub replica
+	// (docs/actions.md); nil without it.
+	restarter *appsv1.Deployment
+	hubPeers  *corev1.Service
 }
 
 // renderKustomize builds a kustomization folder of the repository.
@@ -93,8 +98,10 @@ func parseInstall(t *testing.T, name string, yamlDocs []byte) *install {
 				in.namespace = u.GetNamespace()
 			case "hub":
 				in.hub = d
+			case "restarter":
+				in.restarter = d
 			default:
-				t.Fatalf("%s: %s has the component label %q, want webhook or hub", name, describe(u), component)
+				t.Fatalf("%s: %s has the component label %q, want webhook, hub or restarter", name, describe(u), component)
 			}
 		case "Service":
 			svc := &corev1.Service{}
@@ -104,8 +111,10 @@ func parseInstall(t *testing.T, name string, yamlDocs []byte) *install {
 				in.service = svc
 			case "hub":
 				in.hubService = svc
+			case "hub-peers":
+				in.hubPeers = svc
 			default:
-				t.Fatalf("%s: %s has the component label %q, want webhook or hub", name, describe(u), component)
+				t.Fatalf("%s: %s has the component label %q, want webhook, hub or hub-peers", name, describe(u), component)
 			}
 		case "MutatingWebhookConfiguration":
 			in.webhook = &admissionv1.MutatingWebhookConfiguration{}
@@ -117,6 +126,9 @@ func parseInstall(t *testing.T, name string, yamlDocs []byte) *install {
 	}
 	if (in.hub == nil) != (in.hubService == nil) {
 		t.Fatalf("%s: the hub's Deployment and Service come together: rendered %v and %v", name, in.hub != nil, in.hubService != nil)
+	}
+	if (in.restarter == nil) != (in.hubPeers == nil) || (in.restarter != nil && in.hub == nil) {
+		t.Fatalf("%s: the restarter comes with the hub and its peers' Service: rendered restarter %v, peers %v, hub %v", name, in.restarter != nil, in.hubPeers != nil, in.hub != nil)
 	}
 	return in
 }
