@@ -101,7 +101,11 @@ type lockedWriter struct {
 	mu *sync.Mutex
 }
 
-func (l *lockedWriter) Write(b []byte) (int, error) { l.mu.Lock(); defer l.mu.Unlock(); return l.w.Write(b) }
+func (l *lockedWriter) Write(b []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(b)
+}
 
 func (h *harness) logs() string { h.mu.Lock(); defer h.mu.Unlock(); return h.log.String() }
 
@@ -240,7 +244,11 @@ func TestOwnersAreVerified(t *testing.T) {
 		},
 		{
 			name: "pod outside the selector",
-			pod:  func() *corev1.Pod { p := pod("p", t0, ctrlRef("ReplicaSet", "web-abc", "rs-uid")); p.Labels = map[string]string{"app": "evil"}; return p }(),
+			pod: func() *corev1.Pod {
+				p := pod("p", t0, ctrlRef("ReplicaSet", "web-abc", "rs-uid"))
+				p.Labels = map[string]string{"app": "evil"}
+				return p
+			}(),
 			objs: []runtime.Object{deployment(restartTemplate()), replicaSet()},
 			want: ResultOwnerMismatch, logged: "does not match ReplicaSet web-abc's selector",
 		},
