@@ -66,7 +66,7 @@ FUZZTIME_REVIEW ?= 75s
 
 .PHONY: fuzz-smoke
 fuzz-smoke: ## run every fuzz target briefly; longer: make fuzz-smoke FUZZTIME=10m FUZZTIME_REVIEW=30m
-	for target in FuzzParseEntries FuzzAgentArgs FuzzVaultURL; do \
+	for target in FuzzParseEntries FuzzAgentArgs FuzzVaultURL FuzzParseOnChange; do \
 	  $(GO) test -run '^$$' -fuzz "^$$target\$$" -fuzztime $(FUZZTIME) ./pkg/agentconfig/; done
 	$(GO) test -run '^$$' -fuzz '^FuzzEditYAML$$' -fuzztime $(FUZZTIME) ./internal/offline/
 	for target in FuzzAdmissionReview FuzzPodAnnotations; do \

@@ -49,6 +49,13 @@
 // poll, rotation or safety: what made it read). An init agent never talks to
 // the hub.
 //
+// With --on-change (the pod's kvinject.dev/on-change), the sidecar acts
+// after each swap of a new set, never after the first (onchange.go): it calls
+// the app on 127.0.0.1 (http) or reports the set to the hub for a rolling
+// restart of the pod's owner (restart), in a goroutine of its own that the
+// rotation never waits for, retrying with backoff; a newer set cancels
+// pending retries and starts over for both.
+//
 // Transient failures (429, 5xx, connection errors, an unavailable token
 // endpoint) before the first set are retried with exponential backoff for up
 // to --init-timeout; permanent ones (401, 403, 404, a disabled secret, Azure AD
@@ -136,6 +143,10 @@ type Options struct {
 	// DefaultHubMaxBackoff). HubMinBackoff also spaces watch requests that the
 	// hub answers at once without a change.
 	HubMinBackoff, HubMaxBackoff time.Duration
+	// OnChangeMinBackoff and OnChangeMaxBackoff bound the delays between
+	// attempts of the action on change (defaults DefaultOnChangeMinBackoff
+	// and DefaultOnChangeMaxBackoff).
+	OnChangeMinBackoff, OnChangeMaxBackoff time.Duration
 	// Transport, when set, is the HTTP transport of the credential and the Key
 	// Vault clients instead of one built from the environment; Run does not
 	// close its idle connections. For benchmarks that run many agents in one
@@ -179,6 +190,12 @@ func (o *Options) defaults() {
 		o.HubMaxBackoff = DefaultHubMaxBackoff
 	}
 	o.HubMaxBackoff = max(o.HubMaxBackoff, o.HubMinBackoff)
+	if o.OnChangeMinBackoff <= 0 {
+		o.OnChangeMinBackoff = DefaultOnChangeMinBackoff
+	}
+	if o.OnChangeMaxBackoff <= 0 {
+		o.OnChangeMaxBackoff = DefaultOnChangeMaxBackoff
+	}
 }
 
 // ErrStopped is wrapped by the error of a run stopped (SIGTERM, SIGINT)
@@ -388,6 +405,8 @@ type agent struct {
 	last map[objectRef]objectValue
 	// got holds the values read before the first set is complete.
 	got map[objectRef]objectValue
+	// action runs the action on change after each new set; nil without one.
+	action *actionRunner
 }
 
 func (a *agent) run(ctx context.Context) error {
@@ -577,6 +596,9 @@ func (a *agent) rotate(ctx context.Context) {
 		return
 	}
 	if a.cfg.Hub == "" {
+		a.action = newActionRunner(a, nil)
+		a.action.start(ctx)
+		defer a.action.wait()
 		a.pollLoop(ctx, polled, a.cfg.Rotation, a.log)
 		return
 	}
@@ -680,8 +702,10 @@ func (a *agent) refresh(ctx context.Context, refs []objectRef, log *slog.Logger)
 	if err := a.write(next); err != nil {
 		return out, err
 	}
+	old := a.last
 	a.last = next
 	log.Info("secrets changed; wrote a new set", slog.Group("changed", changed...))
+	a.action.notify(a.changedObjects(refs, old, next))
 	return out, nil
 }
 

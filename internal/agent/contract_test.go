@@ -6,6 +6,7 @@ import (
 	"errors"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -146,10 +147,75 @@ func TestWebhookContractServiceAccount(t *testing.T) {
 	}
 }
 
+// TestWebhookContractOnChange: the agent binary, with the arguments the
+// webhook gives a pod annotated kvinject.dev/on-change, calls the app once
+// per new set and not for the first; the doctor checks the action (something
+// listens on the port) without calling it. Only --rotation is shortened,
+// after the webhook's arguments (the annotation's minimum is 30s).
+func TestWebhookContractOnChange(t *testing.T) {
+	bin := agentBinary(t)
+	h := newHarness(t, emulator.Options{})
+	rc := newReceiver(t)
+	clientID, tok := h.workload()
+	if err := h.emu.Grant(h.vault, clientID, emulator.PermGet); err != nil {
+		t.Fatal(err)
+	}
+	h.setSecret("a")
+	h.setSecret("b")
+	pod, agentC := injectedAgentWith(t, h, "", "30s", true, map[string]string{mapping.AnnotationOnChange: "http:" + rc.port() + "/-/reload;method=put"})
+	want := "--on-change=http:" + rc.port() + "/-/reload;method=PUT"
+	if !slices.Contains(agentC.Args, want) {
+		t.Fatalf("the agent's arguments %q lack %s", agentC.Args, want)
+	}
+	mounts := h.mounts(agentC, tok)
+	args := translate(agentC.Args, mounts)
+	env := append(containerEnv(t, pod, agentC, mounts),
+		agentconfig.EnvTestCAFile+"="+h.env[agentconfig.EnvTestCAFile],
+		agentconfig.EnvTestResolve+"="+h.env[agentconfig.EnvTestResolve])
+
+	code, out := h.exec(bin, append([]string{"doctor"}, args...), env, 30*time.Second)
+	if code != 0 || !strings.Contains(out, "[ok]   on-change: the agent will call PUT http://127.0.0.1:"+rc.port()+"/-/reload") || !strings.Contains(out, "All 6 checks passed.") {
+		t.Errorf("doctor: exit %d, want 0 with the on-change check passed:\n%s", code, out)
+	}
+	if n := len(rc.got()); n != 0 {
+		t.Fatalf("the doctor called the app %d times", n)
+	}
+
+	p := h.startEnv(bin, append(append([]string{args[0], "--termination-log=" + h.termLog}, args[1:]...), "--rotation=200ms"), env)
+	h.waitFor("the first set", 30*time.Second, func() bool { return strings.Contains(p.stderr.String(), "wrote secrets") })
+	time.Sleep(time.Second)
+	if n := len(rc.got()); n != 0 {
+		t.Fatalf("%d calls after the first set, want none", n)
+	}
+	a2, _ := h.setSecret("a")
+	h.waitFor("the call", 10*time.Second, func() bool { return len(rc.got()) == 1 })
+	if !h.fileIs("a", a2) {
+		t.Error("the app was called before the new set was swapped in")
+	}
+	time.Sleep(time.Second)
+	if calls := rc.got(); len(calls) != 1 || calls[0].method != "PUT" || calls[0].changed != "secret/a" {
+		t.Errorf("calls %+v, want one PUT for secret/a", calls)
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	if code := p.wait(t, 10*time.Second); code != 0 {
+		t.Errorf("the sidecar exited with %d on SIGTERM, want 0", code)
+	}
+	checkJSONLogs(t, p.stderr.String())
+	h.output(p.stderr.String())
+	h.output(out)
+	rc.checkNoValues(t, h)
+}
+
 // injectedAgent resolves an opted-in pod with the webhook's code and returns
 // the pod and its agent container: the init container (native sidecar or
 // init-mode agent) that mutate.Desired builds.
 func injectedAgent(t *testing.T, h *harness, identity, rotation string, native bool) (*corev1.Pod, corev1.Container) {
+	t.Helper()
+	return injectedAgentWith(t, h, identity, rotation, native, nil)
+}
+
+// injectedAgentWith is injectedAgent for a pod with more annotations.
+func injectedAgentWith(t *testing.T, h *harness, identity, rotation string, native bool, more map[string]string) (*corev1.Pod, corev1.Container) {
 	t.Helper()
 	pod := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: testPod, Namespace: testNamespace, Annotations: map[string]string{
@@ -161,6 +227,9 @@ func injectedAgent(t *testing.T, h *harness, identity, rotation string, native b
 	}
 	if identity != "" {
 		pod.Annotations[mapping.AnnotationIdentity] = identity
+	}
+	for k, v := range more {
+		pod.Annotations[k] = v
 	}
 	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: testSA, Namespace: testNamespace}}
 	if identity == "" {

@@ -102,6 +102,8 @@ func (e *hubError) Unwrap() error { return e.err }
 // hubClient makes watch requests (hubapi.WatchPath) to the version hub over a
 // transport of its own, trusting only the roots of KVINJECT_HUB_CA.
 type hubClient struct {
+	// base is the hub's URL without a trailing '/'; url is its WatchPath.
+	base      string
 	url       string
 	tokenFile string
 	userAgent string
@@ -140,6 +142,7 @@ func newHubClient(hubURL string, env Env, log *slog.Logger) (*hubClient, error) 
 			"env", agentconfig.EnvTestResolve, "rules", env.TestResolve)
 	}
 	return &hubClient{
+		base:      strings.TrimSuffix(hubURL, "/"),
 		url:       strings.TrimSuffix(hubURL, "/") + hubapi.WatchPath,
 		tokenFile: env.HubTokenFile,
 		userAgent: userAgent(env.Pod()),

@@ -84,6 +84,10 @@ type fakeHub struct {
 	wake    chan struct{}
 	reqs    []hubRequest
 	conns   int // connections accepted
+	// reports are the reports of swapped sets (hubapi.ChangedPath) received;
+	// reportAnswers are the statuses of the next answers (then 204).
+	reports       []hubReport
+	reportAnswers []int
 }
 
 // newHub starts a fake hub for h's vault and sets the agent's environment
@@ -167,6 +171,10 @@ func (f *fakeHub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		w.WriteHeader(status)
 		_ = json.NewEncoder(w).Encode(hubapi.Refusal{Reason: reason, Message: msg})
+	}
+	if r.URL.Path == hubapi.ChangedPath && r.Method == http.MethodPost {
+		f.serveChanged(w, r)
+		return
 	}
 	if r.URL.Path != hubapi.WatchPath || r.Method != http.MethodPost {
 		refuse(http.StatusNotFound, hubapi.ReasonBadRequest, "POST "+hubapi.WatchPath+" only")

@@ -45,13 +45,20 @@ func (a *agent) rotateHub(ctx context.Context, watched, others []objectRef) {
 		}
 	}
 	if err != nil {
-		// The hub cannot ever be used: poll as without a hub.
+		// The hub cannot ever be used: poll as without a hub (a restart
+		// action then cannot report, and says so at each new set).
+		a.action = newActionRunner(a, nil)
+		a.action.start(ctx)
+		defer a.action.wait()
 		log := a.log.With("source", sourcePoll, "trigger", triggerPoll)
 		log.Error("rotation source", "reason", hubReasonConfig, "error", errText(err), "pollEvery", a.cfg.Rotation.String())
 		a.pollLoop(ctx, all, a.cfg.Rotation, log)
 		return
 	}
 	defer hub.close()
+	a.action = newActionRunner(a, hub)
+	a.action.start(ctx)
+	defer a.action.wait()
 	rot, stretched := a.cfg.Rotation, HubFallbackStretch*a.cfg.Rotation
 	l := &hubLoop{
 		a: a, hub: hub, watched: watched, others: others, all: all,

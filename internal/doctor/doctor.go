@@ -21,8 +21,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -52,6 +54,7 @@ const (
 	CheckToken    = "token"
 	CheckSecret   = "secret"
 	CheckList     = "list"
+	CheckOnChange = "on-change"
 )
 
 // Check is one line of the checklist.
@@ -125,6 +128,9 @@ type Config struct {
 	// CheckList also checks that the identity may list the versions of each
 	// secret (the 'list' permission, RBAC secrets/readMetadata/action).
 	CheckList bool
+	// OnChange is the agent's --on-change as given (empty: none); Hub its
+	// --hub.
+	OnChange, Hub string
 }
 
 // Options are the doctor's settings that do not come from the command line.
@@ -151,6 +157,14 @@ func (o *Options) retry() policy.RetryOptions {
 // Run runs every check of cfg and returns the report. ctx bounds the run;
 // checks that were not reached when it ends are reported as failed.
 func Run(ctx context.Context, cfg Config, opts Options) *Report {
+	r := run(ctx, cfg, opts)
+	if cfg.OnChange != "" {
+		r.add(checkOnChange(ctx, cfg))
+	}
+	return r
+}
+
+func run(ctx context.Context, cfg Config, opts Options) *Report {
 	if opts.Stderr == nil {
 		opts.Stderr = os.Stderr
 	}
@@ -213,6 +227,55 @@ func Run(ctx context.Context, cfg Config, opts Options) *Report {
 		}
 	}
 	return r
+}
+
+// dialTimeout bounds the connection the on-change check tries.
+const dialTimeout = 2 * time.Second
+
+// checkOnChange checks the action on change without running it (a call
+// would make the app reload): its grammar; for http, in the pod, that
+// something accepts connections on 127.0.0.1:<port>; for restart, that the
+// agent has the hub and its token.
+func checkOnChange(ctx context.Context, cfg Config) Check {
+	c := Check{Kind: CheckOnChange, Subject: "on-change"}
+	oc, err := agentconfig.ParseOnChange(cfg.OnChange)
+	if err != nil {
+		c.Status, c.Detail, c.Err = StatusFail, err.Error(), err
+		c.Fix = "the webhook writes --on-change from the pod's annotation " + agentconfig.AnnotationOnChange + "; check the annotation, and that the webhook and the agent image are the same kvinject version"
+		return c
+	}
+	switch oc.Kind {
+	case agentconfig.OnChangeRestart:
+		if cfg.Hub == "" {
+			c.Status, c.Detail = StatusFail, "restart needs the version hub, but the agent has no --hub: new sets cannot be reported, so the pod's owner is never restarted"
+			c.Fix = "install the hub (Helm: --set hub.enabled=true) so that the webhook gives rotating agents --hub, then recreate the pod"
+			return c
+		}
+		if f := cfg.Env.HubTokenFile; f != "" {
+			if _, err := os.Stat(f); err != nil {
+				c.Status, c.Detail, c.Err = StatusWarn, fmt.Sprintf("restart: the agent reports each new set to the hub %s, but cannot read its token %s: %v", cfg.Hub, f, err), err
+				c.Fix = "run the doctor in the agent's container (kubectl exec -c kvinject-agent), where the hub token is mounted"
+				return c
+			}
+		}
+		c.Status, c.Detail = StatusOK, fmt.Sprintf("restart: the agent reports each new set to the hub %s, whose restart controller restarts the pod's owner", cfg.Hub)
+		return c
+	}
+	what := fmt.Sprintf("%s %s after each new set (timeout %s, %d retries)", oc.Method, oc.URL(), oc.Timeout, oc.Retries)
+	if cfg.Env.Pod() == "" {
+		c.Status, c.Detail = StatusSkip, "the agent will call "+what+"; not checked: the doctor does not run in the pod (no "+agentconfig.EnvPodName+"), so 127.0.0.1 is not the app's"
+		return c
+	}
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(oc.Port))
+	conn, err := (&net.Dialer{Timeout: dialTimeout}).DialContext(ctx, "tcp", addr)
+	if err != nil {
+		c.Status, c.Detail, c.Err = StatusWarn, fmt.Sprintf("the agent will call %s, but nothing accepts connections on %s now (%v)", what, addr, err), err
+		c.Fix = fmt.Sprintf("the app must serve its reload endpoint on port %d of the pod's loopback or of all its addresses; if it is still starting, run the doctor again", oc.Port)
+		return c
+	}
+	_ = conn.Close()
+	c.Status, c.Detail = StatusOK, "the agent will call "+what+"; something accepts connections on "+addr+" (the endpoint itself is not called: it would reload the app)"
+	return c
 }
 
 // skipRest reports the checks that were not run.

@@ -218,6 +218,32 @@ func TestDoctor(t *testing.T) {
 			want: []string{`[ok]   secret "API-KEY" (apikey.txt)`, "All 4 checks passed."},
 		},
 		{
+			name: "the agent's command line with an action on change",
+			setup: func(k *c) []string {
+				id := k.workload(testSubject, testSubject)
+				k.grant(id, emulator.PermGet)
+				k.secret("API-KEY")
+				cfg := agentconfig.Config{Mode: agentconfig.ModeSidecar, Dir: "/var/run/kvinject/secrets", VaultURL: k.vaultURL(),
+					Identity: agentconfig.IdentityWorkload, FileMode: 0o440, Rotation: 2 * time.Minute, Hub: "https://kvinject-hub.kvinject-system.svc",
+					OnChange: agentconfig.OnChange{Kind: agentconfig.OnChangeRestart},
+					Entries:  []agentconfig.Entry{{File: "apikey.txt", Name: "API-KEY"}}}
+				return cfg.Args()
+			},
+			code: 0,
+			want: []string{"[ok]   on-change: restart: the agent reports each new set to the hub https://kvinject-hub.kvinject-system.svc", "All 5 checks passed."},
+		},
+		{
+			name: "an action on change that cannot work",
+			setup: func(k *c) []string {
+				id := k.workload(testSubject, testSubject)
+				k.grant(id, emulator.PermGet)
+				k.secret("API-KEY")
+				return []string{"--vault", k.vault, "--secret", "apikey.txt=API-KEY", "--on-change=restart"}
+			},
+			code: 1,
+			want: []string{"[FAIL] on-change: restart needs the version hub, but the agent has no --hub", "fix: install the hub", "1 of 5 checks failed."},
+		},
+		{
 			name: "no federated credential for the pod's ServiceAccount",
 			setup: func(k *c) []string {
 				k.workload("system:serviceaccount:shop:other", testSubject)

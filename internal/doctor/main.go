@@ -102,6 +102,8 @@ func parseArgs(args []string, getenv func(string) string, stderr io.Writer) (Con
 	fs.StringVar(&svcAccount, "service-account", "", "the pod's ServiceAccount, for the federated credential's subject (default $"+agentconfig.EnvServiceAccount+", else the token's subject)")
 	fs.BoolVar(&cfg.CheckList, "list", false, "also check that the identity may list each secret's versions (permission 'list', RBAC secrets/readMetadata/action)")
 	fs.DurationVar(&timeout, "timeout", DefaultTimeout, "bound on the whole run")
+	fs.StringVar(&cfg.OnChange, agentconfig.FlagOnChange, "", "the action after each new set, as the agent gets it (http:<port><path>[;<option>...] or restart): checked without running it")
+	fs.StringVar(&cfg.Hub, agentconfig.FlagHub, "", "the version hub's URL, as the agent gets it (with --on-change=restart)")
 	// The agent's other flags (agent.Flags: the webhook's and the agent's own),
 	// accepted and ignored.
 	agent.Flags().VisitAll(func(f *flag.Flag) {

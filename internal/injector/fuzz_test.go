@@ -310,13 +310,15 @@ var fuzzAnnotationKeys = []string{
 	mapping.AnnotationSecrets, mapping.AnnotationVault, mapping.AnnotationMountPath,
 	mapping.AnnotationContainers, mapping.AnnotationFileMode, mapping.AnnotationRotation,
 	mapping.AnnotationIdentity, mapping.AnnotationTenantID, mapping.AnnotationCloud,
+	mapping.AnnotationOnChange,
 }
 
 // fuzzPods are the golden pods FuzzPodAnnotations starts from; the first is the minimal one.
 var fuzzPods = []string{"minimal-workload-identity", "init-container-reads-secrets", "mixed-run-as-user", "fsgroup-group-shared-mode"}
 
 // FuzzPodAnnotations takes a golden pod (by default the minimal one) and fuzzes the
-// values of its kvinject.dev/ annotations, with native sidecars on or off.
+// values of its kvinject.dev/ annotations, with native sidecars on or off, and
+// with or without the version hub.
 func FuzzPodAnnotations(f *testing.F) {
 	golden := fuzzGoldenRequests(f)
 	reviews := make([]map[string]any, len(fuzzPods))
@@ -325,20 +327,25 @@ func FuzzPodAnnotations(f *testing.F) {
 			f.Fatalf("%s: %v", name, err)
 		}
 	}
-	servers := map[bool]*fuzzServer{
-		true:  newFuzzServer(f, baseFlags),
-		false: newFuzzServer(f, append(append([]string(nil), baseFlags...), "--native-sidecars=false")),
+	hubFlags := []string{"--hub-url=https://kvinject-hub.kvinject-system.svc", "--hub-ca-file=testdata/hub-ca.pem"}
+	flags := func(more ...string) []string { return append(append([]string(nil), baseFlags...), more...) }
+	type setup struct{ native, hub bool }
+	servers := map[setup]*fuzzServer{
+		{true, false}:  newFuzzServer(f, baseFlags),
+		{false, false}: newFuzzServer(f, flags("--native-sidecars=false")),
+		{true, true}:   newFuzzServer(f, flags(hubFlags...)),
+		{false, true}:  newFuzzServer(f, flags(append([]string{"--native-sidecars=false"}, hubFlags...)...)),
 	}
 
-	const all = 1<<9 - 1
+	const all = 1<<10 - 1
 	const v = "4387e9f3d6e14c459867679a90fd0f79"
 	type seed struct {
-		pod                                                                                uint8
-		native                                                                             bool
-		set                                                                                uint16
-		secrets, vault, mountPath, containers, fileMode, rotation, identity, tenant, cloud string
+		pod                                                                                          uint8
+		native, hub                                                                                  bool
+		set                                                                                          uint16
+		secrets, vault, mountPath, containers, fileMode, rotation, identity, tenant, cloud, onChange string
 	}
-	minimal := seed{0, true, 0b11, "connectionstring.txt=DATABASE-CONNECTION-STRING, apikey.txt=API-KEY", "myvault", "", "", "", "", "", "", ""}
+	minimal := seed{0, true, false, 0b11, "connectionstring.txt=DATABASE-CONNECTION-STRING, apikey.txt=API-KEY", "myvault", "", "", "", "", "", "", "", ""}
 	seeds := []seed{minimal}
 	for _, s := range []seed{
 		{pod: 0, native: true, set: all, secrets: "db/password=DB-PASSWORD@" + v, vault: "https://MyVault.vault.azure.net:443/", mountPath: "/mnt/kv", containers: "app", fileMode: "0400", rotation: "90s", identity: "workload", tenant: "contoso.onmicrosoft.com", cloud: "azurepubliccloud"},
@@ -355,13 +362,22 @@ func FuzzPodAnnotations(f *testing.F) {
 		{pod: 2, native: true, set: 0b10011, secrets: "a=A", vault: "myvault", fileMode: "0600"},
 		{pod: 3, native: false, set: 0b10011, secrets: "a=A", vault: "myvault", fileMode: "0440"},
 		{pod: 0, native: true, set: 0, secrets: "", vault: ""},
+		{pod: 0, native: true, set: 0b1000000011, secrets: "a=A", vault: "myvault", onChange: "http:8080/-/reload"},
+		{pod: 0, native: false, set: 0b1000000011, secrets: "a=A", vault: "myvault", onChange: "HTTP:9090/api/reload?source=kvinject;method=put;timeout=3s;retries=3"},
+		{pod: 0, native: true, hub: true, set: 0b1000000011, secrets: "a=A", vault: "myvault", onChange: "restart"},
+		{pod: 0, native: false, hub: true, set: 0b1000000011, secrets: "a=A", vault: "myvault", onChange: "restart"},
+		{pod: 0, native: true, set: 0b1000000011, secrets: "a=A", vault: "myvault", onChange: "restart"},
+		{pod: 0, native: true, hub: true, set: 0b1000100011, secrets: "a=A", vault: "myvault", rotation: "off", onChange: "restart"},
+		{pod: 1, native: true, set: 0b1000000011, secrets: "a=A", vault: "myvault", onChange: "http:0/x;method=DELETE"},
+		{pod: 2, native: true, set: 0b1000000011, secrets: "a=A", vault: "myvault", onChange: "http:8080/a b#c;;"},
+		{pod: 3, native: false, hub: true, set: 0b1000000011, secrets: "a=A", vault: "myvault", onChange: "signal:HUP"},
 	} {
 		seeds = append(seeds, s)
 	}
 	for _, s := range seeds {
-		f.Add(s.pod, s.native, s.set, s.secrets, s.vault, s.mountPath, s.containers, s.fileMode, s.rotation, s.identity, s.tenant, s.cloud)
+		f.Add(s.pod, s.native, s.hub, s.set, s.secrets, s.vault, s.mountPath, s.containers, s.fileMode, s.rotation, s.identity, s.tenant, s.cloud, s.onChange)
 	}
-	f.Fuzz(func(t *testing.T, pod uint8, native bool, set uint16, secrets, vault, mountPath, containers, fileMode, rotation, identity, tenant, cloud string) {
+	f.Fuzz(func(t *testing.T, pod uint8, native, hub bool, set uint16, secrets, vault, mountPath, containers, fileMode, rotation, identity, tenant, cloud, onChange string) {
 		review := deepCopyJSON(reviews[int(pod)%len(reviews)])
 		meta := review["request"].(map[string]any)["object"].(map[string]any)["metadata"].(map[string]any)
 		ann, _ := meta["annotations"].(map[string]any)
@@ -369,7 +385,7 @@ func FuzzPodAnnotations(f *testing.F) {
 			ann = map[string]any{}
 			meta["annotations"] = ann
 		}
-		for i, val := range []string{secrets, vault, mountPath, containers, fileMode, rotation, identity, tenant, cloud} {
+		for i, val := range []string{secrets, vault, mountPath, containers, fileMode, rotation, identity, tenant, cloud, onChange} {
 			delete(ann, fuzzAnnotationKeys[i])
 			if set&(1<<i) != 0 {
 				ann[fuzzAnnotationKeys[i]] = val
@@ -379,7 +395,7 @@ func FuzzPodAnnotations(f *testing.F) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		srv := servers[native]
+		srv := servers[setup{native, hub}]
 		resp, seen := srv.review(t, body)
 		if seen == nil {
 			t.Fatalf("the webhook did not decode the review: %+v", resp.Result)

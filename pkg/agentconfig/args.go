@@ -40,6 +40,9 @@ const (
 	// FlagHub is the version hub's URL (sidecar mode only; optional): the agent
 	// watches it for new versions instead of polling Key Vault.
 	FlagHub = "hub"
+	// FlagOnChange is the action after a new set is swapped in (sidecar mode
+	// only; optional), in OnChange's canonical form.
+	FlagOnChange = "on-change"
 )
 
 // Defaults of what the command line may leave out.
@@ -69,6 +72,8 @@ type Config struct {
 	Identity IdentityKind
 	// Hub is the version hub's https URL (sidecar mode only); empty: poll.
 	Hub string
+	// OnChange is the action after each new set (sidecar mode only); zero: none.
+	OnChange OnChange
 }
 
 // Args renders the configuration as the agent's arguments.
@@ -87,6 +92,9 @@ func (c Config) Args() []string {
 		args = append(args, f(FlagRotation, c.Rotation.String()))
 		if c.Hub != "" {
 			args = append(args, f(FlagHub, c.Hub))
+		}
+		if !c.OnChange.IsZero() {
+			args = append(args, f(FlagOnChange, c.OnChange.String()))
 		}
 	}
 	for _, e := range c.Entries {
@@ -119,6 +127,10 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 		return nil
 	})
 	fs.StringVar(&c.Hub, FlagHub, "", "the version hub's https URL (sidecar mode): watch it for new versions instead of polling Key Vault")
+	fs.Func(FlagOnChange, "sidecar mode: what to do after each new set (never the first): http:<port><path>[;method=<M>][;timeout=<d>][;retries=<n>] or restart (needs --hub)", func(s string) (err error) {
+		c.OnChange, err = ParseOnChange(s)
+		return err
+	})
 	fs.Func(FlagSecret, "an entry of the mapping, <file>=[<kind>:]<name>[@<version>][;<option>...]; repeat for each entry", func(s string) error {
 		e, err := ParseEntry(s)
 		if err != nil {
@@ -161,6 +173,14 @@ func (c *Config) Validate() error {
 		}
 		if err := CheckHubURL(c.Hub); err != nil {
 			return fmt.Errorf("--hub %q: %w", c.Hub, err)
+		}
+	}
+	if !c.OnChange.IsZero() {
+		switch {
+		case c.Mode != ModeSidecar:
+			return fmt.Errorf("--on-change is only for sidecar mode (an init agent writes one set and exits)")
+		case c.OnChange.Kind == OnChangeRestart && c.Hub == "":
+			return fmt.Errorf("--on-change=restart needs --hub: the agent reports each new set to the version hub, whose restart controller restarts the pod's owner")
 		}
 	}
 	if c.Mode == ModeSidecar && c.Rotation == 0 {

@@ -52,11 +52,13 @@ const (
 )
 
 // The pod annotations that the agent's and the doctor's messages name. Package
-// mapping defines every annotation; its AnnotationSecrets and AnnotationCloud equal
-// these (its tests hold them equal).
+// mapping defines every annotation; its AnnotationSecrets, AnnotationCloud and
+// AnnotationOnChange equal these (its tests hold them equal).
 const (
 	// AnnotationSecrets is the mapping of files to Key Vault objects.
 	AnnotationSecrets = "kvinject.dev/secrets"
 	// AnnotationCloud chooses the Azure cloud.
 	AnnotationCloud = "kvinject.dev/cloud"
+	// AnnotationOnChange is the action after each new set (--on-change).
+	AnnotationOnChange = "kvinject.dev/on-change"
 )

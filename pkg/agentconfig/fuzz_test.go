@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 )
@@ -395,4 +396,60 @@ func asciiLower(s string) string {
 		}
 	}
 	return string(b)
+}
+
+// fuzzOnChangePathRE is the http action's path as RFC 3986 allows it in a path
+// and query, without ';' or '#'.
+var fuzzOnChangePathRE = regexp.MustCompile(`^/([A-Za-z0-9\-._~!$&'()*+,=:@/?]|%[0-9A-Fa-f]{2})*$`)
+
+// FuzzParseOnChange checks that an accepted action is within the grammar's
+// bounds and that its canonical form parses back to the same action.
+func FuzzParseOnChange(f *testing.F) {
+	for _, s := range []string{
+		"restart", "RESTART", "http:8080/-/reload", "http:9090/api/reload?source=kvinject;method=PUT;timeout=3s;retries=3",
+		"http:1/;retries=0;timeout=1m", "http:65536/r", "http:8080/r#x", "http:8080/a%2F", "http:8080/a%2", "restart;x",
+		"http:8080/r;method=get;method=put", "http://127.0.0.1:8080/r", "signal:HUP", "http:0080/r ; timeout = 1500ms ",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, raw string) {
+		o, err := ParseOnChange(raw)
+		if err != nil {
+			if o != (OnChange{}) {
+				t.Errorf("ParseOnChange(%q) failed but returned %+v", raw, o)
+			}
+			return
+		}
+		switch o.Kind {
+		case OnChangeRestart:
+			if o != (OnChange{Kind: OnChangeRestart}) {
+				t.Errorf("ParseOnChange(%q) = %+v: restart with http fields", raw, o)
+			}
+		case OnChangeHTTP:
+			if o.Port < 1 || o.Port > 65535 {
+				t.Errorf("ParseOnChange(%q): port %d", raw, o.Port)
+			}
+			if len(o.Path) > MaxOnChangePath || !fuzzOnChangePathRE.MatchString(o.Path) {
+				t.Errorf("ParseOnChange(%q): path %q is not an RFC 3986 path and query of at most %d characters without ';' and '#'", raw, o.Path, MaxOnChangePath)
+			}
+			if o.Method != "POST" && o.Method != "PUT" && o.Method != "PATCH" && o.Method != "GET" {
+				t.Errorf("ParseOnChange(%q): method %q", raw, o.Method)
+			}
+			if o.Timeout < time.Second || o.Timeout > time.Minute {
+				t.Errorf("ParseOnChange(%q): timeout %s", raw, o.Timeout)
+			}
+			if o.Retries < 0 || o.Retries > 10 {
+				t.Errorf("ParseOnChange(%q): retries %d", raw, o.Retries)
+			}
+			if u, err := url.Parse(o.URL()); err != nil || u.Host != "127.0.0.1:"+strconv.Itoa(o.Port) || u.Fragment != "" || u.User != nil {
+				t.Errorf("ParseOnChange(%q): URL %q does not stay on 127.0.0.1:%d (%v)", raw, o.URL(), o.Port, err)
+			}
+		default:
+			t.Fatalf("ParseOnChange(%q) = %+v: no kind", raw, o)
+		}
+		again, err := ParseOnChange(o.String())
+		if err != nil || again != o {
+			t.Errorf("canonical form %q of %q parses to %+v, %v", o.String(), raw, again, err)
+		}
+	})
 }

@@ -37,6 +37,9 @@ const (
 	AnnotationFileMode = Prefix + "file-mode"
 	// AnnotationRotation is "off" or the polling interval, at least 30s (default 2m).
 	AnnotationRotation = Prefix + "rotation"
+	// AnnotationOnChange is what the rotating agent does after it swaps in a new
+	// set: "http:<port><path>[;<option>...]" or "restart" (see agentconfig.OnChange).
+	AnnotationOnChange = Prefix + "on-change"
 	// AnnotationAgentCPURequest overrides the agent's CPU request.
 	AnnotationAgentCPURequest = Prefix + "agent-cpu-request"
 	// AnnotationAgentMemoryRequest overrides the agent's memory request.
@@ -80,7 +83,7 @@ func IsAgentContainer(name string) bool {
 // podKeys are the annotation keys a pod may carry, in the order docs/contract.md lists them.
 var podKeys = []string{
 	AnnotationVault, AnnotationSecrets, AnnotationSecretProviderClass, AnnotationMountPath, AnnotationContainers,
-	AnnotationFileMode, AnnotationRotation, AnnotationIdentity, AnnotationTenantID,
+	AnnotationFileMode, AnnotationRotation, AnnotationOnChange, AnnotationIdentity, AnnotationTenantID,
 	AnnotationCloud, AnnotationAgentCPURequest, AnnotationAgentMemoryRequest,
 	AnnotationAgentCPULimit, AnnotationAgentMemoryLimit, AnnotationStatus, AnnotationRestartedAt,
 }

@@ -129,11 +129,12 @@ func TestDefaultsValidate(t *testing.T) {
 }
 
 // TestAnnotationsAgentconfigNames: the agent's and the doctor's messages name
-// two annotations through package agentconfig; they are this package's.
+// three annotations through package agentconfig; they are this package's.
 func TestAnnotationsAgentconfigNames(t *testing.T) {
 	for _, tc := range []struct{ agent, mapping string }{
 		{agentconfig.AnnotationSecrets, AnnotationSecrets},
 		{agentconfig.AnnotationCloud, AnnotationCloud},
+		{agentconfig.AnnotationOnChange, AnnotationOnChange},
 	} {
 		if tc.agent != tc.mapping {
 			t.Errorf("agentconfig names %q, mapping %q", tc.agent, tc.mapping)

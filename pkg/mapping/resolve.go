@@ -73,6 +73,10 @@ type Spec struct {
 	// AgentUser and AgentGroup are the agent's uid and gid: those every selected
 	// container runs as when they agree and are not root, else DefaultAgentUser.
 	AgentUser, AgentGroup int64
+	// OnChange is the rotating agent's action after each new set
+	// (kvinject.dev/on-change); zero: none. A restart needs the version hub,
+	// which the mutation checks (mapping does not know the webhook's hub).
+	OnChange agentconfig.OnChange
 }
 
 // problems collects validation failures, each prefixed with the field it concerns.
@@ -169,6 +173,16 @@ func Resolve(pod *corev1.Pod, ns *corev1.Namespace, sa *corev1.ServiceAccount, d
 	if raw, ok := podAnn[AnnotationRotation]; ok {
 		if spec.Rotation, err = ParseRotation(raw); err != nil {
 			probs.add(AnnotationRotation, "%v", err)
+		}
+	}
+
+	if raw, ok := podAnn[AnnotationOnChange]; ok {
+		spec.OnChange = resolveOnChange(pod, raw, spec.Rotation, podAnn, &probs)
+		if w := onChangePortWarning(pod, spec.OnChange); w != "" {
+			warnings = append(warnings, w)
+		}
+		if !spec.OnChange.IsZero() && len(spec.Entries) > 0 && allPinned(spec.Entries) {
+			warnings = append(warnings, fmt.Sprintf("%s: every entry of %s is pinned to a version, so the set never changes and %q never runs: drop @<version> from the entries that should rotate, or remove %s", AnnotationOnChange, AnnotationSecrets, spec.OnChange.String(), AnnotationOnChange))
 		}
 	}
 
@@ -389,6 +403,61 @@ func ParseRotation(raw string) (time.Duration, error) {
 		return 0, fmt.Errorf("%q is longer than the maximum of %s", raw, MaxRotation)
 	}
 	return d, nil
+}
+
+// resolveOnChange parses kvinject.dev/on-change and refuses actions that
+// could never run (rotation off) or would reach the wrong process (http on a
+// pod in the node's network namespace). rotation is the pod's resolved
+// interval.
+func resolveOnChange(pod *corev1.Pod, raw string, rotation time.Duration, podAnn map[string]string, probs *problems) agentconfig.OnChange {
+	oc, err := agentconfig.ParseOnChange(raw)
+	if err != nil {
+		probs.add(AnnotationOnChange, "%v", err)
+		return agentconfig.OnChange{}
+	}
+	if rotation == 0 {
+		why := fmt.Sprintf("%s is off", AnnotationRotation)
+		if _, onPod := podAnn[AnnotationRotation]; !onPod {
+			why = "rotation is off by the webhook's default (--default-rotation=off)"
+		}
+		probs.add(AnnotationOnChange, "%q: %s, so the secrets are read once and the set never changes after the first: remove %s, or turn rotation on with %s: 2m", oc.String(), why, AnnotationOnChange, AnnotationRotation)
+		return agentconfig.OnChange{}
+	}
+	if oc.Kind == agentconfig.OnChangeHTTP && pod.Spec.HostNetwork {
+		probs.add(AnnotationOnChange, "%q: the pod uses hostNetwork, so 127.0.0.1 is the node's and the agent would call whatever listens on port %d of the node: use restart, or watch the files (see docs/contract.md, \"Actions on change\")", oc.String(), oc.Port)
+		return agentconfig.OnChange{}
+	}
+	return oc
+}
+
+// allPinned reports whether every entry reads a pinned version.
+func allPinned(entries []agentconfig.Entry) bool {
+	for _, e := range entries {
+		if e.Version == "" {
+			return false
+		}
+	}
+	return true
+}
+
+// onChangePortWarning warns when the http action's port is not a
+// containerPort of any container of the pod: declaring ports is optional, but
+// an undeclared one is often a typo, which the agent would only log at the
+// first rotation.
+func onChangePortWarning(pod *corev1.Pod, oc agentconfig.OnChange) string {
+	if oc.Kind != agentconfig.OnChangeHTTP {
+		return ""
+	}
+	for _, cs := range [][]corev1.Container{pod.Spec.Containers, pod.Spec.InitContainers} {
+		for _, c := range cs {
+			for _, p := range c.Ports {
+				if int(p.ContainerPort) == oc.Port && (p.Protocol == "" || p.Protocol == corev1.ProtocolTCP) {
+					return ""
+				}
+			}
+		}
+	}
+	return fmt.Sprintf("%s: no container of the pod declares containerPort %d, where the agent will call %s %s after each new set: check the port of the app's reload endpoint (declaring it in the container's ports silences this warning)", AnnotationOnChange, oc.Port, oc.Method, oc.URL())
 }
 
 // resolveResources overrides the default agent resources with the pod's annotations.

@@ -6,6 +6,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 
+	"github.com/kvinject/kvinject/pkg/agentconfig"
 	"github.com/kvinject/kvinject/pkg/mapping"
 )
 
@@ -14,7 +15,10 @@ import (
 // compliant and gets no Kubernetes API token; only agents mount the identity token
 // (a path in an app's env grants nothing without the mount) or write to the secrets
 // volume;
-// and an agent runs before every init container that reads the secrets.
+// and an agent runs before every init container that reads the secrets;
+// every agent's arguments parse (agentconfig.ParseArgs: an action on change
+// only on a rotating agent, a restart only with the hub), and an http action
+// never runs in the node's network namespace.
 func CheckInvariants(pod *corev1.Pod) error {
 	var errs []error
 	fail := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
@@ -52,6 +56,12 @@ func CheckInvariants(pod *corev1.Pod) error {
 			}
 			if !shadowed {
 				fail("container %q: the Kubernetes API token directory %s is not covered by the %q volume", c.Name, APITokenDir, NoAPITokenVolumeName)
+			}
+			switch cfg, err := agentconfig.ParseArgs(c.Args, nil); {
+			case err != nil:
+				fail("container %q: its arguments do not parse: %v", c.Name, err)
+			case cfg.OnChange.Kind == agentconfig.OnChangeHTTP && pod.Spec.HostNetwork:
+				fail("container %q calls 127.0.0.1 on change, which is the node's with hostNetwork", c.Name)
 			}
 			return
 		}

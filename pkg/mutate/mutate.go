@@ -105,6 +105,9 @@ func Patch(pod *corev1.Pod, spec *mapping.Spec, cfg Config) ([]jsonpatch.Operati
 	if err := checkReserved(pod, selected, cfg, spec.Rotation); err != nil {
 		return nil, err
 	}
+	if err := checkOnChange(spec, cfg); err != nil {
+		return nil, err
+	}
 	want := Desired(pod, spec, cfg)
 	p := &patcher{}
 
@@ -247,6 +250,7 @@ func Desired(pod *corev1.Pod, spec *mapping.Spec, cfg Config) Injection {
 		FileMode: spec.FileMode,
 		Rotation: spec.Rotation,
 		Identity: spec.Identity.Kind,
+		OnChange: spec.OnChange,
 	}
 	switch {
 	case spec.Rotation == 0:
@@ -271,7 +275,9 @@ func agentContainer(name, mode string, base agentconfig.Config, spec *mapping.Sp
 	base.Mode = mode
 	hub := mode == agentconfig.ModeSidecar && usesHub(spec, cfg)
 	if mode == agentconfig.ModeInit {
+		// The action follows new sets, which only the rotating agent writes.
 		base.Rotation = 0
+		base.OnChange = agentconfig.OnChange{}
 	}
 	if hub {
 		base.Hub = cfg.HubURL
@@ -380,6 +386,17 @@ func tokenVolume(expiration int64) corev1.Volume {
 			DefaultMode: &mode,
 		}},
 	}
+}
+
+// checkOnChange refuses a restart action that the rotating agent could not
+// report: the agent reports each new set to the version hub, which only a
+// rotating agent of a webhook with a hub has (usesHub; with native sidecars
+// off, that is the regular sidecar).
+func checkOnChange(spec *mapping.Spec, cfg Config) error {
+	if spec.OnChange.Kind != agentconfig.OnChangeRestart || usesHub(spec, cfg) {
+		return nil
+	}
+	return fmt.Errorf("%s: %q needs the version hub (the agent reports each new set to the hub, and the restart controller restarts the pod's owner from the hub's reports), but this webhook injects no hub: its --hub-url is empty, or it cannot read the hub's CA bundle (see its log). Fix: install the hub (Helm: --set hub.enabled=true; kustomize: manifests/install/*-hub), or use http:<port><path> to call the app's reload endpoint", mapping.AnnotationOnChange, spec.OnChange.String())
 }
 
 // usesHub reports whether the rotating agent watches the version hub: a hub is

@@ -330,3 +330,65 @@ func TestReservedNames(t *testing.T) {
 		}
 	}
 }
+
+// TestOnChangeOnlyRotatingAgent: the action goes to the agent that writes new
+// sets (the native sidecar, or the regular sidecar without native sidecars),
+// never to an init-mode agent, and a restart needs that agent to get the hub.
+func TestOnChangeOnlyRotatingAgent(t *testing.T) {
+	const hub = "https://kvinject-hub.kvinject-system.svc"
+	httpAction, _ := agentconfig.ParseOnChange("http:8080/-/reload")
+	restart := agentconfig.OnChange{Kind: agentconfig.OnChangeRestart}
+	for _, tt := range []struct {
+		name    string
+		action  agentconfig.OnChange
+		native  bool
+		hubURL  string
+		wantErr string
+	}{
+		{name: "http native", action: httpAction, native: true},
+		{name: "http regular sidecar", action: httpAction},
+		{name: "restart native with hub", action: restart, native: true, hubURL: hub},
+		{name: "restart regular sidecar with hub", action: restart, hubURL: hub},
+		{name: "restart without hub", action: restart, native: true, wantErr: `kvinject.dev/on-change: "restart" needs the version hub`},
+		{name: "restart regular sidecar without hub", action: restart, wantErr: "its --hub-url is empty"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			spec := testSpec(time.Minute, agentconfig.IdentitySystem)
+			spec.OnChange = tt.action
+			c := cfg
+			c.NativeSidecars, c.HubURL, c.HubCA = tt.native, tt.hubURL, "ca"
+			ops, err := Patch(testPod(), spec, c)
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("Patch = %d operations, %v; want an error containing %q", len(ops), err, tt.wantErr)
+				}
+				return
+			}
+			pod := apply(t, testPod(), spec, c)
+			var rotating int
+			for _, a := range append(append([]corev1.Container(nil), pod.Spec.InitContainers...), pod.Spec.Containers...) {
+				if !mapping.IsAgentContainer(a.Name) {
+					continue
+				}
+				got, err := agentconfig.ParseArgs(a.Args, nil)
+				if err != nil {
+					t.Fatalf("%s: %v", a.Name, err)
+				}
+				switch got.Mode {
+				case agentconfig.ModeSidecar:
+					rotating++
+					if got.OnChange != tt.action {
+						t.Errorf("%s: OnChange %+v, want %+v", a.Name, got.OnChange, tt.action)
+					}
+				default:
+					if !got.OnChange.IsZero() {
+						t.Errorf("%s (%s mode) got --on-change=%s", a.Name, got.Mode, got.OnChange)
+					}
+				}
+			}
+			if rotating != 1 {
+				t.Errorf("%d rotating agents, want 1", rotating)
+			}
+		})
+	}
+}
