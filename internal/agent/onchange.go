@@ -102,7 +102,6 @@ type actionOutcome struct {
 
 // actionRunner runs the pod's action on change.
 type actionRunner struct {
-	oc      agentconfig.OnChange
 	log     *slog.Logger
 	retries int
 	minB    time.Duration
@@ -131,7 +130,6 @@ func newActionRunner(a *agent, hub *hubClient) *actionRunner {
 		return nil
 	}
 	r := &actionRunner{
-		oc:   oc,
 		log:  a.log.With("action", oc.String()),
 		minB: a.opts.OnChangeMinBackoff,
 		maxB: max(a.opts.OnChangeMaxBackoff, a.opts.OnChangeMinBackoff),

@@ -226,10 +226,11 @@ func FuzzParseEntries(f *testing.F) {
 
 // fuzzAgentArgs builds an agent command line; empty values leave their flag out
 // and secrets holds one --secret per comma- or newline-separated part.
-func fuzzAgentArgs(mode, dir, vault, identity, secrets, fileMode, rotation string) []string {
+func fuzzAgentArgs(mode, dir, vault, identity, secrets, fileMode, rotation, hub, onChange string) []string {
 	args := []string{mode}
 	for _, fl := range []struct{ name, value string }{
 		{"dir", dir}, {"vault", vault}, {"identity", identity}, {"file-mode", fileMode}, {"rotation", rotation},
+		{"hub", hub}, {"on-change", onChange},
 	} {
 		if fl.value != "" {
 			args = append(args, "--"+fl.name+"="+fl.value)
@@ -255,30 +256,36 @@ func canonicalConfig(c Config) Config {
 
 func FuzzAgentArgs(f *testing.F) {
 	const v = "4387e9f3d6e14c459867679a90fd0f79"
-	type seed struct{ mode, dir, vault, identity, secrets, fileMode, rotation string }
+	type seed struct{ mode, dir, vault, identity, secrets, fileMode, rotation, hub, onChange string }
 	for _, s := range []seed{
-		{"init", "/var/run/kvinject/secrets", "https://myvault.vault.azure.net/", "workload", "connectionstring.txt=DATABASE-CONNECTION-STRING,db/api=API-KEY@" + v, "0440", ""},
-		{"sidecar", "/s", "https://v.vault.azure.cn/", "system", "a=A", "0444", "90s"},
-		{"sidecar", "/s", "https://v.vault.usgovcloudapi.net/", "managed", "a=A\nb=B", "", ""},
-		{"sidecar", "/s", "https://v/", "managed", "a=A", "0o600", "1h2m3.5s"},
-		{"sidecar", "/s", "https://v/", "managed", "a=A", "600", "1.5us"},
-		{"init", "/s", "https://v/", "workload", "a=A", "", "5m"},
-		{"probe", "/var/run/kvinject/secrets", "", "", "", "", ""},
-		{"probe", "/d", "http://x", "pod", "../a=B", "0440", "1m"},
-		{"init", "/d/", "https://v/", "workload", "a=A", "", ""},
-		{"init", "/d", "http://v/", "workload", "a=A", "", ""},
-		{"init", "/d", "https://v/", "workload", "a=A,a=B", "", ""},
-		{"init", "/d", "https://v/", "workload", "a=A,a/b=B", "", ""},
-		{"init", "/d", "https://v/", "workload", "a=A", "999", ""},
-		{"sidecar", "/d", "https://v/", "workload", "a=A", "", "0s"},
-		{"sidecar", "/d", "https://v/", "workload", "a=A", "", "-1m"},
-		{"run", "/d", "https://v/", "workload", "a=A", "", ""},
-		{"", "", "", "", "", "", ""},
+		{"init", "/var/run/kvinject/secrets", "https://myvault.vault.azure.net/", "workload", "connectionstring.txt=DATABASE-CONNECTION-STRING,db/api=API-KEY@" + v, "0440", "", "", ""},
+		{"sidecar", "/s", "https://v.vault.azure.cn/", "system", "a=A", "0444", "90s", "", ""},
+		{"sidecar", "/s", "https://v.vault.usgovcloudapi.net/", "managed", "a=A\nb=B", "", "", "", ""},
+		{"sidecar", "/s", "https://v/", "managed", "a=A", "0o600", "1h2m3.5s", "", ""},
+		{"sidecar", "/s", "https://v/", "managed", "a=A", "600", "1.5us", "", ""},
+		{"init", "/s", "https://v/", "workload", "a=A", "", "5m", "", ""},
+		{"probe", "/var/run/kvinject/secrets", "", "", "", "", "", "", ""},
+		{"probe", "/d", "http://x", "pod", "../a=B", "0440", "1m", "", ""},
+		{"init", "/d/", "https://v/", "workload", "a=A", "", "", "", ""},
+		{"init", "/d", "http://v/", "workload", "a=A", "", "", "", ""},
+		{"init", "/d", "https://v/", "workload", "a=A,a=B", "", "", "", ""},
+		{"init", "/d", "https://v/", "workload", "a=A,a/b=B", "", "", "", ""},
+		{"init", "/d", "https://v/", "workload", "a=A", "999", "", "", ""},
+		{"sidecar", "/d", "https://v/", "workload", "a=A", "", "0s", "", ""},
+		{"sidecar", "/d", "https://v/", "workload", "a=A", "", "-1m", "", ""},
+		{"run", "/d", "https://v/", "workload", "a=A", "", "", "", ""},
+		{"", "", "", "", "", "", "", "", ""},
+		{"sidecar", "/s", "https://v/", "system", "a=A", "", "", "", "http:8080/-/reload"},
+		{"sidecar", "/s", "https://v/", "system", "a=A", "", "", "", "HTTP:9090/r?x=1 ; method=put;timeout=1500ms;retries=0"},
+		{"sidecar", "/s", "https://v/", "system", "a=A", "", "", "https://kvinject-hub.kvinject-system.svc", "restart"},
+		{"sidecar", "/s", "https://v/", "system", "a=A", "", "", "", "restart"},
+		{"init", "/s", "https://v/", "system", "a=A", "", "", "", "http:8080/-/reload"},
+		{"sidecar", "/s", "https://v/", "system", "a=A", "", "", "", "http:8080/r#x"},
 	} {
-		f.Add(s.mode, s.dir, s.vault, s.identity, s.secrets, s.fileMode, s.rotation)
+		f.Add(s.mode, s.dir, s.vault, s.identity, s.secrets, s.fileMode, s.rotation, s.hub, s.onChange)
 	}
-	f.Fuzz(func(t *testing.T, mode, dir, vault, identity, secrets, fileMode, rotation string) {
-		args := fuzzAgentArgs(mode, dir, vault, identity, secrets, fileMode, rotation)
+	f.Fuzz(func(t *testing.T, mode, dir, vault, identity, secrets, fileMode, rotation, hub, onChange string) {
+		args := fuzzAgentArgs(mode, dir, vault, identity, secrets, fileMode, rotation, hub, onChange)
 		cfg, err := ParseArgs(args, nil)
 		if err != nil {
 			return
@@ -301,6 +308,9 @@ func FuzzAgentArgs(f *testing.F) {
 			}
 			if cfg.Mode == ModeSidecar && cfg.Rotation <= 0 {
 				t.Errorf("ParseArgs(%q): sidecar rotation %v", args, cfg.Rotation)
+			}
+			if !cfg.OnChange.IsZero() && (cfg.Mode != ModeSidecar || cfg.OnChange.Kind == OnChangeRestart && cfg.Hub == "") {
+				t.Errorf("ParseArgs(%q) accepted --on-change=%s in mode %s with --hub=%q", args, cfg.OnChange, cfg.Mode, cfg.Hub)
 			}
 		}
 
