@@ -86,7 +86,7 @@ func agentOf(pod *corev1.Pod) podAgent {
 		return a
 	}
 	a.Vault = vault
-	a.Restart = restartAction(c.Args)
+	a.Restart = cfg.OnChange.Kind == agentconfig.OnChangeRestart
 	a.Objects = map[string]bool{}
 	for _, e := range cfg.Entries {
 		if kind := hubKind(e.Kind()); kind != "" && e.Version == "" {
@@ -264,12 +264,3 @@ func (req *watchRequest) validate() *refusal {
 	return nil
 }
 
-// restartAction reports whether the agent's arguments carry the restart action.
-func restartAction(args []string) bool {
-	for _, a := range args {
-		if a == "--on-change=restart" {
-			return true
-		}
-	}
-	return false
-}

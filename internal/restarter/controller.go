@@ -42,6 +42,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/record"
 
+	"github.com/kvinject/kvinject/pkg/agentconfig"
 	"github.com/kvinject/kvinject/pkg/hubapi"
 	"github.com/kvinject/kvinject/pkg/mapping"
 )
@@ -369,9 +370,15 @@ func daemonSetOwner(ds *appsv1.DaemonSet) *owner {
 	return o
 }
 
-// wantsRestart reports whether the pod template asks for the restart action.
+// wantsRestart reports whether the pod template asks for the restart action
+// (parsed as the webhook parses it).
 func wantsRestart(t *corev1.PodTemplateSpec) bool {
-	return strings.EqualFold(strings.TrimSpace(t.Annotations[mapping.Prefix+"on-change"]), "restart")
+	raw, ok := t.Annotations[mapping.AnnotationOnChange]
+	if !ok {
+		return false
+	}
+	oc, err := agentconfig.ParseOnChange(raw)
+	return err == nil && oc.Kind == agentconfig.OnChangeRestart
 }
 
 // restartedAt is the template's last restart by the controller.

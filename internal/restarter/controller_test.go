@@ -36,7 +36,7 @@ func template(ann map[string]string) corev1.PodTemplateSpec {
 }
 
 func restartTemplate(extra ...string) corev1.PodTemplateSpec {
-	ann := map[string]string{mapping.Prefix + "on-change": "restart"}
+	ann := map[string]string{mapping.AnnotationOnChange: "restart"}
 	for i := 0; i+1 < len(extra); i += 2 {
 		ann[extra[i]] = extra[i+1]
 	}
@@ -173,7 +173,7 @@ func TestRestartsVerifiedOwnerOnce(t *testing.T) {
 	if got := d.Spec.Template.Annotations[mapping.AnnotationRestartedAt]; got != h.now.Format(time.RFC3339) {
 		t.Fatalf("restarted-at = %q", got)
 	}
-	if d.Spec.Template.Annotations[mapping.Prefix+"on-change"] != "restart" {
+	if d.Spec.Template.Annotations[mapping.AnnotationOnChange] != "restart" {
 		t.Fatal("the patch dropped another template annotation")
 	}
 	ev := h.events()

@@ -111,7 +111,7 @@ func TestKustomizeRestarter(t *testing.T) {
 	// have made them (envtest runs no controller-manager).
 	labels := map[string]string{"app": "web"}
 	tmpl := corev1.PodTemplateSpec{
-		ObjectMeta: metav1.ObjectMeta{Labels: labels, Annotations: map[string]string{mapping.Prefix + "on-change": "restart", "team": "a"}},
+		ObjectMeta: metav1.ObjectMeta{Labels: labels, Annotations: map[string]string{mapping.AnnotationOnChange: "restart", "team": "a"}},
 		Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: "registry.example/app:1"}}},
 	}
 	d := &appsv1.Deployment{
