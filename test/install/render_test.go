@@ -10,6 +10,7 @@ import (
 	"io"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -180,13 +181,17 @@ func (in *install) container(t *testing.T) *corev1.Container {
 	return &cs[0]
 }
 
-// TestHelmLint runs `helm lint --strict` for both certificate modes and checks
-// that values.schema.json refuses a wrong value with a useful message.
+// TestHelmLint runs `helm lint --strict` for both certificate modes, with and
+// without the hub and the restart controller, and checks that
+// values.schema.json refuses a wrong value, and the chart a bad combination,
+// with a useful message.
 func TestHelmLint(t *testing.T) {
 	chart := filepath.Join(root, "charts", "kvinject")
 	for _, set := range [][]string{nil, {"certificates.mode=cert-manager"}, {"certificates.mode=cert-manager", "certificates.certManager.issuerRef.name=corp-ca", "certificates.certManager.issuerRef.kind=ClusterIssuer"},
 		hubValues, append([]string{"certificates.mode=cert-manager"}, hubValues...), {"hub.enabled=true", "hub.identity.kind=system"},
-		append(append([]string(nil), hubValues...), eventsValues...)} {
+		append(append([]string(nil), hubValues...), eventsValues...),
+		append(append([]string(nil), hubValues...), "restarter.enabled=true"),
+		append(append([]string{"certificates.mode=cert-manager"}, hubValues...), "restarter.enabled=true")} {
 		args := []string{"lint", "--strict", chart}
 		for _, s := range set {
 			args = append(args, "--set", s)
@@ -207,6 +212,12 @@ func TestHelmLint(t *testing.T) {
 		{"hub.replicas=0", "/hub/replicas"},
 		{"hub.events.queues={https://contosokvevents.blob.core.windows.net/kvinject-events}", "/hub/events/queues/0"},
 		{"hub.events.queues={https://contosokvevents.queue.core.windows.net/kvinject-events?sig=x}", "/hub/events/queues/0"},
+		{"restarter.debounce=soon", "/restarter/debounce"},
+		{"restarter.cooldown=120", "/restarter/cooldown"},
+		{"restarter.logLevel=trace", "/restarter/logLevel"},
+		{"restarter.image.digest=latest", "/restarter/image/digest"},
+		{"restarter.extraArgs={debounce=1s}", "/restarter/extraArgs/0"},
+		{"restarter.replicas=2", "replicas"},
 	} {
 		cmd := exec.Command(helmBin, "lint", "--strict", chart, "--set", tc.set)
 		out, err := cmd.CombinedOutput()
@@ -217,6 +228,10 @@ func TestHelmLint(t *testing.T) {
 	cmd := exec.Command(helmBin, "template", "x", chart, "--set", "defaults.identity=managed")
 	if out, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(out), "defaults.managedIdentityClientID") {
 		t.Errorf("identity managed without a client ID: %v\n%s", err, out)
+	}
+	cmd = exec.Command(helmBin, "template", "x", chart, "--set", "restarter.enabled=true")
+	if out, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(out), "restarter.enabled=true needs hub.enabled=true") {
+		t.Errorf("the restarter without the hub: %v\n%s", err, out)
 	}
 	for _, kind := range []string{"workload", "managed"} {
 		cmd := exec.Command(helmBin, "template", "x", chart, "--set", "hub.enabled=true", "--set", "hub.identity.kind="+kind)
@@ -233,17 +248,21 @@ func TestHelmLint(t *testing.T) {
 // webhook's defaults for flags one side leaves out). With the version hub
 // (hub.enabled, the kustomize installs *-hub), the hub's objects, pod template
 // and flags too; with Key Vault events (hub.events.queues, the overlay
-// manifests/examples/hub-events), its Lease RBAC too.
+// manifests/examples/hub-events), its Lease RBAC too; with the restart
+// controller (restarter.enabled, the overlay manifests/examples/restarter),
+// its RBAC, policy, peers' Service, pod template and flags, and the
+// webhook's --restart-action=true.
 func TestKustomizeAndHelmAgree(t *testing.T) {
 	for _, mode := range []struct {
-		kustomize, helmMode string
-		hub, events         bool
+		kustomize, helmMode    string
+		hub, events, restarter bool
 	}{
-		{"manifests/install/builtin-certs", "builtin", false, false},
-		{"manifests/install/cert-manager", "cert-manager", false, false},
-		{"manifests/install/builtin-certs-hub", "builtin", true, false},
-		{"manifests/install/cert-manager-hub", "cert-manager", true, false},
-		{"manifests/examples/hub-events", "builtin", true, true},
+		{"manifests/install/builtin-certs", "builtin", false, false, false},
+		{"manifests/install/cert-manager", "cert-manager", false, false, false},
+		{"manifests/install/builtin-certs-hub", "builtin", true, false, false},
+		{"manifests/install/cert-manager-hub", "cert-manager", true, false, false},
+		{"manifests/examples/hub-events", "builtin", true, true, false},
+		{"manifests/examples/restarter", "builtin", true, false, true},
 	} {
 		name := mode.helmMode
 		if mode.hub {
@@ -251,6 +270,9 @@ func TestKustomizeAndHelmAgree(t *testing.T) {
 		}
 		if mode.events {
 			name += "+events"
+		}
+		if mode.restarter {
+			name += "+restarter"
 		}
 		t.Run(name, func(t *testing.T) {
 			k := renderKustomize(t, mode.kustomize)
@@ -261,9 +283,22 @@ func TestKustomizeAndHelmAgree(t *testing.T) {
 			if mode.events {
 				set = append(set, eventsValues...)
 			}
+			if mode.restarter {
+				set = append(set, "restarter.enabled=true")
+			}
 			h := renderHelm(t, "kvinject", "kvinject-system", set...)
 			if (k.hub != nil) != mode.hub || (h.hub != nil) != mode.hub {
 				t.Fatalf("the hub is rendered by kustomize: %v, by Helm: %v; want %v", k.hub != nil, h.hub != nil, mode.hub)
+			}
+			if (k.restarter != nil) != mode.restarter || (h.restarter != nil) != mode.restarter {
+				t.Fatalf("the restarter is rendered by kustomize: %v, by Helm: %v; want %v", k.restarter != nil, h.restarter != nil, mode.restarter)
+			}
+			if mode.restarter {
+				// Both give the webhook --restart-action=true; the rest of its
+				// flags is compared below as in the other modes.
+				for _, in := range []*install{k, h} {
+					in.deployment = withoutArg(t, in, "--restart-action=true")
+				}
 			}
 
 			// The same objects, except the ConfigMap kustomize uses for the flags
@@ -323,8 +358,25 @@ func TestKustomizeAndHelmAgree(t *testing.T) {
 			if mode.hub {
 				compareHubs(t, k, h)
 			}
+			if mode.restarter {
+				compareRestarters(t, k, h)
+			}
 		})
 	}
+}
+
+// withoutArg returns a copy of the webhook's Deployment without arg, which
+// it must give exactly once.
+func withoutArg(t *testing.T, in *install, arg string) *appsv1.Deployment {
+	t.Helper()
+	d := in.deployment.DeepCopy()
+	args := d.Spec.Template.Spec.Containers[0].Args
+	i := slices.Index(args, arg)
+	if i < 0 || slices.Index(args[i+1:], arg) >= 0 {
+		t.Fatalf("%s: the webhook's arguments %q hold %s %d times, want once", in.name, args, arg, strings.Count(strings.Join(args, " ")+" ", arg+" "))
+	}
+	d.Spec.Template.Spec.Containers[0].Args = slices.Delete(slices.Clone(args), i, i+1)
+	return d
 }
 
 // hubValues enable the hub in the chart, with the workload identity the
