@@ -8,6 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
@@ -49,13 +50,33 @@ type install struct {
 	hubPeers  *corev1.Service
 }
 
-// renderKustomize builds a kustomization folder of the repository.
-func renderKustomize(t *testing.T, dir string) *install {
+// renderKustomize builds a kustomization folder of the repository or, with
+// components (folders of the repository, "" ignored), an overlay written for
+// the test that lists dir and them, like a user's own.
+func renderKustomize(t *testing.T, dir string, components ...string) *install {
 	t.Helper()
+	build, name := filepath.Join(root, dir), dir
+	if components = slices.DeleteFunc(slices.Clone(components), func(c string) bool { return c == "" }); len(components) > 0 {
+		build, name = t.TempDir(), dir+" with "+strings.Join(components, ", ")
+		rel := func(p string) string {
+			r, err := filepath.Rel(build, filepath.Join(root, p))
+			if err != nil {
+				t.Fatal(err)
+			}
+			return r // kustomize refuses absolute paths
+		}
+		k := "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n  - " + rel(dir) + "\ncomponents:\n"
+		for _, c := range components {
+			k += "  - " + rel(c) + "\n"
+		}
+		if err := os.WriteFile(filepath.Join(build, "kustomization.yaml"), []byte(k), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
 	start := time.Now()
-	out := runTool(t, kustomizeBin, "build", filepath.Join(root, dir))
-	t.Logf("kustomize build %s: %s", dir, time.Since(start).Round(time.Millisecond))
-	return parseInstall(t, "kustomize "+dir, out)
+	out := runTool(t, kustomizeBin, "build", build)
+	t.Logf("kustomize build %s: %s", name, time.Since(start).Round(time.Millisecond))
+	return parseInstall(t, "kustomize "+name, out)
 }
 
 // renderHelm renders the chart for a release in namespace with --set values.
@@ -263,6 +284,9 @@ func TestKustomizeAndHelmAgree(t *testing.T) {
 		{"manifests/install/cert-manager-hub", "cert-manager", true, false, false},
 		{"manifests/examples/hub-events", "builtin", true, true, false},
 		{"manifests/examples/restarter", "builtin", true, false, true},
+		// No overlay of the repository lists the restarter with cert-manager:
+		// the test writes one.
+		{"manifests/install/cert-manager-hub+manifests/components/restarter-cert-manager", "cert-manager", true, false, true},
 	} {
 		name := mode.helmMode
 		if mode.hub {
@@ -275,7 +299,8 @@ func TestKustomizeAndHelmAgree(t *testing.T) {
 			name += "+restarter"
 		}
 		t.Run(name, func(t *testing.T) {
-			k := renderKustomize(t, mode.kustomize)
+			dir, components, _ := strings.Cut(mode.kustomize, "+")
+			k := renderKustomize(t, dir, strings.Split(components, "+")...)
 			set := []string{"certificates.mode=" + mode.helmMode}
 			if mode.hub {
 				set = append(set, hubValues...)
@@ -294,9 +319,11 @@ func TestKustomizeAndHelmAgree(t *testing.T) {
 				t.Fatalf("the restarter is rendered by kustomize: %v, by Helm: %v; want %v", k.restarter != nil, h.restarter != nil, mode.restarter)
 			}
 			if mode.restarter {
-				// Both give the webhook --restart-action=true; the rest of its
-				// flags is compared below as in the other modes.
+				// Both give the webhook --restart-action=true (checked with the
+				// rest of the restarter's rendering); the rest of its flags is
+				// compared below as in the other modes.
 				for _, in := range []*install{k, h} {
+					checkRestarterRendering(t, in)
 					in.deployment = withoutArg(t, in, "--restart-action=true")
 				}
 			}

@@ -75,9 +75,23 @@ func TestHelmRestarter(t *testing.T) {
 	c := startCluster(t)
 	const ns = "platform-kvinject"
 	c.ensureNamespace(t, ns, map[string]string{"pod-security.kubernetes.io/enforce": "restricted"}, nil)
-	in := renderHelm(t, "secrets", ns, append(append([]string(nil), hubValues...), "restarter.enabled=true")...)
+	values := append(append([]string(nil), hubValues...), "restarter.enabled=true")
+	in := renderHelm(t, "secrets", ns, values...)
 	if got, want := in.restarter.Spec.Template.Spec.ServiceAccountName, "secrets-kvinject-restarter"; got != want {
 		t.Fatalf("the restarter's ServiceAccount is %q, want %q (the release's names)", got, want)
+	}
+	// The hub's CA comes from the certificate mode's Secret: the webhook's
+	// in builtin mode, the hub's own with cert-manager.
+	for mode, secret := range map[string]string{"builtin": "secrets-kvinject-webhook-cert", "cert-manager": "secrets-kvinject-hub-tls"} {
+		t.Run(mode+" rendering", func(t *testing.T) {
+			r := renderHelm(t, "secrets", ns, append([]string{"certificates.mode=" + mode}, values...)...)
+			checkRestarterRendering(t, r)
+			for _, v := range r.restarter.Spec.Template.Spec.Volumes {
+				if v.Name == "hub-ca" && (v.Secret == nil || v.Secret.SecretName != secret) {
+					t.Errorf("the restarter's hub-ca volume is not the Secret %s: %s", secret, v.VolumeSource.String())
+				}
+			}
+		})
 	}
 	c.apply(t, in.objs)
 	proveRestarter(t, c, in)
