@@ -137,12 +137,14 @@ images: ## build the agent image, then the webhook's (pinning that agent by dige
 	$(GO) run ./hack/images -only webhook,hub,restarter $(IMAGES_FLAGS)
 
 .PHONY: helm-lint
-helm-lint: ## helm lint --strict the chart in both certificate modes, without and with the hub
+helm-lint: ## helm lint --strict the chart in both certificate modes, without and with the hub, and with the restart controller
 	helm=$$(hack/tools.sh helm); hub='--set hub.enabled=true --set hub.identity.clientID=00000000-0000-0000-0000-000000000000'; \
 	  $$helm lint --strict charts/kvinject; \
 	  $$helm lint --strict charts/kvinject --set certificates.mode=cert-manager; \
 	  $$helm lint --strict charts/kvinject $$hub; \
-	  $$helm lint --strict charts/kvinject --set certificates.mode=cert-manager $$hub
+	  $$helm lint --strict charts/kvinject --set certificates.mode=cert-manager $$hub; \
+	  $$helm lint --strict charts/kvinject $$hub --set restarter.enabled=true; \
+	  $$helm lint --strict charts/kvinject --set certificates.mode=cert-manager $$hub --set restarter.enabled=true
 
 .PHONY: render
 render: ## render the kustomize installs and package the chart into dist/install, for review or release

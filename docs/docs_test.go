@@ -1139,44 +1139,75 @@ func TestRestarterFlags(t *testing.T) {
 
 // TestRestarterRBACTable: docs/actions.md's RBAC table lists exactly the
 // rules of the restarter's ClusterRole (granted per opted-in namespace) and of
-// its Role in its own namespace.
+// its Role in its own namespace, in the kustomize component and in the Helm
+// chart (read for release "kvinject", whose names are the component's).
 func TestRestarterRBACTable(t *testing.T) {
-	const file = "manifests/components/restarter/restarter-rbac.yaml"
+	const file, chart = "manifests/components/restarter/restarter-rbac.yaml", "charts/kvinject/templates/restarter-rbac.yaml"
 	data, err := os.ReadFile(filepath.Join(root, file))
 	if err != nil {
 		t.Fatal(err)
 	}
-	code := map[grant]string{}
-	for _, r := range parseRBAC(t, file, data).roles {
-		with, scope := "the restarter", "namespace "+r.Namespace
-		if r.Namespace == "" {
-			with, scope = "the ClusterRole, per namespace", "namespace <opted in>"
-		}
-		for _, rule := range r.Rules {
-			names := rule.ResourceNames
-			if len(names) == 0 {
-				names = []string{""}
+	docs := docsRBACOf(t, "docs/actions.md")
+	for f, data := range map[string][]byte{file: data, chart: restarterChartRBAC(t, chart)} {
+		code := map[grant]string{}
+		for _, r := range parseRBAC(t, f, data).roles {
+			with, scope := "the restarter", "namespace "+r.Namespace
+			if r.Namespace == "" {
+				with, scope = "the ClusterRole, per namespace", "namespace <opted in>"
 			}
-			for _, g := range rule.APIGroups {
-				for _, res := range rule.Resources {
-					for _, n := range names {
-						for _, v := range rule.Verbs {
-							code[grant{with, scope, g, res, n, v}] = file + " (" + r.Name + ")"
+			for _, rule := range r.Rules {
+				names := rule.ResourceNames
+				if len(names) == 0 {
+					names = []string{""}
+				}
+				for _, g := range rule.APIGroups {
+					for _, res := range rule.Resources {
+						for _, n := range names {
+							for _, v := range rule.Verbs {
+								code[grant{with, scope, g, res, n, v}] = f + " (" + r.Name + ")"
+							}
 						}
 					}
 				}
 			}
 		}
-	}
-	docs := docsRBACOf(t, "docs/actions.md")
-	for g, where := range code {
-		if docs[g] == "" {
-			t.Errorf("%s grants %+v, which docs/actions.md's RBAC table does not list", where, g)
+		for g, where := range code {
+			if docs[g] == "" {
+				t.Errorf("%s grants %+v, which docs/actions.md's RBAC table does not list", where, g)
+			}
+		}
+		for g, where := range docs {
+			if code[g] == "" {
+				t.Errorf("%s lists %+v, which %s does not grant", where, g, f)
+			}
 		}
 	}
-	for g, where := range docs {
-		if code[g] == "" {
-			t.Errorf("%s lists %+v, which %s does not grant", where, g, file)
-		}
+}
+
+// restarterChartRBAC reads the chart's restarter RBAC template for release
+// "kvinject" in the webhook's namespace: the names of the kustomize component.
+func restarterChartRBAC(t *testing.T, cf string) []byte {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(root, cf))
+	if err != nil {
+		t.Fatal(err)
 	}
+	var b strings.Builder
+	for i, line := range strings.Split(string(data), "\n") {
+		trimmed := strings.TrimSpace(line)
+		switch {
+		case trimmed == "{{- if .Values.restarter.enabled }}", trimmed == "{{- end }}",
+			strings.HasPrefix(trimmed, "{{- $name :="), strings.HasPrefix(trimmed, `{{- include "kvinject.restarterLabels"`):
+			continue
+		case strings.HasPrefix(trimmed, "{{"):
+			t.Fatalf("%s:%d: the docs test cannot read the directive %q: teach restarterChartRBAC about it", cf, i+1, trimmed)
+		}
+		line = strings.ReplaceAll(line, "{{ $name }}", "kvinject-restarter")
+		line = strings.ReplaceAll(line, "{{ .Release.Namespace }}", webhookNamespace)
+		if strings.Contains(line, "{{") {
+			t.Fatalf("%s:%d: the docs test cannot read the expression in %q", cf, i+1, strings.TrimSpace(line))
+		}
+		b.WriteString(line + "\n")
+	}
+	return []byte(b.String())
 }
