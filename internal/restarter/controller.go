@@ -229,7 +229,8 @@ func (c *Controller) logOptOut(ns string) {
 	saNS, saName, _ := strings.Cut(c.opts.ServiceAccount, "/")
 	c.log.Warn("a pod asked for a restart, but its namespace has not opted in: the API server refuses the restart controller there (logged once per 10 minutes per namespace)",
 		"namespace", ns,
-		"fix", fmt.Sprintf("kubectl create rolebinding kvinject-restarter -n %s --clusterrole=kvinject-restarter --serviceaccount=%s:%s", ns, saNS, saName))
+		// The installs name the ClusterRole after the ServiceAccount.
+		"fix", fmt.Sprintf("kubectl create rolebinding %s -n %s --clusterrole=%s --serviceaccount=%s:%s", saName, ns, saName, saNS, saName))
 }
 
 // owner is a verified workload.
