@@ -7,6 +7,7 @@
 #   docker build --target webhook -t ghcr.io/kvinject/webhook:dev .
 #   docker build --target agent   -t ghcr.io/kvinject/agent:dev .
 #   docker build --target hub     -t ghcr.io/kvinject/hub:dev .
+#   docker build --target restarter -t ghcr.io/kvinject/restarter:dev .
 #   docker buildx build --platform linux/amd64,linux/arm64 --target agent ...
 ARG GO_VERSION=1.26.8
 
@@ -21,7 +22,7 @@ COPY . .
 RUN --mount=type=cache,target=/go/pkg/mod --mount=type=cache,target=/root/.cache/go-build \
     CGO_ENABLED=0 GOOS=$TARGETOS GOARCH=$TARGETARCH go build -trimpath \
       -ldflags "-s -w -X github.com/kvinject/kvinject/internal/version.Version=${VERSION}" \
-      -o /out/ ./cmd/webhook ./cmd/agent ./cmd/hub \
+      -o /out/ ./cmd/webhook ./cmd/agent ./cmd/hub ./cmd/restarter \
  && go run ./hack/images -rootfs /rootfs
 
 FROM scratch AS base
@@ -42,3 +43,7 @@ ENTRYPOINT ["/kvinject-webhook"]
 FROM base AS hub
 COPY --from=build /out/hub /kvinject-hub
 ENTRYPOINT ["/kvinject-hub"]
+
+FROM base AS restarter
+COPY --from=build /out/restarter /kvinject-restarter
+ENTRYPOINT ["/kvinject-restarter"]

@@ -24,7 +24,7 @@ help: ## list the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
 .PHONY: build
-build: ## build the webhook, agent, hub and emulator into bin/
+build: ## build the webhook, agent, hub, restarter and emulator into bin/
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/...
 
 .PHONY: lint
@@ -120,11 +120,11 @@ IMAGES_FLAGS = -bindir $(DIST)/bin -platforms '$(PLATFORMS)' -registry '$(REGIST
   -version '$(VERSION)' -source-date-epoch '$(SOURCE_DATE_EPOCH)' -out $(DIST)/images
 
 .PHONY: images
-images: ## build the agent image, then the webhook's (pinning that agent by digest) and the hub's, as OCI tarballs into dist/images (PLATFORMS, REGISTRY, VERSION)
+images: ## build the agent image, then the webhook's (pinning that agent by digest), the hub's and the restarter's, as OCI tarballs into dist/images (PLATFORMS, REGISTRY, VERSION)
 	rm -rf $(DIST)/bin $(DIST)/images
 	for p in $$(echo '$(PLATFORMS)' | tr ',' ' '); do \
 	  os=$${p%%/*}; arch=$${p#*/}; \
-	  CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch $(GO) build -trimpath -ldflags '$(LDFLAGS_VERSION)' -o $(DIST)/bin/$${os}_$${arch}/ ./cmd/agent ./cmd/hub; \
+	  CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch $(GO) build -trimpath -ldflags '$(LDFLAGS_VERSION)' -o $(DIST)/bin/$${os}_$${arch}/ ./cmd/agent ./cmd/hub ./cmd/restarter; \
 	done
 	$(GO) run ./hack/images -only agent $(IMAGES_FLAGS)
 	agent=$$(cat $(DIST)/images/agent.ref); \
@@ -134,15 +134,17 @@ images: ## build the agent image, then the webhook's (pinning that agent by dige
 	    CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch $(GO) build -trimpath -ldflags "$(LDFLAGS_VERSION) -X $(VERSION_PKG).AgentImage=$$agent" \
 	      -o $(DIST)/bin/$${os}_$${arch}/ ./cmd/webhook; \
 	  done
-	$(GO) run ./hack/images -only webhook,hub $(IMAGES_FLAGS)
+	$(GO) run ./hack/images -only webhook,hub,restarter $(IMAGES_FLAGS)
 
 .PHONY: helm-lint
-helm-lint: ## helm lint --strict the chart in both certificate modes, without and with the hub
+helm-lint: ## helm lint --strict the chart in both certificate modes, without and with the hub, and with the restart controller
 	helm=$$(hack/tools.sh helm); hub='--set hub.enabled=true --set hub.identity.clientID=00000000-0000-0000-0000-000000000000'; \
 	  $$helm lint --strict charts/kvinject; \
 	  $$helm lint --strict charts/kvinject --set certificates.mode=cert-manager; \
 	  $$helm lint --strict charts/kvinject $$hub; \
-	  $$helm lint --strict charts/kvinject --set certificates.mode=cert-manager $$hub
+	  $$helm lint --strict charts/kvinject --set certificates.mode=cert-manager $$hub; \
+	  $$helm lint --strict charts/kvinject $$hub --set restarter.enabled=true; \
+	  $$helm lint --strict charts/kvinject --set certificates.mode=cert-manager $$hub --set restarter.enabled=true
 
 .PHONY: render
 render: ## render the kustomize installs and package the chart into dist/install, for review or release

@@ -270,7 +270,8 @@ func TestContractKeysDocumented(t *testing.T) {
 	}
 	readme := documented(pageByPath(t, "README.md"), "annotation", "meaning", "default")
 	for _, k := range mapping.PodAnnotationKeys() {
-		if k != mapping.AnnotationStatus && !readme[k] {
+		// Written by kvinject, not by users: the contract lists them.
+		if k != mapping.AnnotationStatus && k != mapping.AnnotationRestartedAt && !readme[k] {
 			t.Errorf("README.md: the contract table | annotation | meaning | default | has no row for the pod annotation %s", k)
 		}
 	}
@@ -1068,13 +1069,13 @@ func TestDependencies(t *testing.T) {
 }
 
 // hubMetricRE finds the names of the hub's Prometheus metrics in Go source.
-var hubMetricRE = regexp.MustCompile(`Name:\s*"(kvinject_hub_[a-z_]+)"`)
+var hubMetricRE = regexp.MustCompile(`Name:\s*"(kvinject_(?:hub|restarter)_[a-z_]+)"`)
 
 // TestHubMetricsTables: the metrics tables of docs/hub.md and docs/events.md
 // together list exactly the metrics the hub's packages define.
 func TestHubMetricsTables(t *testing.T) {
 	docs := map[string]string{}
-	for _, path := range []string{"docs/hub.md", "docs/events.md"} {
+	for _, path := range []string{"docs/hub.md", "docs/events.md", "docs/actions.md"} {
 		rows, lineNos := table(t, pageByPath(t, path), "metric", "what")
 		for i, r := range rows {
 			spans := codeSpans(r[0])
@@ -1087,7 +1088,7 @@ func TestHubMetricsTables(t *testing.T) {
 		}
 	}
 	code := map[string]string{}
-	for _, dir := range []string{"internal/hub", "internal/hub/vaults", "internal/hub/events"} {
+	for _, dir := range []string{"internal/hub", "internal/hub/vaults", "internal/hub/events", "internal/restarter"} {
 		files, err := filepath.Glob(filepath.Join(root, dir, "*.go"))
 		if err != nil {
 			t.Fatal(err)
@@ -1110,7 +1111,7 @@ func TestHubMetricsTables(t *testing.T) {
 	}
 	for name, where := range code {
 		if docs[name] == "" {
-			t.Errorf("%s defines %s, which no metrics table of docs/hub.md or docs/events.md lists", where, name)
+			t.Errorf("%s defines %s, which no metrics table of docs/hub.md, docs/events.md or docs/actions.md lists", where, name)
 		}
 	}
 	for name, where := range docs {
@@ -1118,4 +1119,97 @@ func TestHubMetricsTables(t *testing.T) {
 			t.Errorf("%s lists %s, which the hub does not define", where, name)
 		}
 	}
+}
+
+// TestRestarterFlags: docs/actions.md's flag table lists exactly the flags of
+// cmd/restarter.
+func TestRestarterFlags(t *testing.T) {
+	const mainFile = "cmd/restarter/main.go"
+	own, delegated := registeredFlags(t, mainFile, "parseFlags", "fs")
+	if want := []string{"config.RegisterFlags"}; !slices.Equal(delegated, want) {
+		t.Fatalf("%s registers flags through %v; the docs test knows %v: teach TestRestarterFlags", mainFile, delegated, want)
+	}
+	fs := flag.NewFlagSet("restarter", flag.ContinueOnError)
+	config.RegisterFlags(fs)
+	code := flagNames(fs)
+	for n := range own {
+		code[n] = true
+	}
+	docs := docsFlags(t, pageByPath(t, "docs/actions.md"), "restarter flag", "default", "meaning")
+	compareFlags(t, "docs/actions.md (table | restarter flag |)", docs, code, mainFile+" (parseFlags, config.RegisterFlags)")
+}
+
+// TestRestarterRBACTable: docs/actions.md's RBAC table lists exactly the
+// rules of the restarter's ClusterRole (granted per opted-in namespace) and of
+// its Role in its own namespace, in the kustomize component and in the Helm
+// chart (read for release "kvinject", whose names are the component's).
+func TestRestarterRBACTable(t *testing.T) {
+	const file, chart = "manifests/components/restarter/restarter-rbac.yaml", "charts/kvinject/templates/restarter-rbac.yaml"
+	data, err := os.ReadFile(filepath.Join(root, file))
+	if err != nil {
+		t.Fatal(err)
+	}
+	docs := docsRBACOf(t, "docs/actions.md")
+	for f, data := range map[string][]byte{file: data, chart: restarterChartRBAC(t, chart)} {
+		code := map[grant]string{}
+		for _, r := range parseRBAC(t, f, data).roles {
+			with, scope := "the restarter", "namespace "+r.Namespace
+			if r.Namespace == "" {
+				with, scope = "the ClusterRole, per namespace", "namespace <opted in>"
+			}
+			for _, rule := range r.Rules {
+				names := rule.ResourceNames
+				if len(names) == 0 {
+					names = []string{""}
+				}
+				for _, g := range rule.APIGroups {
+					for _, res := range rule.Resources {
+						for _, n := range names {
+							for _, v := range rule.Verbs {
+								code[grant{with, scope, g, res, n, v}] = f + " (" + r.Name + ")"
+							}
+						}
+					}
+				}
+			}
+		}
+		for g, where := range code {
+			if docs[g] == "" {
+				t.Errorf("%s grants %+v, which docs/actions.md's RBAC table does not list", where, g)
+			}
+		}
+		for g, where := range docs {
+			if code[g] == "" {
+				t.Errorf("%s lists %+v, which %s does not grant", where, g, f)
+			}
+		}
+	}
+}
+
+// restarterChartRBAC reads the chart's restarter RBAC template for release
+// "kvinject" in the webhook's namespace: the names of the kustomize component.
+func restarterChartRBAC(t *testing.T, cf string) []byte {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(root, cf))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b strings.Builder
+	for i, line := range strings.Split(string(data), "\n") {
+		trimmed := strings.TrimSpace(line)
+		switch {
+		case trimmed == "{{- if .Values.restarter.enabled }}", trimmed == "{{- end }}",
+			strings.HasPrefix(trimmed, "{{- $name :="), strings.HasPrefix(trimmed, `{{- include "kvinject.restarterLabels"`):
+			continue
+		case strings.HasPrefix(trimmed, "{{"):
+			t.Fatalf("%s:%d: the docs test cannot read the directive %q: teach restarterChartRBAC about it", cf, i+1, trimmed)
+		}
+		line = strings.ReplaceAll(line, "{{ $name }}", "kvinject-restarter")
+		line = strings.ReplaceAll(line, "{{ .Release.Namespace }}", webhookNamespace)
+		if strings.Contains(line, "{{") {
+			t.Fatalf("%s:%d: the docs test cannot read the expression in %q", cf, i+1, strings.TrimSpace(line))
+		}
+		b.WriteString(line + "\n")
+	}
+	return []byte(b.String())
 }

@@ -192,13 +192,14 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	srv, err := hub.NewServer(hub.Options{
-		Kube:             kube,
-		Vaults:           vh,
-		MaxWait:          f.MaxWait,
-		MaxConnectionAge: f.MaxConnectionAge,
-		PodCacheTTL:      f.ServerPodCacheTTL(),
-		Logger:           log.With("component", "server"),
-		Registerer:       metrics.Registry,
+		Kube:                    kube,
+		Vaults:                  vh,
+		MaxWait:                 f.MaxWait,
+		MaxConnectionAge:        f.MaxConnectionAge,
+		PodCacheTTL:             f.ServerPodCacheTTL(),
+		Logger:                  log.With("component", "server"),
+		RestarterServiceAccount: f.RestarterServiceAccount,
+		Registerer:              metrics.Registry,
 	})
 	if err != nil {
 		return err

@@ -9,7 +9,8 @@
 // <out>/webhook.tar (ghcr.io/kvinject/webhook:v0.1.0, entrypoint
 // /kvinject-webhook), <out>/agent.tar (ghcr.io/kvinject/agent:v0.1.0,
 // entrypoint /kvinject-agent) and <out>/hub.tar (ghcr.io/kvinject/hub:v0.1.0,
-// entrypoint /kvinject-hub), then prints each image's digest and sizes.
+// entrypoint /kvinject-hub) and <out>/restarter.tar (entrypoint
+// /kvinject-restarter), then prints each image's digest and sizes.
 // Next to each archive, <out>/<name>.ref holds the image's reference pinned by
 // digest (ghcr.io/kvinject/agent:v0.1.0@sha256:...; with several platforms
 // the digest is the image index's), the digest a registry reports once the
@@ -18,7 +19,7 @@
 // -only builds some of the images (comma-separated names): `make images`
 // builds the agent first (-only agent), stamps the webhook with the content
 // of agent.ref as its default agent image, then builds the webhook and the
-// version hub (-only webhook,hub), so a release's webhook injects exactly the
+// version hub and the restarter (-only webhook,hub,restarter), so a release's webhook injects exactly the
 // agent released with it.
 //
 //	go run ./hack/images -rootfs DIR
@@ -55,7 +56,7 @@ func main() {
 func run(args []string) error {
 	fs := flag.NewFlagSet("images", flag.ContinueOnError)
 	var (
-		binDir    = fs.String("bindir", "dist/bin", "folder with <os>_<arch>/<image> binaries: webhook, agent, hub")
+		binDir    = fs.String("bindir", "dist/bin", "folder with <os>_<arch>/<image> binaries: webhook, agent, hub, restarter")
 		platforms = fs.String("platforms", "linux/amd64", "comma-separated platforms, e.g. linux/amd64,linux/arm64")
 		registry  = fs.String("registry", "ghcr.io/kvinject", "registry and namespace of the image names")
 		version   = fs.String("version", "dev", "image tag and org.opencontainers.image.version")

@@ -67,7 +67,7 @@ func TestOnlyAgentWritesPinnedRef(t *testing.T) {
 // TestOnlyRefusesUnknownImages checks that a misspelt -only names the images.
 func TestOnlyRefusesUnknownImages(t *testing.T) {
 	err := run([]string{"-only", "agent,wehbook", "-bindir", t.TempDir(), "-out", t.TempDir()})
-	if err == nil || !strings.Contains(err.Error(), `-only: no image "wehbook"; the images are webhook, agent, hub`) {
+	if err == nil || !strings.Contains(err.Error(), `-only: no image "wehbook"; the images are webhook, agent, hub, restarter`) {
 		t.Fatalf("run = %v", err)
 	}
 }

@@ -48,6 +48,9 @@ type podAgent struct {
 	Objects map[string]bool
 	// Problem says why the pod has nothing to watch; empty when it has.
 	Problem string
+	// Restart: the agent runs with --on-change=restart, so the hub keeps its
+	// reports of swapped sets for the restart controller.
+	Restart bool
 }
 
 // agentOf reads the rotating agent of pod: the container named
@@ -83,6 +86,7 @@ func agentOf(pod *corev1.Pod) podAgent {
 		return a
 	}
 	a.Vault = vault
+	a.Restart = cfg.OnChange.Kind == agentconfig.OnChangeRestart
 	a.Objects = map[string]bool{}
 	for _, e := range cfg.Entries {
 		if kind := hubKind(e.Kind()); kind != "" && e.Version == "" {
@@ -259,3 +263,4 @@ func (req *watchRequest) validate() *refusal {
 	}
 	return nil
 }
+

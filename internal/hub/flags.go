@@ -65,6 +65,11 @@ type Flags struct {
 	EventsDeleteAfter    time.Duration
 	EventsLeaseNamespace string
 
+	// RestarterServiceAccount is "<namespace>/<name>" of the restart
+	// controller, the only identity the feed of swapped sets answers; empty:
+	// no feed, and the agents' reports are refused.
+	RestarterServiceAccount string
+
 	// IdentityKind and Level are Identity and LogLevel parsed by Validate.
 	IdentityKind agentconfig.IdentityKind
 	Level        slog.Level
@@ -91,6 +96,7 @@ func (f *Flags) Bind(fs *flag.FlagSet) {
 	fs.Var((*stringList)(&f.EventsQueues), "events-queue", "URL of a Storage queue that Event Grid delivers Key Vault events to, https://ACCOUNT.queue.core.windows.net/QUEUE, read with the hub's identity (role Storage Queue Data Message Processor); repeat it for several queues. New versions then reach the agents within seconds; the sweep stays as the backstop")
 	fs.DurationVar(&f.EventsPollInterval, "events-poll-interval", events.DefaultPollInterval, "how often each replica peeks an events queue that was empty")
 	fs.DurationVar(&f.EventsDeleteAfter, "events-delete-after", events.DefaultDeleteAfter, "how long after it first read a handled queue message the replica holding the events Lease deletes it (every replica peeks the front of the queue every --events-poll-interval, so each has read it by then)")
+	fs.StringVar(&f.RestarterServiceAccount, "restarter-service-account", "", "<namespace>/<name> of the restart controller's ServiceAccount (kvinject-restarter), the only identity the feed of swapped sets answers; empty: pods with kvinject.dev/on-change: restart are not restarted and their agents' reports are refused")
 	fs.StringVar(&f.EventsLeaseNamespace, "events-lease-namespace", "", "namespace of the Lease "+events.DefaultLeaseName+" whose holder deletes the queues' messages (default: $POD_NAMESPACE)")
 }
 
@@ -124,6 +130,11 @@ func (f *Flags) Validate() error {
 	}
 	if !(f.ReadBudget > 0) || f.ReadBudget > keyVaultLimit {
 		bad("--read-budget %v: use a number of reads per second above 0 and at most %d (Key Vault's limit of 4,000 transactions per 10 s per vault), e.g. %d", f.ReadBudget, keyVaultLimit, DefaultReadBudget)
+	}
+	if f.RestarterServiceAccount != "" {
+		if _, _, err := hubapi.ParseServiceAccount(f.RestarterServiceAccount); err != nil {
+			bad("--restarter-service-account: %v", err)
+		}
 	}
 	if f.Replicas < 1 {
 		bad("--replicas %d: use the Deployment's replica count, 1 or more", f.Replicas)

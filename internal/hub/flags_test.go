@@ -91,6 +91,8 @@ func TestFlagErrorsNameTheFlag(t *testing.T) {
 		{"--max-versions=0", "--max-versions 0: use a number from 1 to 100000"},
 		{"--pod-cache-ttl=-1s", "--pod-cache-ttl -1s: use a duration from 0 to 10m"},
 		{"--pod-cache-ttl=1h", "--pod-cache-ttl 1h0m0s"},
+		{"--restarter-service-account=kvinject-restarter", `--restarter-service-account: "kvinject-restarter" is not <namespace>/<serviceaccount>, e.g. kvinject-system/kvinject-restarter`},
+		{"--restarter-service-account=Kvinject/x", `"Kvinject/x" is not <namespace>/<serviceaccount>`},
 		{"--log-level=trace", `--log-level "trace": use debug, info, warn or error`},
 		{"--events-queue=https://kvevents.blob.core.windows.net/q01", `--events-queue "https://kvevents.blob.core.windows.net/q01": host "kvevents.blob.core.windows.net" is not a Storage account's queue endpoint`},
 		{"--events-queue=https://kvevents.queue.core.windows.net/q01?sig=x", "(a SAS token?)"},

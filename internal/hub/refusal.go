@@ -40,7 +40,8 @@ func statusOf(reason string) int {
 		return http.StatusBadRequest
 	case hubapi.ReasonUnauthenticated, hubapi.ReasonNotAPod:
 		return http.StatusUnauthorized
-	case hubapi.ReasonPodMismatch, hubapi.ReasonNotPodObject, hubapi.ReasonUnknownVersion:
+	case hubapi.ReasonPodMismatch, hubapi.ReasonNotPodObject, hubapi.ReasonUnknownVersion,
+		hubapi.ReasonNoRestartAction, hubapi.ReasonRestartsOff, hubapi.ReasonNotRestarter:
 		return http.StatusForbidden
 	default: // ReasonVaultNotListable, ReasonUnavailable and anything new: come back later
 		return http.StatusServiceUnavailable

@@ -71,6 +71,14 @@ type Options struct {
 	// PodCacheTTL is how long a pod lookup is reused; 0 means
 	// DefaultPodCacheTTL, negative means never.
 	PodCacheTTL time.Duration
+	// RestarterServiceAccount is "<namespace>/<name>" of the restart
+	// controller's ServiceAccount, the only identity the feed
+	// (hubapi.FeedPath) answers; empty: no feed, and reports
+	// (hubapi.ChangedPath) are refused with hubapi.ReasonRestartsOff.
+	RestarterServiceAccount string
+	// FeedSize bounds the reports kept for the restart controller; 0 means
+	// DefaultFeedSize.
+	FeedSize int
 	// Logger receives the server's log; nil discards it.
 	Logger *slog.Logger
 	// Registerer receives the server's metrics; nil registers none.
@@ -101,6 +109,12 @@ type Server struct {
 	listener atomic.Pointer[reuseListener]
 	ages     sync.Map
 	lot      lot
+
+	// feed keeps the reports of swapped sets for the restart controller,
+	// whose ServiceAccount is restarterNS/restarterSA (empty: no feed).
+	feed                     *feed
+	feedMetrics              *feedMetrics
+	restarterNS, restarterSA string
 }
 
 // NewServer returns a Server.
@@ -123,11 +137,28 @@ func NewServer(opts Options) (*Server, error) {
 	if opts.MaxWait < 0 || opts.MaxConnectionAge < 0 {
 		return nil, errors.New("hub.NewServer: MaxWait and MaxConnectionAge must be positive")
 	}
+	if opts.FeedSize == 0 {
+		opts.FeedSize = DefaultFeedSize
+	}
+	if opts.FeedSize < 0 {
+		return nil, errors.New("hub.NewServer: FeedSize must be positive")
+	}
+	var restarterNS, restarterSA string
+	if opts.RestarterServiceAccount != "" {
+		var err error
+		if restarterNS, restarterSA, err = hubapi.ParseServiceAccount(opts.RestarterServiceAccount); err != nil {
+			return nil, fmt.Errorf("hub.NewServer: RestarterServiceAccount: %w", err)
+		}
+	}
 	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	m, err := newMetrics(opts.Registerer)
+	if err != nil {
+		return nil, err
+	}
+	fm, err := newFeedMetrics(opts.Registerer)
 	if err != nil {
 		return nil, err
 	}
@@ -138,7 +169,12 @@ func NewServer(opts Options) (*Server, error) {
 		logs:     newLogLimiter(refusalLogInterval, 100_000),
 		now:      time.Now,
 		draining: make(chan struct{}),
+
+		feedMetrics: fm,
+		restarterNS: restarterNS,
+		restarterSA: restarterSA,
 	}
+	s.feed = newFeed(opts.FeedSize, s.now)
 	s.authn = newAuthenticator(opts.Kube, m, s.now, s.markAPIAnswered)
 	s.authz = newAuthorizer(opts.Kube, opts.PodCacheTTL, m, s.now)
 	return s, nil
@@ -391,6 +427,8 @@ func TLSConfig(getCertificate func(*tls.ClientHelloInfo) (*tls.Certificate, erro
 func (s *Server) Serve(ctx context.Context, ln net.Listener, tlsConfig *tls.Config) error {
 	mux := http.NewServeMux()
 	mux.Handle(hubapi.WatchPath, s)
+	mux.HandleFunc(hubapi.ChangedPath, s.serveChanged)
+	mux.HandleFunc(hubapi.FeedPath, s.serveFeed)
 	srv := &http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: 10 * time.Second,

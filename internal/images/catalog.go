@@ -38,10 +38,12 @@ var (
 	Agent = Image{Name: "agent", Path: "/kvinject-agent", Description: "kvinject's Key Vault fetcher agent, injected into pods by the webhook"}
 	// Hub is the version hub's image (cmd/hub, docs/hub.md).
 	Hub = Image{Name: "hub", Path: "/kvinject-hub", Description: "kvinject's version hub: watches Key Vault for new secret versions once for all rotating agents"}
+	// Restarter is the restart controller's image (cmd/restarter, docs/actions.md).
+	Restarter = Image{Name: "restarter", Path: "/kvinject-restarter", Description: "kvinject's restart controller: rolls the workloads that ask for it when their secrets change"}
 )
 
 // All returns kvinject's images in the order `make images` builds them.
-func All() []Image { return []Image{Webhook, Agent, Hub} }
+func All() []Image { return []Image{Webhook, Agent, Hub, Restarter} }
 
 // Spec returns the Spec of im holding binary for platform p.
 func (im Image) Spec(binary []byte, p v1.Platform, version, source string, sourceDateEpoch time.Time) Spec {

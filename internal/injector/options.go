@@ -69,6 +69,7 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.cpuLimit, "agent-cpu-limit", "", "agent CPU limit (empty for none)")
 	fs.StringVar(&o.memoryLimit, "agent-memory-limit", "64Mi", "agent memory limit (empty for none)")
 	fs.StringVar(&m.HubURL, "hub-url", "", "the version hub's https URL (kvinject-hub Service); rotating agents then watch it instead of polling Key Vault (empty: they poll)")
+	fs.BoolVar(&m.RestartAction, "restart-action", false, "a restart controller (kvinject-restarter) is installed, so kvinject.dev/on-change: restart is admitted (with --hub-url); the restarter's install sets it")
 	fs.StringVar(&o.HubCAFile, "hub-ca-file", "", "PEM CA bundle that agents trust for the hub's certificate, re-read when it changes (default: ca.crt in --cert-dir, the webhook's own CA)")
 	fs.DurationVar(&o.LookupTimeout, "lookup-timeout", 3*time.Second, "bound on reading a pod's Namespace and ServiceAccount")
 }

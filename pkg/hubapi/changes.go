@@ -1,6 +1,10 @@
 package hubapi
 
-import "time"
+import (
+	"fmt"
+	"strings"
+	"time"
+)
 
 // # Reports of swapped sets and the restart feed
 //
@@ -68,4 +72,59 @@ type Change struct {
 	Time      time.Time `json:"time"`
 	Vault     string    `json:"vault"`
 	Objects   []Object  `json:"objects"`
+}
+
+// FeedHubParam is FeedPath's query parameter naming the feed (Feed.Hub) the
+// cursor belongs to; a cursor of another feed starts from the oldest report
+// the replica holds.
+const FeedHubParam = "hub"
+
+// Reasons of refused reports and feed requests (in addition to the watch's
+// ReasonBadRequest, ReasonUnauthenticated, ReasonNotAPod, ReasonPodMismatch,
+// ReasonNotPodObject and ReasonUnavailable).
+const (
+	// ReasonNoRestartAction: the pod's agent does not run with
+	// --on-change=restart, so the hub keeps no report of it (403).
+	ReasonNoRestartAction = "NoRestartAction"
+	// ReasonRestartsOff: the hub has no restart controller configured
+	// (--restarter-service-account), so it keeps no reports (403).
+	ReasonRestartsOff = "RestartsOff"
+	// ReasonNotRestarter: the feed answers only the restart controller's
+	// ServiceAccount (403).
+	ReasonNotRestarter = "NotRestarter"
+)
+
+// ParseServiceAccount parses "<namespace>/<name>", the form in which the
+// hub's --restarter-service-account names the restart controller.
+func ParseServiceAccount(s string) (namespace, name string, err error) {
+	ns, n, ok := strings.Cut(s, "/")
+	if !ok || !isDNSLabel(ns) || !isDNSSubdomain(n) {
+		return "", "", fmt.Errorf("%q is not <namespace>/<serviceaccount>, e.g. kvinject-system/kvinject-restarter", s)
+	}
+	return ns, n, nil
+}
+
+func isDNSLabel(s string) bool {
+	if len(s) == 0 || len(s) > 63 || s[0] == '-' || s[len(s)-1] == '-' {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !('a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+func isDNSSubdomain(s string) bool {
+	if len(s) == 0 || len(s) > 253 {
+		return false
+	}
+	for _, l := range strings.Split(s, ".") {
+		if !isDNSLabel(l) {
+			return false
+		}
+	}
+	return true
 }

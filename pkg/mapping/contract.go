@@ -56,6 +56,10 @@ const (
 	AnnotationTemplateModePrefix = Prefix + "template-mode."
 	// AnnotationStatus is written by the webhook ("injected"); users do not set it.
 	AnnotationStatus = Prefix + "status"
+	// AnnotationRestartedAt is written by the restart controller on a
+	// workload's pod template (RFC 3339) to roll its pods, as kubectl rollout
+	// restart writes kubectl.kubernetes.io/restartedAt; users do not set it.
+	AnnotationRestartedAt = Prefix + "restarted-at"
 )
 
 // StatusInjected is the value of AnnotationStatus on an injected pod.
@@ -87,7 +91,7 @@ var podKeys = []string{
 	AnnotationVault, AnnotationSecrets, AnnotationSecretProviderClass, AnnotationMountPath, AnnotationContainers,
 	AnnotationFileMode, AnnotationRotation, AnnotationOnChange, AnnotationIdentity, AnnotationTenantID,
 	AnnotationCloud, AnnotationAgentCPURequest, AnnotationAgentMemoryRequest,
-	AnnotationAgentCPULimit, AnnotationAgentMemoryLimit, AnnotationStatus,
+	AnnotationAgentCPULimit, AnnotationAgentMemoryLimit, AnnotationStatus, AnnotationRestartedAt,
 }
 
 // namespaceKeys are the annotation keys a Namespace may carry as defaults.

@@ -87,6 +87,9 @@ type Config struct {
 	HubURL string
 	// HubCA is the PEM bundle the agent trusts for the hub's certificate.
 	HubCA string
+	// RestartAction says a restart controller (cmd/restarter) reads the
+	// hub's reports, so the restart action is admitted (with the hub).
+	RestartAction bool
 }
 
 // Patch returns the JSON patch that injects spec into pod. An empty patch means the
@@ -394,10 +397,16 @@ func tokenVolume(expiration int64) corev1.Volume {
 // rotating agent of a webhook with a hub has (usesHub; with native sidecars
 // off, that is the regular sidecar).
 func checkOnChange(spec *mapping.Spec, cfg Config) error {
-	if spec.OnChange.Kind != agentconfig.OnChangeRestart || usesHub(spec, cfg) {
+	if spec.OnChange.Kind != agentconfig.OnChangeRestart {
 		return nil
 	}
-	return fmt.Errorf("%s: %q needs the version hub (the agent reports each new set to the hub, and the restart controller restarts the pod's owner from the hub's reports), but this webhook injects no hub: its --hub-url is empty, or it cannot read the hub's CA bundle (see its log). Fix: install the hub (Helm: --set hub.enabled=true; kustomize: manifests/install/*-hub), or use http:<port><path> to call the app's reload endpoint", mapping.AnnotationOnChange, spec.OnChange.String())
+	if usesHub(spec, cfg) {
+		if cfg.RestartAction {
+			return nil
+		}
+		return fmt.Errorf("%s: %q needs the restart controller, kvinject-restarter, which rolls the pod's owner from the hub's reports, but this webhook runs without --restart-action (the restarter's install sets it). Fix: install the restarter (Helm: --set restarter.enabled=true; kustomize: components/restarter-builtin-certs or restarter-cert-manager, docs/actions.md), or use http:<port><path> to call the app's reload endpoint", mapping.AnnotationOnChange, spec.OnChange.String())
+	}
+	return fmt.Errorf("%s: %q needs the version hub (the agent reports each new set to the hub, and the restart controller restarts the pod's owner from the hub's reports), but this webhook injects no hub: its --hub-url is empty, or it cannot read the hub's CA bundle (see its log). Fix: install the hub and the restarter (Helm: --set hub.enabled=true,restarter.enabled=true; kustomize: manifests/install/*-hub with components/restarter-*), or use http:<port><path> to call the app's reload endpoint", mapping.AnnotationOnChange, spec.OnChange.String())
 }
 
 // usesHub reports whether the rotating agent watches the version hub: a hub is

@@ -339,16 +339,18 @@ func TestOnChangeOnlyRotatingAgent(t *testing.T) {
 	httpAction, _ := agentconfig.ParseOnChange("http:8080/-/reload")
 	restart := agentconfig.OnChange{Kind: agentconfig.OnChangeRestart}
 	for _, tt := range []struct {
-		name    string
-		action  agentconfig.OnChange
-		native  bool
-		hubURL  string
-		wantErr string
+		name        string
+		action      agentconfig.OnChange
+		native      bool
+		hubURL      string
+		noRestarter bool
+		wantErr     string
 	}{
 		{name: "http native", action: httpAction, native: true},
 		{name: "http regular sidecar", action: httpAction},
 		{name: "restart native with hub", action: restart, native: true, hubURL: hub},
 		{name: "restart regular sidecar with hub", action: restart, hubURL: hub},
+		{name: "restart with hub without restarter", action: restart, native: true, hubURL: hub, noRestarter: true, wantErr: "runs without --restart-action"},
 		{name: "restart without hub", action: restart, native: true, wantErr: `kvinject.dev/on-change: "restart" needs the version hub`},
 		{name: "restart regular sidecar without hub", action: restart, wantErr: "its --hub-url is empty"},
 	} {
@@ -356,7 +358,7 @@ func TestOnChangeOnlyRotatingAgent(t *testing.T) {
 			spec := testSpec(time.Minute, agentconfig.IdentitySystem)
 			spec.OnChange = tt.action
 			c := cfg
-			c.NativeSidecars, c.HubURL, c.HubCA = tt.native, tt.hubURL, "ca"
+			c.NativeSidecars, c.HubURL, c.HubCA, c.RestartAction = tt.native, tt.hubURL, "ca", !tt.noRestarter
 			ops, err := Patch(testPod(), spec, c)
 			if tt.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {

@@ -20,7 +20,12 @@
 //     certificate is trusted under the webhook's --hub-url name with the CA the
 //     webhook gives agents, rotating agents are given the hub, and kvinject-hub,
 //     run as its pod template says, gets ready and authenticates and authorizes
-//     an agent's request.
+//     an agent's request;
+//   - with the restart controller (manifests/examples/restarter, Helm's
+//     restarter.enabled, proveRestarter): its pod passes Pod Security, it has
+//     no rights in a namespace until the namespace binds its ClusterRole and
+//     then exactly what it needs, it restarts a real Deployment, and the
+//     ValidatingAdmissionPolicy for its ServiceAccount refuses every other change.
 //
 // The API server reaches the webhook exactly as in a cluster: through the
 // Service named in the webhook configuration, verifying the certificate for

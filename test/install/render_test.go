@@ -8,8 +8,10 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -41,15 +43,40 @@ type install struct {
 	// hub and hubService are the version hub's (docs/hub.md); nil without it.
 	hub        *appsv1.Deployment
 	hubService *corev1.Service
+	// restarter and hubPeers are the restart controller's Deployment and the
+	// headless Service through which it reads every hub replica
+	// (docs/actions.md); nil without it.
+	restarter *appsv1.Deployment
+	hubPeers  *corev1.Service
 }
 
-// renderKustomize builds a kustomization folder of the repository.
-func renderKustomize(t *testing.T, dir string) *install {
+// renderKustomize builds a kustomization folder of the repository or, with
+// components (folders of the repository, "" ignored), an overlay written for
+// the test that lists dir and them, like a user's own.
+func renderKustomize(t *testing.T, dir string, components ...string) *install {
 	t.Helper()
+	build, name := filepath.Join(root, dir), dir
+	if components = slices.DeleteFunc(slices.Clone(components), func(c string) bool { return c == "" }); len(components) > 0 {
+		build, name = t.TempDir(), dir+" with "+strings.Join(components, ", ")
+		rel := func(p string) string {
+			r, err := filepath.Rel(build, filepath.Join(root, p))
+			if err != nil {
+				t.Fatal(err)
+			}
+			return r // kustomize refuses absolute paths
+		}
+		k := "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n  - " + rel(dir) + "\ncomponents:\n"
+		for _, c := range components {
+			k += "  - " + rel(c) + "\n"
+		}
+		if err := os.WriteFile(filepath.Join(build, "kustomization.yaml"), []byte(k), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
 	start := time.Now()
-	out := runTool(t, kustomizeBin, "build", filepath.Join(root, dir))
-	t.Logf("kustomize build %s: %s", dir, time.Since(start).Round(time.Millisecond))
-	return parseInstall(t, "kustomize "+dir, out)
+	out := runTool(t, kustomizeBin, "build", build)
+	t.Logf("kustomize build %s: %s", name, time.Since(start).Round(time.Millisecond))
+	return parseInstall(t, "kustomize "+name, out)
 }
 
 // renderHelm renders the chart for a release in namespace with --set values.
@@ -93,8 +120,10 @@ func parseInstall(t *testing.T, name string, yamlDocs []byte) *install {
 				in.namespace = u.GetNamespace()
 			case "hub":
 				in.hub = d
+			case "restarter":
+				in.restarter = d
 			default:
-				t.Fatalf("%s: %s has the component label %q, want webhook or hub", name, describe(u), component)
+				t.Fatalf("%s: %s has the component label %q, want webhook, hub or restarter", name, describe(u), component)
 			}
 		case "Service":
 			svc := &corev1.Service{}
@@ -104,8 +133,10 @@ func parseInstall(t *testing.T, name string, yamlDocs []byte) *install {
 				in.service = svc
 			case "hub":
 				in.hubService = svc
+			case "hub-peers":
+				in.hubPeers = svc
 			default:
-				t.Fatalf("%s: %s has the component label %q, want webhook or hub", name, describe(u), component)
+				t.Fatalf("%s: %s has the component label %q, want webhook, hub or hub-peers", name, describe(u), component)
 			}
 		case "MutatingWebhookConfiguration":
 			in.webhook = &admissionv1.MutatingWebhookConfiguration{}
@@ -117,6 +148,9 @@ func parseInstall(t *testing.T, name string, yamlDocs []byte) *install {
 	}
 	if (in.hub == nil) != (in.hubService == nil) {
 		t.Fatalf("%s: the hub's Deployment and Service come together: rendered %v and %v", name, in.hub != nil, in.hubService != nil)
+	}
+	if (in.restarter == nil) != (in.hubPeers == nil) || (in.restarter != nil && in.hub == nil) {
+		t.Fatalf("%s: the restarter comes with the hub and its peers' Service: rendered restarter %v, peers %v, hub %v", name, in.restarter != nil, in.hubPeers != nil, in.hub != nil)
 	}
 	return in
 }
@@ -168,13 +202,17 @@ func (in *install) container(t *testing.T) *corev1.Container {
 	return &cs[0]
 }
 
-// TestHelmLint runs `helm lint --strict` for both certificate modes and checks
-// that values.schema.json refuses a wrong value with a useful message.
+// TestHelmLint runs `helm lint --strict` for both certificate modes, with and
+// without the hub and the restart controller, and checks that
+// values.schema.json refuses a wrong value, and the chart a bad combination,
+// with a useful message.
 func TestHelmLint(t *testing.T) {
 	chart := filepath.Join(root, "charts", "kvinject")
 	for _, set := range [][]string{nil, {"certificates.mode=cert-manager"}, {"certificates.mode=cert-manager", "certificates.certManager.issuerRef.name=corp-ca", "certificates.certManager.issuerRef.kind=ClusterIssuer"},
 		hubValues, append([]string{"certificates.mode=cert-manager"}, hubValues...), {"hub.enabled=true", "hub.identity.kind=system"},
-		append(append([]string(nil), hubValues...), eventsValues...)} {
+		append(append([]string(nil), hubValues...), eventsValues...),
+		append(append([]string(nil), hubValues...), "restarter.enabled=true"),
+		append(append([]string{"certificates.mode=cert-manager"}, hubValues...), "restarter.enabled=true")} {
 		args := []string{"lint", "--strict", chart}
 		for _, s := range set {
 			args = append(args, "--set", s)
@@ -195,6 +233,12 @@ func TestHelmLint(t *testing.T) {
 		{"hub.replicas=0", "/hub/replicas"},
 		{"hub.events.queues={https://contosokvevents.blob.core.windows.net/kvinject-events}", "/hub/events/queues/0"},
 		{"hub.events.queues={https://contosokvevents.queue.core.windows.net/kvinject-events?sig=x}", "/hub/events/queues/0"},
+		{"restarter.debounce=soon", "/restarter/debounce"},
+		{"restarter.cooldown=120", "/restarter/cooldown"},
+		{"restarter.logLevel=trace", "/restarter/logLevel"},
+		{"restarter.image.digest=latest", "/restarter/image/digest"},
+		{"restarter.extraArgs={debounce=1s}", "/restarter/extraArgs/0"},
+		{"restarter.replicas=2", "replicas"},
 	} {
 		cmd := exec.Command(helmBin, "lint", "--strict", chart, "--set", tc.set)
 		out, err := cmd.CombinedOutput()
@@ -205,6 +249,10 @@ func TestHelmLint(t *testing.T) {
 	cmd := exec.Command(helmBin, "template", "x", chart, "--set", "defaults.identity=managed")
 	if out, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(out), "defaults.managedIdentityClientID") {
 		t.Errorf("identity managed without a client ID: %v\n%s", err, out)
+	}
+	cmd = exec.Command(helmBin, "template", "x", chart, "--set", "restarter.enabled=true")
+	if out, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(out), "restarter.enabled=true needs hub.enabled=true") {
+		t.Errorf("the restarter without the hub: %v\n%s", err, out)
 	}
 	for _, kind := range []string{"workload", "managed"} {
 		cmd := exec.Command(helmBin, "template", "x", chart, "--set", "hub.enabled=true", "--set", "hub.identity.kind="+kind)
@@ -221,17 +269,24 @@ func TestHelmLint(t *testing.T) {
 // webhook's defaults for flags one side leaves out). With the version hub
 // (hub.enabled, the kustomize installs *-hub), the hub's objects, pod template
 // and flags too; with Key Vault events (hub.events.queues, the overlay
-// manifests/examples/hub-events), its Lease RBAC too.
+// manifests/examples/hub-events), its Lease RBAC too; with the restart
+// controller (restarter.enabled, the overlay manifests/examples/restarter),
+// its RBAC, policy, peers' Service, pod template and flags, and the
+// webhook's --restart-action=true.
 func TestKustomizeAndHelmAgree(t *testing.T) {
 	for _, mode := range []struct {
-		kustomize, helmMode string
-		hub, events         bool
+		kustomize, helmMode    string
+		hub, events, restarter bool
 	}{
-		{"manifests/install/builtin-certs", "builtin", false, false},
-		{"manifests/install/cert-manager", "cert-manager", false, false},
-		{"manifests/install/builtin-certs-hub", "builtin", true, false},
-		{"manifests/install/cert-manager-hub", "cert-manager", true, false},
-		{"manifests/examples/hub-events", "builtin", true, true},
+		{"manifests/install/builtin-certs", "builtin", false, false, false},
+		{"manifests/install/cert-manager", "cert-manager", false, false, false},
+		{"manifests/install/builtin-certs-hub", "builtin", true, false, false},
+		{"manifests/install/cert-manager-hub", "cert-manager", true, false, false},
+		{"manifests/examples/hub-events", "builtin", true, true, false},
+		{"manifests/examples/restarter", "builtin", true, false, true},
+		// No overlay of the repository lists the restarter with cert-manager:
+		// the test writes one.
+		{"manifests/install/cert-manager-hub+manifests/components/restarter-cert-manager", "cert-manager", true, false, true},
 	} {
 		name := mode.helmMode
 		if mode.hub {
@@ -240,8 +295,12 @@ func TestKustomizeAndHelmAgree(t *testing.T) {
 		if mode.events {
 			name += "+events"
 		}
+		if mode.restarter {
+			name += "+restarter"
+		}
 		t.Run(name, func(t *testing.T) {
-			k := renderKustomize(t, mode.kustomize)
+			dir, components, _ := strings.Cut(mode.kustomize, "+")
+			k := renderKustomize(t, dir, strings.Split(components, "+")...)
 			set := []string{"certificates.mode=" + mode.helmMode}
 			if mode.hub {
 				set = append(set, hubValues...)
@@ -249,9 +308,24 @@ func TestKustomizeAndHelmAgree(t *testing.T) {
 			if mode.events {
 				set = append(set, eventsValues...)
 			}
+			if mode.restarter {
+				set = append(set, "restarter.enabled=true")
+			}
 			h := renderHelm(t, "kvinject", "kvinject-system", set...)
 			if (k.hub != nil) != mode.hub || (h.hub != nil) != mode.hub {
 				t.Fatalf("the hub is rendered by kustomize: %v, by Helm: %v; want %v", k.hub != nil, h.hub != nil, mode.hub)
+			}
+			if (k.restarter != nil) != mode.restarter || (h.restarter != nil) != mode.restarter {
+				t.Fatalf("the restarter is rendered by kustomize: %v, by Helm: %v; want %v", k.restarter != nil, h.restarter != nil, mode.restarter)
+			}
+			if mode.restarter {
+				// Both give the webhook --restart-action=true (checked with the
+				// rest of the restarter's rendering); the rest of its flags is
+				// compared below as in the other modes.
+				for _, in := range []*install{k, h} {
+					checkRestarterRendering(t, in)
+					in.deployment = withoutArg(t, in, "--restart-action=true")
+				}
 			}
 
 			// The same objects, except the ConfigMap kustomize uses for the flags
@@ -311,8 +385,25 @@ func TestKustomizeAndHelmAgree(t *testing.T) {
 			if mode.hub {
 				compareHubs(t, k, h)
 			}
+			if mode.restarter {
+				compareRestarters(t, k, h)
+			}
 		})
 	}
+}
+
+// withoutArg returns a copy of the webhook's Deployment without arg, which
+// it must give exactly once.
+func withoutArg(t *testing.T, in *install, arg string) *appsv1.Deployment {
+	t.Helper()
+	d := in.deployment.DeepCopy()
+	args := d.Spec.Template.Spec.Containers[0].Args
+	i := slices.Index(args, arg)
+	if i < 0 || slices.Index(args[i+1:], arg) >= 0 {
+		t.Fatalf("%s: the webhook's arguments %q hold %s %d times, want once", in.name, args, arg, strings.Count(strings.Join(args, " ")+" ", arg+" "))
+	}
+	d.Spec.Template.Spec.Containers[0].Args = slices.Delete(slices.Clone(args), i, i+1)
+	return d
 }
 
 // hubValues enable the hub in the chart, with the workload identity the

@@ -68,6 +68,9 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- if and .Values.hub.enabled (ne .Values.hub.identity.kind "system") (not .Values.hub.identity.clientID) -}}
 {{- fail (printf "hub.identity.kind=%s needs hub.identity.clientID: the client ID of the hub's Azure identity, which may only list secrets (see docs/hub.md), or use hub.identity.kind=system" .Values.hub.identity.kind) -}}
 {{- end -}}
+{{- if and .Values.restarter.enabled (not .Values.hub.enabled) -}}
+{{- fail "restarter.enabled=true needs hub.enabled=true: the restart controller reads the hub's reports of swapped secrets (see docs/actions.md); enable the hub, or leave restarter.enabled=false" -}}
+{{- end -}}
 {{- end -}}
 
 {{/* Name of the version hub's Deployment, Service, ServiceAccount and RBAC. */}}
@@ -97,6 +100,35 @@ app.kubernetes.io/component: hub
 
 {{- define "kvinject.hubLabels" -}}
 {{ include "kvinject.hubSelectorLabels" . }}
+app.kubernetes.io/part-of: kvinject
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{- end -}}
+
+{{/* Name of the restart controller's Deployment, ServiceAccount, ClusterRole and ValidatingAdmissionPolicy. */}}
+{{- define "kvinject.restarterName" -}}
+{{- printf "%s-restarter" (include "kvinject.fullname" .) -}}
+{{- end -}}
+
+{{/* The restart controller's ServiceAccount as <namespace>/<name> (the hub's --restarter-service-account). */}}
+{{- define "kvinject.restarterServiceAccount" -}}
+{{- printf "%s/%s" .Release.Namespace (include "kvinject.restarterName" .) -}}
+{{- end -}}
+
+{{/* Name of the headless Service that resolves to every hub replica (the restarter's --hub-peers). */}}
+{{- define "kvinject.hubPeersName" -}}
+{{- printf "%s-peers" (include "kvinject.hubName" .) -}}
+{{- end -}}
+
+{{- define "kvinject.restarterSelectorLabels" -}}
+app.kubernetes.io/name: kvinject
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: restarter
+{{- end -}}
+
+{{- define "kvinject.restarterLabels" -}}
+{{ include "kvinject.restarterSelectorLabels" . }}
 app.kubernetes.io/part-of: kvinject
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}

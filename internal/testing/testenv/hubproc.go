@@ -505,3 +505,12 @@ func writeHubCert(dir string) error {
 	}
 	return nil
 }
+
+// HubCAFile is the PEM file of the CA of the hub's serving certificate (the
+// webhook's --hub-ca-file), for clients of the hub other than agents.
+func (e *Env) HubCAFile() string {
+	if e.hub == nil {
+		return ""
+	}
+	return filepath.Join(e.hub.certDir, "ca.crt")
+}
