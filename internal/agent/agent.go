@@ -54,6 +54,13 @@
 // to --init-timeout; permanent ones (401, 403, 404, a disabled secret, Azure AD
 // refusing the identity) fail at once. Every failure is explained by Explain.
 //
+// An optional entry (agentconfig.Entry.Optional) whose object is absent (404,
+// a disabled secret: see absent) writes no file instead of failing: the set
+// is complete without it (possibly empty), the absence is logged and counted,
+// and rotation reads the object again every --rotation (with a hub too,
+// which can watch only versions held) until it appears; one that disappears
+// later leaves the set. Other failures of optional entries fail as usual.
+//
 // Secret values go only into the files: never into logs, errors or the
 // termination log.
 package agent
@@ -67,6 +74,7 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -384,23 +392,33 @@ type agent struct {
 	// transport is shared by the credential and the client, and survives
 	// their renewal.
 	transport *http.Transport
-	// last is the set written last.
+	// last is the set written last; an absent optional object has no value.
 	last map[objectRef]objectValue
 	// got holds the values read before the first set is complete.
 	got map[objectRef]objectValue
+
+	// optional holds the refs that every entry reading them marks optional:
+	// while such an object is absent (see absent) its entries write no file.
+	optional map[objectRef]bool
 }
 
 func (a *agent) run(ctx context.Context) error {
 	start := time.Now()
 	a.entries = map[objectRef]agentconfig.Entry{}
+	a.optional = map[objectRef]bool{}
 	for _, e := range a.cfg.Entries {
 		r := refOf(e)
 		if _, dup := a.entries[r]; !dup {
 			a.entries[r] = e
 			a.refs = append(a.refs, r)
+			a.optional[r] = e.Optional
 		}
+		// An object that one entry requires is required.
+		a.optional[r] = a.optional[r] && e.Optional
 	}
 	a.writer = atomicdir.New(a.cfg.Dir, os.FileMode(a.cfg.FileMode))
+	// Optional entries whose objects are all absent make a set without files.
+	a.writer.AllowEmpty = true
 	a.log.Info("starting", "version", version.Version, "mode", a.cfg.Mode, "identity", string(a.cfg.Identity),
 		"clientID", a.env.ClientID, "dir", a.cfg.Dir, "files", len(a.cfg.Entries), "secrets", len(a.refs),
 		"rotation", a.cfg.Rotation.String())
@@ -414,9 +432,15 @@ func (a *agent) run(ctx context.Context) error {
 		}
 		return err
 	}
-	a.log.Info("wrote secrets", "files", len(a.cfg.Entries), "versions", a.versions(a.last), "elapsed", time.Since(start).String())
+	absentNames := a.absentNames(a.last)
+	a.log.Info("wrote secrets", "files", len(a.cfg.Entries)-a.absentEntries(a.last), "versions", a.versions(a.last),
+		"absent", len(absentNames), "elapsed", time.Since(start).String())
 	if a.cfg.Mode == agentconfig.ModeInit {
-		writeTerminationLog(a.opts.TerminationLog, fmt.Sprintf("kvinject-agent: wrote %d file(s) from vault %s", len(a.cfg.Entries), a.cfg.VaultURL))
+		msg := fmt.Sprintf("kvinject-agent: wrote %d file(s) from vault %s", len(a.cfg.Entries)-a.absentEntries(a.last), a.cfg.VaultURL)
+		if len(absentNames) > 0 {
+			msg += fmt.Sprintf("; %d optional object(s) absent, their entries wrote no file: %s", len(absentNames), strings.Join(absentNames, ", "))
+		}
+		writeTerminationLog(a.opts.TerminationLog, msg)
 		return nil
 	}
 	a.rotate(ctx)
@@ -513,6 +537,15 @@ func (a *agent) firstAttempt(ctx context.Context) error {
 	for r, v := range res.values {
 		a.got[r] = v
 	}
+	absentNow := 0
+	for _, r := range missing {
+		if err, ok := res.errs[r]; ok && a.optional[r] && absent(err) {
+			delete(res.errs, r)
+			absentNow++
+			e := a.entries[r]
+			a.log.Warn("optional object absent; its entries write no file until it appears", append(errAttrs(err), "object", objectWord(e.Kind()), "file", e.File)...)
+		}
+	}
 	if err := a.firstErr(res.errs); err != nil {
 		if n := len(res.errs); n > 1 {
 			a.log.Debug("several secrets failed", "failed", n)
@@ -520,8 +553,8 @@ func (a *agent) firstAttempt(ctx context.Context) error {
 		a.resetOnUnauthorized(err)
 		return err
 	}
-	if len(a.got) < len(a.refs) {
-		return fmt.Errorf("internal error: %d of %d secrets read without an error", len(a.got), len(a.refs))
+	if len(a.got)+absentNow < len(a.refs) {
+		return fmt.Errorf("internal error: %d of %d secrets read without an error", len(a.got)+absentNow, len(a.refs))
 	}
 	if err := a.write(a.got); err != nil {
 		return err
@@ -537,6 +570,9 @@ func (a *agent) write(values map[objectRef]objectValue) error {
 	files := make([]atomicdir.File, 0, len(a.cfg.Entries))
 	for _, e := range a.cfg.Entries {
 		v, ok := values[refOf(e)]
+		if !ok && a.optional[refOf(e)] {
+			continue // absent: the entry writes no file
+		}
 		if !ok {
 			return fmt.Errorf("internal error: no value for %s", e.File)
 		}
@@ -626,8 +662,10 @@ type refreshed struct {
 }
 
 // refresh reads refs once and writes a new set if any changed, logging to
-// log. A ref that is gone (deleted, disabled) keeps its last value; any other
-// failure writes nothing and is returned.
+// log. A required ref that is gone (deleted, disabled) keeps its last value;
+// an optional one that is absent (see absent) loses it, so that its files
+// leave the set, and one that appears gets its files; any other failure
+// writes nothing and is returned.
 func (a *agent) refresh(ctx context.Context, refs []objectRef, log *slog.Logger) (refreshed, error) {
 	var out refreshed
 	res := a.round(ctx, refs)
@@ -645,6 +683,17 @@ func (a *agent) refresh(ctx context.Context, refs []objectRef, log *slog.Logger)
 		if !failed {
 			continue // not tried: the round stopped at an earlier failure
 		}
+		if a.optional[r] && absent(err) {
+			e := a.entries[r]
+			attrs := append(errAttrs(err), "object", objectWord(e.Kind()), "file", e.File)
+			if _, had := a.last[r]; had {
+				delete(next, r)
+				log.Warn("optional object gone; removing its files from the set", append(attrs, "removedVersion", a.last[r].versionDesc())...)
+			} else {
+				log.Debug("optional object still absent", attrs...)
+			}
+			continue
+		}
 		if gone(err) {
 			e := a.entries[r]
 			log.Warn("secret unavailable; keeping its last value", append(errAttrs(err), "secret", e.Name, "file", e.File, "keptVersion", a.last[r].versionDesc())...)
@@ -660,17 +709,18 @@ func (a *agent) refresh(ctx context.Context, refs []objectRef, log *slog.Logger)
 	}
 	var changed []any
 	for _, r := range refs {
-		old, cur := a.last[r], next[r]
+		old, had := a.last[r]
+		cur, has := next[r]
 		if _, read := res.values[r]; read {
-			if strings.EqualFold(old.version, cur.version) {
+			if had && strings.EqualFold(old.version, cur.version) {
 				out.held = append(out.held, r)
 			} else {
 				out.moved++
 			}
 		}
-		if !old.same(cur) {
+		if had != has || !old.same(cur) {
 			e := a.entries[r]
-			changed = append(changed, slog.Group(e.Name, "from", old.versionDesc(), "to", cur.versionDesc()))
+			changed = append(changed, slog.Group(e.Name, "from", presentDesc(old, had), "to", presentDesc(cur, has)))
 		}
 	}
 	if len(changed) == 0 {
@@ -681,8 +731,56 @@ func (a *agent) refresh(ctx context.Context, refs []objectRef, log *slog.Logger)
 		return out, err
 	}
 	a.last = next
-	log.Info("secrets changed; wrote a new set", slog.Group("changed", changed...))
+	log.Info("secrets changed; wrote a new set", slog.Group("changed", changed...), "absent", len(a.absentNames(next)))
 	return out, nil
+}
+
+// presentDesc is a value's version for logs, or "absent" for an optional
+// object without one.
+func presentDesc(v objectValue, present bool) string {
+	if !present {
+		return "absent"
+	}
+	return v.versionDesc()
+}
+
+// absentNames names the optional objects without a value in values, in
+// mapping order, as kind/name (for logs and the termination log).
+func (a *agent) absentNames(values map[objectRef]objectValue) []string {
+	var names []string
+	for _, r := range a.refs {
+		if _, ok := values[r]; !ok && a.optional[r] {
+			e := a.entries[r]
+			// A plain and a history entry of one secret are one object.
+			if n := objectWord(e.Kind()) + "/" + e.Name; !slices.Contains(names, n) {
+				names = append(names, n)
+			}
+		}
+	}
+	return names
+}
+
+// absentEntries counts the entries that write no file because their
+// optional object is absent from values.
+func (a *agent) absentEntries(values map[objectRef]objectValue) int {
+	n := 0
+	for _, e := range a.cfg.Entries {
+		if _, ok := values[refOf(e)]; !ok {
+			n++
+		}
+	}
+	return n
+}
+
+// absent reports whether err says that an object does not exist now: it
+// was never created or was deleted (404), the secret is disabled (403 with
+// the inner code SecretDisabled), or a history entry's secret has no enabled
+// version. Only optional entries treat it as absence; other 401s and 403s
+// (identity, permissions, firewall) and values that do not fit the entry
+// are mistakes that fail as for any entry.
+func absent(err error) bool {
+	var ce *ContentError
+	return gone(err) || (errors.As(err, &ce) && ce.NoVersion)
 }
 
 // gone reports whether err says that a secret, certificate or key was
@@ -750,7 +848,8 @@ func (a *agent) resetOnUnauthorized(err error) {
 func (a *agent) versions(values map[objectRef]objectValue) map[string]string {
 	m := make(map[string]string, len(a.cfg.Entries))
 	for _, e := range a.cfg.Entries {
-		m[e.File] = values[refOf(e)].versionDesc()
+		v, ok := values[refOf(e)]
+		m[e.File] = presentDesc(v, ok)
 	}
 	return m
 }

@@ -27,6 +27,13 @@ import (
 // their retry comes; every SafetyInterval the whole set is read again while
 // the hub drives rotation.
 //
+// The hub watches an object from the version the agent holds, so an optional
+// object that is absent is polled every --rotation with the others until it
+// appears; the next watch request names it (see rebalance). One that
+// disappears leaves the set when a read finds it gone (the hub reports
+// neither deletions nor disabled secrets: the safety re-read, a poll, or a
+// read the hub triggers) and is polled again from then on.
+//
 // Only the loop's goroutine reads Key Vault and writes the set; each watch
 // request runs in a goroutine of its own, which only talks to the hub and
 // hands the answer back.
@@ -52,6 +59,15 @@ func (a *agent) rotateHub(ctx context.Context, watched, others []objectRef) {
 		return
 	}
 	defer hub.close()
+	var held []objectRef
+	for _, r := range watched {
+		if _, ok := a.last[r]; ok {
+			held = append(held, r)
+		} else {
+			others = append(others, r) // absent optional: polled until it appears
+		}
+	}
+	watched = held
 	rot, stretched := a.cfg.Rotation, HubFallbackStretch*a.cfg.Rotation
 	l := &hubLoop{
 		a: a, hub: hub, watched: watched, others: others, all: all,
@@ -73,7 +89,11 @@ type hubLoop struct {
 	watched, others, all []objectRef
 	// declined are the objects the hub does not watch (in others), with when
 	// to name them to it again.
-	declined               map[objectRef]time.Time
+	declined map[objectRef]time.Time
+	// idle is set while no watch request is sent because no object can be
+	// watched: every watchable one is an absent optional object, polled in
+	// others until it appears.
+	idle                   bool
 	source                 string // sourceHub or sourcePoll
 	reason                 string // why the hub is unusable (sourcePoll)
 	stretched              time.Duration
@@ -123,10 +143,17 @@ func (l *hubLoop) run(ctx context.Context) {
 	for {
 		if watchNow && !inflight {
 			watchNow = false
-			if d := l.undecline(); d > 0 {
+			d := l.undecline()
+			l.rebalance()
+			l.idle = false
+			switch {
+			case len(l.watched) == 0 && d > 0:
 				// Every object is polled: ask the hub when one may be watched.
 				hubAt.set(d)
-			} else {
+			case len(l.watched) == 0:
+				// Every watchable object is absent: ask when one appears.
+				l.idle = true
+			default:
 				inflight = true
 				req, timeout := l.request(), hubTimeout(l.maxWait)
 				go func() { results <- l.hub.watch(ctx, req, timeout) }()
@@ -157,6 +184,9 @@ func (l *hubLoop) run(ctx context.Context) {
 		case <-l.othersAt.c:
 			l.othersAt.stop()
 			l.pollOthers(ctx)
+			if l.idle && !inflight {
+				watchNow = true // an absent optional object may have appeared
+			}
 		case <-l.safe.c:
 			l.safe.stop()
 			l.safety(ctx)
@@ -265,6 +295,43 @@ func (l *hubLoop) undecline() time.Duration {
 		return 0
 	}
 	return next.Sub(now)
+}
+
+// rebalance moves the optional objects that appeared (read by the poll of
+// the others) to the watched ones, unless the hub declined them, and the
+// watched ones that a read found gone to the others, polled every --rotation
+// until they appear again: a watch request names only versions held.
+func (l *hubLoop) rebalance() {
+	a := l.a
+	var appeared, vanished []objectRef
+	l.others = slices.DeleteFunc(l.others, func(r objectRef) bool {
+		_, held := a.last[r]
+		_, declined := l.declined[r]
+		if a.optional[r] && held && !declined && watchable(r) {
+			appeared = append(appeared, r)
+			return true
+		}
+		return false
+	})
+	l.watched = slices.DeleteFunc(l.watched, func(r objectRef) bool {
+		if _, held := a.last[r]; !held {
+			vanished = append(vanished, r)
+			return true
+		}
+		return false
+	})
+	l.watched = append(l.watched, appeared...)
+	l.others = append(l.others, vanished...)
+	if len(appeared) > 0 {
+		a.log.Info("optional objects appeared: the hub watches them now", "source", l.source, "objects", l.refNames(appeared), "watched", len(l.watched))
+	}
+	if len(vanished) > 0 {
+		a.log.Info("optional objects gone: polling them every rotation until they appear", "source", l.source, "objects", l.refNames(vanished),
+			"pollEvery", a.cfg.Rotation.String(), "watched", len(l.watched))
+		if l.othersAt.c == nil {
+			l.othersAt.set(jittered(a.cfg.Rotation))
+		}
+	}
 }
 
 // request is the next watch request: the versions held now.

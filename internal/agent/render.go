@@ -34,6 +34,9 @@ const maxJSONKeys = 256
 // mapping. Why and Fix never quote a value.
 type ContentError struct {
 	Why, Fix string
+	// NoVersion is set when a history read found no enabled version: for an
+	// optional entry, the object is absent (see absent).
+	NoVersion bool
 }
 
 // Error returns why, and the fix when there is one.

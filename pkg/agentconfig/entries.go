@@ -58,6 +58,7 @@ const MaxHistory = 16
 //	kind   = "secret" | "cert" | "key"
 //	option = "format=" ( "pem" | "pfx" | "json" | "auto" ) | "split"
 //	       | "encoding=" ( "base64" | "hex" ) | "history=" 1-16 | "mode=" octal
+//	       | "optional"
 //
 // A plain "<file>=<secret-name>[@<version>]" writes the secret's value; a bare
 // "<name>" writes a file named after the object. Key Vault names cannot contain
@@ -87,6 +88,12 @@ type Entry struct {
 	History int
 	// Mode is this entry's file mode; 0 means the mapping's (kvinject.dev/file-mode).
 	Mode uint32
+	// Optional lets the set be complete without the entry's object while it
+	// does not exist (404) or, for a secret, is disabled: the entry then
+	// writes no file, and the agent reads the object again at each rotation
+	// until it appears. Other failures (401, 403 for another reason, a value
+	// that cannot become the entry's files) still fail.
+	Optional bool
 }
 
 // Kind returns the entry's object type, with "" as ObjectSecret.
@@ -124,6 +131,9 @@ func (e Entry) String() string {
 	}
 	if e.Mode != 0 {
 		fmt.Fprintf(&b, ";mode=%04o", e.Mode)
+	}
+	if e.Optional {
+		b.WriteString(";optional")
 	}
 	return b.String()
 }
@@ -377,7 +387,7 @@ func (e Entry) objectWord() string {
 }
 
 // optionsHint lists the options.
-const optionsHint = "options are format=pem|pfx|json|auto, split, encoding=base64|hex, history=<1-16> and mode=<octal>"
+const optionsHint = "options are format=pem|pfx|json|auto, split, encoding=base64|hex, history=<1-16>, mode=<octal> and optional"
 
 // parseOptions parses the text after the first ';'.
 func (e *Entry) parseOptions(s string) error {
@@ -393,7 +403,7 @@ func (e *Entry) parseOptions(s string) error {
 			return fmt.Errorf("option %s is given twice", key)
 		}
 		seen[key] = true
-		if key != "split" && !hasVal {
+		if key != "split" && key != "optional" && !hasVal {
 			switch key {
 			case "format", "encoding", "history", "mode":
 				return fmt.Errorf("option %s needs a value, e.g. %s", key, optionExample(key))
@@ -412,6 +422,11 @@ func (e *Entry) parseOptions(s string) error {
 				return fmt.Errorf("split takes no value (write ;split)")
 			}
 			e.Split = true
+		case "optional":
+			if hasVal {
+				return fmt.Errorf("optional takes no value (write ;optional)")
+			}
+			e.Optional = true
 		case "encoding":
 			switch enc := Encoding(strings.ToLower(val)); {
 			case enc == EncodingBase64 || enc == EncodingHex:
@@ -455,6 +470,9 @@ func optionExample(key string) string {
 // checkCombination refuses options that do not fit the kind or each other,
 // saying why and what to write instead.
 func (e Entry) checkCombination() error {
+	if e.Optional && e.Version != "" {
+		return fmt.Errorf("optional waits for an object to appear, but a pinned version is read once and never again (and a version that does not exist is a mistake in the mapping); drop @%s to read the latest, or drop ;optional", e.Version)
+	}
 	switch e.Type {
 	case ObjectCert, ObjectKey:
 		kind, what := "cert", "a certificate's public certificate"

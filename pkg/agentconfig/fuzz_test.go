@@ -113,6 +113,9 @@ func checkFuzzTyped(t *testing.T, e Entry) {
 	if e.History < 0 || e.History > MaxHistory || (e.History > 0 && e.Version != "") {
 		t.Errorf("entry %+v: history out of range or with a pinned version", e)
 	}
+	if e.Optional && e.Version != "" {
+		t.Errorf("entry %+v: optional with a pinned version", e)
+	}
 	if e.Mode != 0 && (e.Mode&0o400 == 0 || e.Mode&^0o666 != 0) {
 		t.Errorf("entry %+v: mode %04o", e, e.Mode)
 	}
@@ -169,6 +172,8 @@ func FuzzParseEntries(f *testing.F) {
 		"cfg=secret:app-config;format=json",
 		"cfg=secret:app-config;format=json,cfg/a=x",
 		"h=secret:c;format=pem;split;history=2;mode=0440",
+		"f=secret:flag;optional,g=cert:c;optional;mode=0400",
+		"a=B@" + v + ";optional",
 		" t = Secret:c ; FORMAT = Pfx ; mode = 0o600 ",
 		"a=cert:B;split",
 		"a=B;history=2@" + v,

@@ -172,6 +172,13 @@ func Resolve(pod *corev1.Pod, ns *corev1.Namespace, sa *corev1.ServiceAccount, d
 		}
 	}
 
+	if spec.Rotation == 0 {
+		if opt := optionalEntries(spec.Entries); len(opt) > 0 {
+			warnings = append(warnings, fmt.Sprintf("%s: %s optional, but rotation is off: an object absent when the pod starts is read again only when the pod restarts; set %s to an interval (such as 2m) to pick it up while the pod runs",
+				AnnotationSecrets, opt, AnnotationRotation))
+		}
+	}
+
 	spec.Identity = resolveIdentity(pod, saAnn, lookup, d, &probs)
 	checkPolicy(spec, pod.Namespace, nsAnn, d.Policy, &probs)
 
@@ -494,4 +501,22 @@ func (d Defaults) Validate() error {
 		return &agentconfig.InvalidError{Problems: probs}
 	}
 	return nil
+}
+
+// optionalEntries names the optional entries for a message: `entry "a" is` or
+// `entries "a", "b" are`; "" when there are none.
+func optionalEntries(entries []agentconfig.Entry) string {
+	var names []string
+	for _, e := range entries {
+		if e.Optional {
+			names = append(names, strconv.Quote(e.String()))
+		}
+	}
+	switch len(names) {
+	case 0:
+		return ""
+	case 1:
+		return "entry " + names[0] + " is"
+	}
+	return "entries " + strings.Join(names, ", ") + " are"
 }
