@@ -61,21 +61,30 @@
 // which can watch only versions held) until it appears; one that disappears
 // later leaves the set. Other failures of optional entries fail as usual.
 //
+// An entry may read another vault than --vault (agentconfig.Entry.Vault,
+// same cloud and identity): each vault gets its own Key Vault clients,
+// sharing the credential and its token; the vaults are read at the same
+// time and their files written as one set, and with a hub one watch loop
+// runs per vault (a watch request names one vault).
+//
 // Secret values go only into the files: never into logs, errors or the
 // termination log.
 package agent
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net/http"
 	"os"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
@@ -387,7 +396,7 @@ type agent struct {
 
 	refs    []objectRef // distinct secrets, in mapping order
 	entries map[objectRef]agentconfig.Entry
-	f       *fetcher
+	fs      map[string]*fetcher // by objectRef.vault ("" is the pod's)
 	writer  *atomicdir.Writer
 	// transport is shared by the credential and the client, and survives
 	// their renewal.
@@ -396,6 +405,10 @@ type agent struct {
 	last map[objectRef]objectValue
 	// got holds the values read before the first set is complete.
 	got map[objectRef]objectValue
+
+	// mu serializes refresh (reads and the swap of the set) between the
+	// rotation loops (one per vault with a hub) and guards last meanwhile.
+	mu sync.Mutex
 
 	// optional holds the refs that every entry reading them marks optional:
 	// while such an object is absent (see absent) its entries write no file.
@@ -421,7 +434,7 @@ func (a *agent) run(ctx context.Context) error {
 	a.writer.AllowEmpty = true
 	a.log.Info("starting", "version", version.Version, "mode", a.cfg.Mode, "identity", string(a.cfg.Identity),
 		"clientID", a.env.ClientID, "dir", a.cfg.Dir, "files", len(a.cfg.Entries), "secrets", len(a.refs),
-		"rotation", a.cfg.Rotation.String())
+		"rotation", a.cfg.Rotation.String(), "vaults", len(a.cfg.Vaults()))
 	if err := a.connect(); err != nil {
 		return err
 	}
@@ -436,7 +449,11 @@ func (a *agent) run(ctx context.Context) error {
 	a.log.Info("wrote secrets", "files", len(a.cfg.Entries)-a.absentEntries(a.last), "versions", a.versions(a.last),
 		"absent", len(absentNames), "elapsed", time.Since(start).String())
 	if a.cfg.Mode == agentconfig.ModeInit {
-		msg := fmt.Sprintf("kvinject-agent: wrote %d file(s) from vault %s", len(a.cfg.Entries)-a.absentEntries(a.last), a.cfg.VaultURL)
+		from := "vault " + a.cfg.VaultURL
+		if vs := a.cfg.Vaults(); len(vs) > 1 {
+			from = "vaults " + strings.Join(vs, ", ")
+		}
+		msg := fmt.Sprintf("kvinject-agent: wrote %d file(s) from %s", len(a.cfg.Entries)-a.absentEntries(a.last), from)
 		if len(absentNames) > 0 {
 			msg += fmt.Sprintf("; %d optional object(s) absent, their entries wrote no file: %s", len(absentNames), strings.Join(absentNames, ", "))
 		}
@@ -461,15 +478,30 @@ func (a *agent) connect() error {
 		}
 		a.transport = t
 	}
-	f, err := newFetcher(a.cfg.VaultURL, a.cfg.Identity, a.env, a.transport, a.opts.SDKRetry, a.opts.Concurrency)
+	co, cred, err := newIdentity(a.cfg.Identity, a.env, a.transport, a.opts.SDKRetry)
 	if err != nil {
 		return err
 	}
-	if a.f != nil {
-		// Versions read by history entries stay valid with a new credential.
-		f.history = a.f.history
+	// One fetcher per vault (the pod's is ""), sharing the credential.
+	fs := map[string]*fetcher{}
+	vaults := []string{""}
+	for _, r := range a.refs {
+		if !slices.Contains(vaults, r.vault) {
+			vaults = append(vaults, r.vault)
+		}
 	}
-	a.f = f
+	for _, v := range vaults {
+		f, err := vaultFetcher(cmp.Or(v, a.cfg.VaultURL), co, cred, a.opts.Concurrency)
+		if err != nil {
+			return err
+		}
+		if old := a.fs[v]; old != nil {
+			// Versions read by history entries stay valid with a new credential.
+			f.history = old.history
+		}
+		fs[v] = f
+	}
+	a.fs = fs
 	return nil
 }
 
@@ -477,7 +509,33 @@ func (a *agent) connect() error {
 func (a *agent) round(ctx context.Context, refs []objectRef) fetchResult {
 	ctx, cancel := context.WithTimeout(ctx, a.opts.RoundTimeout)
 	defer cancel()
-	return a.f.fetch(ctx, refs, a.entries)
+	byVault := map[string][]objectRef{}
+	for _, r := range refs {
+		byVault[r.vault] = append(byVault[r.vault], r)
+	}
+	if len(byVault) <= 1 {
+		for v, rs := range byVault {
+			return a.fs[v].fetch(ctx, rs, a.entries)
+		}
+		return a.fs[""].fetch(ctx, nil, a.entries)
+	}
+	// Each vault's fetcher reads its objects, all vaults at the same time.
+	res := fetchResult{values: make(map[objectRef]objectValue, len(refs)), errs: map[objectRef]error{}}
+	var (
+		mu sync.Mutex
+		wg sync.WaitGroup
+	)
+	for v, rs := range byVault {
+		wg.Go(func() {
+			one := a.fs[v].fetch(ctx, rs, a.entries)
+			mu.Lock()
+			defer mu.Unlock()
+			maps.Copy(res.values, one.values)
+			maps.Copy(res.errs, one.errs)
+		})
+	}
+	wg.Wait()
+	return res
 }
 
 // firstErr returns the error of the first failed ref in mapping order.
@@ -576,7 +634,7 @@ func (a *agent) write(values map[objectRef]objectValue) error {
 		if !ok {
 			return fmt.Errorf("internal error: no value for %s", e.File)
 		}
-		fs, err := render(e, v, a.cfg.VaultURL)
+		fs, err := render(e, v, a.cfg.VaultOf(e))
 		if err != nil {
 			return err
 		}
@@ -667,6 +725,8 @@ type refreshed struct {
 // leave the set, and one that appears gets its files; any other failure
 // writes nothing and is returned.
 func (a *agent) refresh(ctx context.Context, refs []objectRef, log *slog.Logger) (refreshed, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
 	var out refreshed
 	res := a.round(ctx, refs)
 	next := make(map[objectRef]objectValue, len(a.last))
@@ -733,6 +793,21 @@ func (a *agent) refresh(ctx context.Context, refs []objectRef, log *slog.Logger)
 	a.last = next
 	log.Info("secrets changed; wrote a new set", slog.Group("changed", changed...), "absent", len(a.absentNames(next)))
 	return out, nil
+}
+
+// held returns the value of r in the set written last; false for an absent
+// optional object.
+func (a *agent) held(r objectRef) (objectValue, bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	v, ok := a.last[r]
+	return v, ok
+}
+
+// heldVersion is the version of r in the set written last ("" when absent).
+func (a *agent) heldVersion(r objectRef) string {
+	v, _ := a.held(r)
+	return v.version
 }
 
 // presentDesc is a value's version for logs, or "absent" for an optional
@@ -826,7 +901,7 @@ func (a *agent) resetOnUnauthorized(err error) {
 			ctx, cancel := context.WithTimeout(context.Background(), a.opts.RoundTimeout)
 			defer cancel()
 			claims := fmt.Sprintf(`{"access_token":{"nbf":{"essential":true,"value":"%d"}}}`, time.Now().Unix())
-			if _, terr := a.f.cred.GetToken(ctx, policy.TokenRequestOptions{Scopes: []string{a.f.scope}, Claims: claims}); terr != nil {
+			if _, terr := a.fs[""].cred.GetToken(ctx, policy.TokenRequestOptions{Scopes: []string{a.fs[""].scope}, Claims: claims}); terr != nil {
 				a.log.Warn("cannot get a new managed-identity token", errAttrs(terr)...)
 			}
 		}
@@ -864,6 +939,9 @@ func errAttrs(err error) []any {
 		attrs = append(attrs, "secret", se.Name)
 		if se.Version != "" {
 			attrs = append(attrs, "secretVersion", se.Version)
+		}
+		if se.OtherVault {
+			attrs = append(attrs, "secretVault", se.Vault)
 		}
 	}
 	var re *azcore.ResponseError

@@ -161,7 +161,7 @@ type historyVersion struct {
 // before are not read again: a version's value never changes.
 func (f *fetcher) getHistory(ctx context.Context, r objectRef, e agentconfig.Entry) (objectValue, error) {
 	listErr := func(err error) error {
-		return &SecretError{Name: e.Name, File: e.File, Vault: f.vault, Object: "secret", List: true, Err: err}
+		return &SecretError{Name: e.Name, File: e.File, Vault: f.vault, Object: "secret", List: true, Err: err, OtherVault: e.Vault != ""}
 	}
 	var listed []historyVersion
 	pager := f.secrets.NewListSecretPropertiesVersionsPager(e.Name, nil)

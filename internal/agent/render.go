@@ -52,7 +52,7 @@ func (e *ContentError) Error() string {
 // error, a *SecretError wrapping a *ContentError, names the entry.
 func render(e agentconfig.Entry, v objectValue, vault string) ([]atomicdir.File, error) {
 	wrap := func(version string, err error) error {
-		return &SecretError{Name: e.Name, Version: version, File: e.File, Vault: vault, Object: objectWord(e.Kind()), Err: err}
+		return &SecretError{Name: e.Name, Version: version, File: e.File, Vault: vault, Object: objectWord(e.Kind()), Err: err, OtherVault: e.Vault != ""}
 	}
 	if e.History == 0 {
 		files, err := renderOne(e, e.File, v)

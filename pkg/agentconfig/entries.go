@@ -58,7 +58,7 @@ const MaxHistory = 16
 //	kind   = "secret" | "cert" | "key"
 //	option = "format=" ( "pem" | "pfx" | "json" | "auto" ) | "split"
 //	       | "encoding=" ( "base64" | "hex" ) | "history=" 1-16 | "mode=" octal
-//	       | "optional"
+//	       | "optional" | "vault=" ( vault-name | vault-url )
 //
 // A plain "<file>=<secret-name>[@<version>]" writes the secret's value; a bare
 // "<name>" writes a file named after the object. Key Vault names cannot contain
@@ -94,6 +94,11 @@ type Entry struct {
 	// until it appears. Other failures (401, 403 for another reason, a value
 	// that cannot become the entry's files) still fail.
 	Optional bool
+	// Vault is the vault the entry reads, when not the pod's (--vault,
+	// kvinject.dev/vault): as parsed, a lower-cased vault name or a canonical
+	// vault URL; Config.Validate and the webhook resolve names in the pod's
+	// cloud (ResolveEntryVault). Empty: the pod's vault.
+	Vault string
 }
 
 // Kind returns the entry's object type, with "" as ObjectSecret.
@@ -134,6 +139,9 @@ func (e Entry) String() string {
 	}
 	if e.Optional {
 		b.WriteString(";optional")
+	}
+	if e.Vault != "" {
+		b.WriteString(";vault=" + e.Vault)
 	}
 	return b.String()
 }
@@ -201,8 +209,8 @@ const maxEntries = 256
 const maxFileLen = 253
 
 // maxOptionsLen bounds the options of an entry: every option once, with room
-// for spaces around them.
-const maxOptionsLen = 96
+// for spaces around them (the longest vault URL is 64 characters).
+const maxOptionsLen = 96 + 64
 
 // maxEntryLen is the longest valid entry: a file, '=', a kind, a name, '@', a
 // version and the options.
@@ -387,7 +395,7 @@ func (e Entry) objectWord() string {
 }
 
 // optionsHint lists the options.
-const optionsHint = "options are format=pem|pfx|json|auto, split, encoding=base64|hex, history=<1-16>, mode=<octal> and optional"
+const optionsHint = "options are format=pem|pfx|json|auto, split, encoding=base64|hex, history=<1-16>, mode=<octal>, optional and vault=<vault name or URL>"
 
 // parseOptions parses the text after the first ';'.
 func (e *Entry) parseOptions(s string) error {
@@ -405,7 +413,7 @@ func (e *Entry) parseOptions(s string) error {
 		seen[key] = true
 		if key != "split" && key != "optional" && !hasVal {
 			switch key {
-			case "format", "encoding", "history", "mode":
+			case "format", "encoding", "history", "mode", "vault":
 				return fmt.Errorf("option %s needs a value, e.g. %s", key, optionExample(key))
 			}
 		}
@@ -436,6 +444,12 @@ func (e *Entry) parseOptions(s string) error {
 			default:
 				return fmt.Errorf("encoding %q: use base64 or hex (the value is decoded before it is written)", val)
 			}
+		case "vault":
+			v, err := parseEntryVault(val)
+			if err != nil {
+				return err
+			}
+			e.Vault = v
 		case "history":
 			n, err := strconv.Atoi(val)
 			if err != nil || n < 1 || n > MaxHistory {
@@ -463,6 +477,8 @@ func optionExample(key string) string {
 		return "encoding=base64"
 	case "history":
 		return "history=3"
+	case "vault":
+		return "vault=othervault"
 	}
 	return "mode=0400"
 }

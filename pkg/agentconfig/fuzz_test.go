@@ -173,6 +173,8 @@ func FuzzParseEntries(f *testing.F) {
 		"cfg=secret:app-config;format=json,cfg/a=x",
 		"h=secret:c;format=pem;split;history=2;mode=0440",
 		"f=secret:flag;optional,g=cert:c;optional;mode=0400",
+		"a=B;vault=OtherVault,b=B;vault=https://other.vault.azure.cn,c=B",
+		"a=B;vault=https://x.example.com/;optional",
 		"a=B@" + v + ";optional",
 		" t = Secret:c ; FORMAT = Pfx ; mode = 0o600 ",
 		"a=cert:B;split",
@@ -277,6 +279,8 @@ func FuzzAgentArgs(f *testing.F) {
 		{"sidecar", "/d", "https://v/", "workload", "a=A", "", "0s"},
 		{"sidecar", "/d", "https://v/", "workload", "a=A", "", "-1m"},
 		{"run", "/d", "https://v/", "workload", "a=A", "", ""},
+		{"sidecar", "/d", "https://main.vault.azure.net/", "workload", "a=A;vault=other,b=B;vault=https://main.vault.azure.net,c=C;vault=https://x1.vault.azure.cn/", "", ""},
+		{"init", "/d", "https://v/", "workload", "a=A;vault=other", "", ""},
 		{"", "", "", "", "", "", ""},
 	} {
 		f.Add(s.mode, s.dir, s.vault, s.identity, s.secrets, s.fileMode, s.rotation)
@@ -305,6 +309,16 @@ func FuzzAgentArgs(f *testing.F) {
 			}
 			if cfg.Mode == ModeSidecar && cfg.Rotation <= 0 {
 				t.Errorf("ParseArgs(%q): sidecar rotation %v", args, cfg.Rotation)
+			}
+			for _, e := range cfg.Entries {
+				if e.Vault == "" {
+					continue
+				}
+				cloud, canon, ok := CloudOfVault(e.Vault)
+				mainCloud, main, _ := CloudOfVault(cfg.VaultURL)
+				if !ok || canon != e.Vault || cloud != mainCloud || e.Vault == main {
+					t.Errorf("ParseArgs(%q): entry %q reads vault %q, not a canonical URL of --vault's cloud other than --vault", args, e.File, e.Vault)
+				}
 			}
 		}
 

@@ -135,6 +135,17 @@ func Resolve(pod *corev1.Pod, ns *corev1.Namespace, sa *corev1.ServiceAccount, d
 		probs.add(AnnotationSecrets, "%v", err)
 	}
 
+	if spec.VaultURL != "" {
+		for i, e := range spec.Entries {
+			v, err := agentconfig.ResolveEntryVault(e.Vault, cloud, spec.VaultURL)
+			if err != nil {
+				probs.add(AnnotationSecrets, "entry %q: %v", e.String(), err)
+				continue
+			}
+			spec.Entries[i].Vault = v
+		}
+	}
+
 	spec.MountPath = firstNonEmpty(strings.TrimSpace(podAnn[AnnotationMountPath]), d.MountPath, DefaultMountPath)
 	if err := validateMountPath(spec.MountPath); err != nil {
 		probs.add(AnnotationMountPath, "%v", err)
