@@ -46,6 +46,7 @@ func TestOptionalAbsentAtStart(t *testing.T) {
 		agentconfig.Entry{File: "missing.txt", Name: "missing", Optional: true},
 		agentconfig.Entry{File: "disabled.txt", Name: "disabled", Optional: true},
 		agentconfig.Entry{File: "hist", Name: "missing", History: 2, Optional: true},
+		agentconfig.Entry{File: "dhist", Name: "disabled", History: 2, Optional: true}, // no enabled version
 		agentconfig.Entry{File: "ca.crt", Name: "no-cert", Type: agentconfig.ObjectCert, Optional: true},
 	)
 	if err := h.run(context.Background(), cfg, h.options()); err != nil {
@@ -54,7 +55,7 @@ func TestOptionalAbsentAtStart(t *testing.T) {
 	if h.read("a") != a {
 		t.Error("the required file a does not hold its value")
 	}
-	for _, f := range []string{"missing.txt", "disabled.txt", "hist", "ca.crt"} {
+	for _, f := range []string{"missing.txt", "disabled.txt", "hist", "dhist", "ca.crt"} {
 		if h.exists(f) {
 			t.Errorf("the absent optional object's file %s was written", f)
 		}
@@ -71,8 +72,10 @@ func TestOptionalAbsentAtStart(t *testing.T) {
 	for _, want := range []string{
 		`"msg":"` + msgOptionalAbsent + `","vault":"` + h.vaultURL() + `","pod":"` + testNamespace + "/" + testPod + `","secret":"missing","status":404,"code":"SecretNotFound"`,
 		`"object":"secret","file":"hist"`,
+		`: the secret has no enabled version. Fix: enable a version`,
+		`"object":"secret","file":"dhist"`,
 		`"versions":{"a":"`,
-		`"ca.crt":"absent","disabled.txt":"absent","hist":"absent","missing.txt":"absent"}`,
+		`"ca.crt":"absent","dhist":"absent","disabled.txt":"absent","hist":"absent","missing.txt":"absent"}`,
 		`"secret":"disabled","status":403,"code":"Forbidden","innerCode":"SecretDisabled"`,
 		`"code":"CertificateNotFound"`,
 		`"absent":3`,
