@@ -61,20 +61,37 @@
 // to --init-timeout; permanent ones (401, 403, 404, a disabled secret, Azure AD
 // refusing the identity) fail at once. Every failure is explained by Explain.
 //
+// An optional entry (agentconfig.Entry.Optional) whose object is absent (404,
+// a disabled secret: see absent) writes no file instead of failing: the set
+// is complete without it (possibly empty), the absence is logged and counted,
+// and rotation reads the object again every --rotation (with a hub too,
+// which can watch only versions held) until it appears; one that disappears
+// later leaves the set. Other failures of optional entries fail as usual.
+//
+// An entry may read another vault than --vault (agentconfig.Entry.Vault,
+// same cloud and identity): each vault gets its own Key Vault clients,
+// sharing the credential and its token; the vaults are read at the same
+// time and their files written as one set, and with a hub one watch loop
+// runs per vault (a watch request names one vault).
+//
 // Secret values go only into the files: never into logs, errors or the
 // termination log.
 package agent
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net/http"
 	"os"
+	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
@@ -396,30 +413,42 @@ type agent struct {
 
 	refs    []objectRef // distinct secrets, in mapping order
 	entries map[objectRef]agentconfig.Entry
-	f       *fetcher
+	fs      map[string]*fetcher // by objectRef.vault ("" is the pod's)
 	writer  *atomicdir.Writer
 	// templates are rendered into every set, after the entries.
 	templates []*agentconfig.CompiledTemplate
 	// transport is shared by the credential and the client, and survives
 	// their renewal.
 	transport *http.Transport
-	// last is the set written last.
+	// last is the set written last; an absent optional object has no value.
 	last map[objectRef]objectValue
 	// got holds the values read before the first set is complete.
 	got map[objectRef]objectValue
 	// action runs the action on change after each new set; nil without one.
 	action *actionRunner
+
+	// mu serializes refresh (reads and the swap of the set) between the
+	// rotation loops (one per vault with a hub) and guards last meanwhile.
+	mu sync.Mutex
+
+	// optional holds the refs that every entry reading them marks optional:
+	// while such an object is absent (see absent) its entries write no file.
+	optional map[objectRef]bool
 }
 
 func (a *agent) run(ctx context.Context) error {
 	start := time.Now()
 	a.entries = map[objectRef]agentconfig.Entry{}
+	a.optional = map[objectRef]bool{}
 	for _, e := range a.cfg.Entries {
 		r := refOf(e)
 		if _, dup := a.entries[r]; !dup {
 			a.entries[r] = e
 			a.refs = append(a.refs, r)
+			a.optional[r] = e.Optional
 		}
+		// An object that one entry requires is required.
+		a.optional[r] = a.optional[r] && e.Optional
 	}
 	a.writer = atomicdir.New(a.cfg.Dir, os.FileMode(a.cfg.FileMode))
 	ts, probs := agentconfig.CheckTemplates(a.cfg.Templates, a.cfg.Entries)
@@ -429,9 +458,11 @@ func (a *agent) run(ctx context.Context) error {
 		return &ConfigError{Msg: fmt.Sprintf("template %q: %s. Fix: correct the pod's %s%s annotation, then recreate the pod", p.File, p.Msg, "kvinject.dev/template.", p.File)}
 	}
 	a.templates = ts
+	// Optional entries whose objects are all absent make a set without files.
+	a.writer.AllowEmpty = true
 	a.log.Info("starting", "version", version.Version, "mode", a.cfg.Mode, "identity", string(a.cfg.Identity),
 		"clientID", a.env.ClientID, "dir", a.cfg.Dir, "files", len(a.cfg.Entries), "templates", len(a.templates), "secrets", len(a.refs),
-		"rotation", a.cfg.Rotation.String())
+		"rotation", a.cfg.Rotation.String(), "vaults", len(a.cfg.Vaults()))
 	if err := a.connect(); err != nil {
 		return err
 	}
@@ -442,9 +473,19 @@ func (a *agent) run(ctx context.Context) error {
 		}
 		return err
 	}
-	a.log.Info("wrote secrets", "files", a.fileCount(), "versions", a.versions(a.last), "elapsed", time.Since(start).String())
+	absentNames := a.absentNames(a.last)
+	a.log.Info("wrote secrets", "files", a.fileCount(a.last), "versions", a.versions(a.last),
+		"absent", len(absentNames), "elapsed", time.Since(start).String())
 	if a.cfg.Mode == agentconfig.ModeInit {
-		writeTerminationLog(a.opts.TerminationLog, fmt.Sprintf("kvinject-agent: wrote %d file(s) from vault %s", a.fileCount(), a.cfg.VaultURL))
+		from := "vault " + a.cfg.VaultURL
+		if vs := a.cfg.Vaults(); len(vs) > 1 {
+			from = "vaults " + strings.Join(vs, ", ")
+		}
+		msg := fmt.Sprintf("kvinject-agent: wrote %d file(s) from %s", a.fileCount(a.last), from)
+		if len(absentNames) > 0 {
+			msg += fmt.Sprintf("; %d optional object(s) absent, their entries wrote no file: %s", len(absentNames), strings.Join(absentNames, ", "))
+		}
+		writeTerminationLog(a.opts.TerminationLog, msg)
 		return nil
 	}
 	a.rotate(ctx)
@@ -452,12 +493,13 @@ func (a *agent) run(ctx context.Context) error {
 	return nil
 }
 
-// fileCount counts the entries that write files (not ;nofile) and the
-// templates, as the messages count files.
-func (a *agent) fileCount() int {
+// fileCount counts the files of a set: the templates, and the entries that
+// write files (not ;nofile) whose objects are present (an absent optional
+// entry writes none).
+func (a *agent) fileCount(values map[objectRef]objectValue) int {
 	n := len(a.templates)
 	for _, e := range a.cfg.Entries {
-		if !e.NoFile {
+		if _, present := values[refOf(e)]; !e.NoFile && present {
 			n++
 		}
 	}
@@ -477,15 +519,30 @@ func (a *agent) connect() error {
 		}
 		a.transport = t
 	}
-	f, err := newFetcher(a.cfg.VaultURL, a.cfg.Identity, a.env, a.transport, a.opts.SDKRetry, a.opts.Concurrency)
+	co, cred, err := newIdentity(a.cfg.Identity, a.env, a.transport, a.opts.SDKRetry)
 	if err != nil {
 		return err
 	}
-	if a.f != nil {
-		// Versions read by history entries stay valid with a new credential.
-		f.history = a.f.history
+	// One fetcher per vault (the pod's is ""), sharing the credential.
+	fs := map[string]*fetcher{}
+	vaults := []string{""}
+	for _, r := range a.refs {
+		if !slices.Contains(vaults, r.vault) {
+			vaults = append(vaults, r.vault)
+		}
 	}
-	a.f = f
+	for _, v := range vaults {
+		f, err := vaultFetcher(cmp.Or(v, a.cfg.VaultURL), co, cred, a.opts.Concurrency)
+		if err != nil {
+			return err
+		}
+		if old := a.fs[v]; old != nil {
+			// Versions read by history entries stay valid with a new credential.
+			f.history = old.history
+		}
+		fs[v] = f
+	}
+	a.fs = fs
 	return nil
 }
 
@@ -493,7 +550,33 @@ func (a *agent) connect() error {
 func (a *agent) round(ctx context.Context, refs []objectRef) fetchResult {
 	ctx, cancel := context.WithTimeout(ctx, a.opts.RoundTimeout)
 	defer cancel()
-	return a.f.fetch(ctx, refs, a.entries)
+	byVault := map[string][]objectRef{}
+	for _, r := range refs {
+		byVault[r.vault] = append(byVault[r.vault], r)
+	}
+	if len(byVault) <= 1 {
+		for v, rs := range byVault {
+			return a.fs[v].fetch(ctx, rs, a.entries)
+		}
+		return a.fs[""].fetch(ctx, nil, a.entries)
+	}
+	// Each vault's fetcher reads its objects, all vaults at the same time.
+	res := fetchResult{values: make(map[objectRef]objectValue, len(refs)), errs: map[objectRef]error{}}
+	var (
+		mu sync.Mutex
+		wg sync.WaitGroup
+	)
+	for v, rs := range byVault {
+		wg.Go(func() {
+			one := a.fs[v].fetch(ctx, rs, a.entries)
+			mu.Lock()
+			defer mu.Unlock()
+			maps.Copy(res.values, one.values)
+			maps.Copy(res.errs, one.errs)
+		})
+	}
+	wg.Wait()
+	return res
 }
 
 // firstErr returns the error of the first failed ref in mapping order.
@@ -553,6 +636,15 @@ func (a *agent) firstAttempt(ctx context.Context) error {
 	for r, v := range res.values {
 		a.got[r] = v
 	}
+	absentNow := 0
+	for _, r := range missing {
+		if err, ok := res.errs[r]; ok && a.optional[r] && absent(err) {
+			delete(res.errs, r)
+			absentNow++
+			e := a.entries[r]
+			a.log.Warn("optional object absent; its entries write no file until it appears", append(errAttrs(err), "object", objectWord(e.Kind()), "file", e.File)...)
+		}
+	}
 	if err := a.firstErr(res.errs); err != nil {
 		if n := len(res.errs); n > 1 {
 			a.log.Debug("several secrets failed", "failed", n)
@@ -560,8 +652,8 @@ func (a *agent) firstAttempt(ctx context.Context) error {
 		a.resetOnUnauthorized(err)
 		return err
 	}
-	if len(a.got) < len(a.refs) {
-		return fmt.Errorf("internal error: %d of %d secrets read without an error", len(a.got), len(a.refs))
+	if len(a.got)+absentNow < len(a.refs) {
+		return fmt.Errorf("internal error: %d of %d secrets read without an error", len(a.got)+absentNow, len(a.refs))
 	}
 	if err := a.write(a.got); err != nil {
 		return err
@@ -582,10 +674,13 @@ func (a *agent) write(values map[objectRef]objectValue) error {
 	}
 	for _, e := range a.cfg.Entries {
 		v, ok := values[refOf(e)]
+		if !ok && a.optional[refOf(e)] {
+			continue // absent: the entry writes no file
+		}
 		if !ok {
 			return fmt.Errorf("internal error: no value for %s", e.File)
 		}
-		fs, err := render(e, v, a.cfg.VaultURL)
+		fs, err := render(e, v, a.cfg.VaultOf(e))
 		if err != nil {
 			return err
 		}
@@ -686,9 +781,13 @@ type refreshed struct {
 }
 
 // refresh reads refs once and writes a new set if any changed, logging to
-// log. A ref that is gone (deleted, disabled) keeps its last value; any other
-// failure writes nothing and is returned.
+// log. A required ref that is gone (deleted, disabled) keeps its last value;
+// an optional one that is absent (see absent) loses it, so that its files
+// leave the set, and one that appears gets its files; any other failure
+// writes nothing and is returned.
 func (a *agent) refresh(ctx context.Context, refs []objectRef, log *slog.Logger) (refreshed, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
 	var out refreshed
 	res := a.round(ctx, refs)
 	next := make(map[objectRef]objectValue, len(a.last))
@@ -705,6 +804,17 @@ func (a *agent) refresh(ctx context.Context, refs []objectRef, log *slog.Logger)
 		if !failed {
 			continue // not tried: the round stopped at an earlier failure
 		}
+		if a.optional[r] && absent(err) {
+			e := a.entries[r]
+			attrs := append(errAttrs(err), "object", objectWord(e.Kind()), "file", e.File)
+			if _, had := a.last[r]; had {
+				delete(next, r)
+				log.Warn("optional object gone; removing its files from the set", append(attrs, "removedVersion", a.last[r].versionDesc())...)
+			} else {
+				log.Debug("optional object still absent", attrs...)
+			}
+			continue
+		}
 		if gone(err) {
 			e := a.entries[r]
 			log.Warn("secret unavailable; keeping its last value", append(errAttrs(err), "secret", e.Name, "file", e.File, "keptVersion", a.last[r].versionDesc())...)
@@ -720,17 +830,18 @@ func (a *agent) refresh(ctx context.Context, refs []objectRef, log *slog.Logger)
 	}
 	var changed []any
 	for _, r := range refs {
-		old, cur := a.last[r], next[r]
+		old, had := a.last[r]
+		cur, has := next[r]
 		if _, read := res.values[r]; read {
-			if strings.EqualFold(old.version, cur.version) {
+			if had && strings.EqualFold(old.version, cur.version) {
 				out.held = append(out.held, r)
 			} else {
 				out.moved++
 			}
 		}
-		if !old.same(cur) {
+		if had != has || !old.same(cur) {
 			e := a.entries[r]
-			changed = append(changed, slog.Group(e.Name, "from", old.versionDesc(), "to", cur.versionDesc()))
+			changed = append(changed, slog.Group(e.Name, "from", presentDesc(old, had), "to", presentDesc(cur, has)))
 		}
 	}
 	if len(changed) == 0 {
@@ -742,9 +853,60 @@ func (a *agent) refresh(ctx context.Context, refs []objectRef, log *slog.Logger)
 	}
 	old := a.last
 	a.last = next
-	log.Info("secrets changed; wrote a new set", slog.Group("changed", changed...))
+	log.Info("secrets changed; wrote a new set", slog.Group("changed", changed...), "absent", len(a.absentNames(next)))
 	a.action.notify(a.changedObjects(refs, old, next))
 	return out, nil
+}
+
+// held returns the value of r in the set written last; false for an absent
+// optional object.
+func (a *agent) held(r objectRef) (objectValue, bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	v, ok := a.last[r]
+	return v, ok
+}
+
+// heldVersion is the version of r in the set written last ("" when absent).
+func (a *agent) heldVersion(r objectRef) string {
+	v, _ := a.held(r)
+	return v.version
+}
+
+// presentDesc is a value's version for logs, or "absent" for an optional
+// object without one.
+func presentDesc(v objectValue, present bool) string {
+	if !present {
+		return "absent"
+	}
+	return v.versionDesc()
+}
+
+// absentNames names the optional objects without a value in values, in
+// mapping order, as kind/name (for logs and the termination log).
+func (a *agent) absentNames(values map[objectRef]objectValue) []string {
+	var names []string
+	for _, r := range a.refs {
+		if _, ok := values[r]; !ok && a.optional[r] {
+			e := a.entries[r]
+			// A plain and a history entry of one secret are one object.
+			if n := objectWord(e.Kind()) + "/" + e.Name; !slices.Contains(names, n) {
+				names = append(names, n)
+			}
+		}
+	}
+	return names
+}
+
+// absent reports whether err says that an object does not exist now: it
+// was never created or was deleted (404), the secret is disabled (403 with
+// the inner code SecretDisabled), or a history entry's secret has no enabled
+// version. Only optional entries treat it as absence; other 401s and 403s
+// (identity, permissions, firewall) and values that do not fit the entry
+// are mistakes that fail as for any entry.
+func absent(err error) bool {
+	var ce *ContentError
+	return gone(err) || (errors.As(err, &ce) && ce.NoVersion)
 }
 
 // gone reports whether err says that a secret, certificate or key was
@@ -790,7 +952,7 @@ func (a *agent) resetOnUnauthorized(err error) {
 			ctx, cancel := context.WithTimeout(context.Background(), a.opts.RoundTimeout)
 			defer cancel()
 			claims := fmt.Sprintf(`{"access_token":{"nbf":{"essential":true,"value":"%d"}}}`, time.Now().Unix())
-			if _, terr := a.f.cred.GetToken(ctx, policy.TokenRequestOptions{Scopes: []string{a.f.scope}, Claims: claims}); terr != nil {
+			if _, terr := a.fs[""].cred.GetToken(ctx, policy.TokenRequestOptions{Scopes: []string{a.fs[""].scope}, Claims: claims}); terr != nil {
 				a.log.Warn("cannot get a new managed-identity token", errAttrs(terr)...)
 			}
 		}
@@ -812,7 +974,8 @@ func (a *agent) resetOnUnauthorized(err error) {
 func (a *agent) versions(values map[objectRef]objectValue) map[string]string {
 	m := make(map[string]string, len(a.cfg.Entries))
 	for _, e := range a.cfg.Entries {
-		m[e.File] = values[refOf(e)].versionDesc()
+		v, ok := values[refOf(e)]
+		m[e.File] = presentDesc(v, ok)
 	}
 	return m
 }
@@ -827,6 +990,9 @@ func errAttrs(err error) []any {
 		attrs = append(attrs, "secret", se.Name)
 		if se.Version != "" {
 			attrs = append(attrs, "secretVersion", se.Version)
+		}
+		if se.OtherVault {
+			attrs = append(attrs, "secretVault", se.Vault)
 		}
 	}
 	var re *azcore.ResponseError

@@ -332,6 +332,15 @@ func newFetcher(vaultURL string, kind agentconfig.IdentityKind, env Env, t *http
 	if err != nil {
 		return nil, err
 	}
+	return vaultFetcher(vaultURL, co, scred, concurrency)
+}
+
+// vaultFetcher builds the Key Vault clients of vaultURL with the options and
+// credential of newIdentity: the agent's fetchers of several vaults share
+// one credential (one token: the scope is the cloud's, not the vault's) and
+// each answers its own vault's challenge. Its errors are *ConfigError.
+func vaultFetcher(vaultURL string, co azcore.ClientOptions, scred *serialCredential, concurrency int) (*fetcher, error) {
+	var err error
 	f := &fetcher{cred: scred, scope: vaultScope(vaultURL), vault: vaultURL, concurrency: concurrency}
 	var sigs [numLanes]*authorizedSignal
 	for i := range sigs {

@@ -38,6 +38,9 @@ type SecretError struct {
 	List bool
 	// Err is the SDK's error.
 	Err error
+	// OtherVault is set when Vault is the entry's own (vault=), not the
+	// pod's: logs then name it (the agent's logger names the pod's).
+	OtherVault bool
 }
 
 // Error names the secret, the vault and the SDK's error.
@@ -156,6 +159,9 @@ func Explain(err error, f Facts) string {
 	what := "kvinject-agent: cannot read secrets from vault " + f.vaultName()
 	var se *SecretError
 	if errors.As(err, &se) {
+		if se.Vault != "" {
+			f.VaultURL = se.Vault // an entry's own vault: its fixes name it
+		}
 		what = fmt.Sprintf("kvinject-agent: cannot %s from vault %s", se.what(), f.vaultName())
 	}
 	var ge *GiveUpError
@@ -189,7 +195,9 @@ func Reason(err error, f Facts) (why, fix string) {
 		err = ge.Err
 	}
 	var se *SecretError
-	errors.As(err, &se)
+	if errors.As(err, &se) && se.Vault != "" {
+		f.VaultURL = se.Vault
+	}
 	return reason(err, f, se)
 }
 

@@ -25,6 +25,9 @@ import (
 // newest versions of a secret (history). Entries that need the same read share
 // it; each entry renders the value its own way (see render.go).
 type objectRef struct {
+	// vault is the entry's own vault (agentconfig.Entry.Vault, a canonical
+	// URL); "" for the pod's (--vault).
+	vault   string
 	kind    agentconfig.ObjectType // "" or agentconfig.ObjectSecret, ObjectCert, ObjectKey
 	name    string
 	version string
@@ -32,7 +35,7 @@ type objectRef struct {
 }
 
 func refOf(e agentconfig.Entry) objectRef {
-	return objectRef{kind: e.Kind(), name: strings.ToLower(e.Name), version: strings.ToLower(e.Version), history: e.History}
+	return objectRef{vault: e.Vault, kind: e.Kind(), name: strings.ToLower(e.Name), version: strings.ToLower(e.Version), history: e.History}
 }
 
 // objectValue is what one read returned. Values never leave the agent except
@@ -391,7 +394,7 @@ func (f *fetcher) get(ctx context.Context, r objectRef, e agentconfig.Entry) (ob
 // objectError wraps err, an error reading e's object (at version, "" for the
 // latest), with what the explanation needs.
 func (f *fetcher) objectError(e agentconfig.Entry, version string, err error) error {
-	return &SecretError{Name: e.Name, Version: version, File: e.File, Vault: f.vault, Object: objectWord(e.Kind()), Err: err}
+	return &SecretError{Name: e.Name, Version: version, File: e.File, Vault: f.vault, Object: objectWord(e.Kind()), Err: err, OtherVault: e.Vault != ""}
 }
 
 // getSecret reads one version of a secret ("" for the latest).

@@ -71,7 +71,8 @@ type fakeHub struct {
 	closed chan struct{}
 
 	mu      sync.Mutex
-	newest  map[string]string // kind/lower-case name -> newest enabled version
+	newest  map[string]string // [vault URL "|", except the pod's] kind/lower-case name -> newest enabled version
+	vaults  map[string]string // the vaults it watches: URL -> the emulator's vault name
 	kinds   map[string]bool   // the kinds it watches (default secrets); others are answered to poll
 	old     bool              // refuse other kinds as a hub that watches secrets only did (BadRequest)
 	retry   int               // RetryAfterSeconds of its poll answers
@@ -97,7 +98,7 @@ func (h *harness) newHub() (*fakeHub, *tokenDir) {
 	h.t.Helper()
 	caPEM, cert := hubCertificate(h.t, hubHost)
 	f := &fakeHub{t: h.t, h: h, caPEM: caPEM, closed: make(chan struct{}), newest: map[string]string{},
-		kinds: map[string]bool{hubapi.KindSecret: true}, retry: 3600, maxWait: time.Minute, wake: make(chan struct{})}
+		vaults: map[string]string{h.vaultURL(): h.vault}, kinds: map[string]bool{hubapi.KindSecret: true}, retry: 3600, maxWait: time.Minute, wake: make(chan struct{})}
 	f.srv = httptest.NewUnstartedServer(f)
 	f.srv.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	f.srv.EnableHTTP2 = true
@@ -198,7 +199,10 @@ func (f *fakeHub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		refuse(http.StatusBadRequest, hubapi.ReasonBadRequest, "not a watch request")
 		return
 	}
-	if req.Vault != f.h.vaultURL() {
+	f.mu.Lock()
+	vaultName, ok := f.vaults[req.Vault]
+	f.mu.Unlock()
+	if !ok {
 		refuse(http.StatusForbidden, hubapi.ReasonNotPodObject, "the pod does not read this vault")
 		return
 	}
@@ -222,13 +226,13 @@ func (f *fakeHub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	for _, o := range req.Objects {
-		_, watched := f.newest[o.Kind+"/"+strings.ToLower(o.Name)]
+		_, watched := f.newest[f.key(req.Vault, o.Kind, o.Name)]
 		if !watched {
 			f.mu.Unlock()
 			refuse(http.StatusForbidden, hubapi.ReasonNotPodObject, "the pod does not read "+o.Name)
 			return
 		}
-		known := slices.ContainsFunc(f.h.versionsOf(o.Kind, o.Name), func(v string) bool { return strings.EqualFold(v, o.Version) })
+		known := slices.ContainsFunc(f.h.versionsIn(vaultName, o.Kind, o.Name), func(v string) bool { return strings.EqualFold(v, o.Version) })
 		if !known {
 			f.mu.Unlock()
 			refuse(http.StatusForbidden, hubapi.ReasonUnknownVersion, "not a version of "+o.Name)
@@ -251,7 +255,7 @@ func (f *fakeHub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		var changed []hubapi.Object
 		f.mu.Lock()
 		for _, o := range req.Objects {
-			if n := f.newest[o.Kind+"/"+strings.ToLower(o.Name)]; !strings.EqualFold(n, o.Version) {
+			if n := f.newest[f.key(req.Vault, o.Kind, o.Name)]; !strings.EqualFold(n, o.Version) {
 				changed = append(changed, hubapi.Object{Kind: o.Kind, Name: o.Name, Version: n})
 			}
 		}
@@ -271,6 +275,40 @@ func (f *fakeHub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		case <-f.closed:
 			return
 		}
+	}
+}
+
+// key is the key of newest for an object of vault (a URL).
+func (f *fakeHub) key(vault, kind, name string) string {
+	k := kind + "/" + strings.ToLower(name)
+	if vault != f.h.vaultURL() {
+		k = vault + "|" + k
+	}
+	return k
+}
+
+// addVault makes the hub watch another vault of the emulator too.
+func (f *fakeHub) addVault(name string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.vaults["https://"+name+".vault.azure.net/"] = name
+}
+
+// followIn publishes the newest enabled version of each secret of another
+// vault of the emulator.
+func (f *fakeHub) followIn(vaultName string, names ...string) {
+	for _, name := range names {
+		var newest string
+		for _, v := range f.h.emu.SecretVersions(vaultName, name) {
+			if v.Enabled {
+				newest = v.Version
+			}
+		}
+		f.mu.Lock()
+		f.newest[f.key("https://"+vaultName+".vault.azure.net/", hubapi.KindSecret, name)] = newest
+		close(f.wake)
+		f.wake = make(chan struct{})
+		f.mu.Unlock()
 	}
 }
 
@@ -320,15 +358,18 @@ func (f *fakeHub) watchKinds(retry int, kinds ...string) {
 }
 
 // versionsOf returns the versions of an object of the emulator, oldest first.
-func (h *harness) versionsOf(kind, name string) []string {
+func (h *harness) versionsOf(kind, name string) []string { return h.versionsIn(h.vault, kind, name) }
+
+// versionsIn returns the versions of an object of a vault of the emulator.
+func (h *harness) versionsIn(vault, kind, name string) []string {
 	switch kind {
 	case hubapi.KindCertificate:
-		return h.emu.CertificateVersions(h.vault, name)
+		return h.emu.CertificateVersions(vault, name)
 	case hubapi.KindKey:
-		return h.emu.KeyVersions(h.vault, name)
+		return h.emu.KeyVersions(vault, name)
 	}
 	var out []string
-	for _, v := range h.emu.SecretVersions(h.vault, name) {
+	for _, v := range h.emu.SecretVersions(vault, name) {
 		out = append(out, v.Version)
 	}
 	return out

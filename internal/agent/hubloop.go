@@ -1,12 +1,14 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/kvinject/kvinject/pkg/agentconfig"
@@ -27,15 +29,45 @@ import (
 // their retry comes; every SafetyInterval the whole set is read again while
 // the hub drives rotation.
 //
-// Only the loop's goroutine reads Key Vault and writes the set; each watch
+// The hub watches an object from the version the agent holds, so an optional
+// object that is absent is polled every --rotation with the others until it
+// appears; the next watch request names it (see rebalance). One that
+// disappears leaves the set when a read finds it gone (the hub reports
+// neither deletions nor disabled secrets: the safety re-read, a poll, or a
+// read the hub triggers) and is polled again from then on.
+//
+// A watch request names one vault, so an agent whose entries read several
+// vaults (agentconfig.Entry.Vault) runs one such loop per vault, sharing the
+// hub client; refresh serializes their reads and writes of the set.
+//
+// Only the loops' goroutines read Key Vault and write the set; each watch
 // request runs in a goroutine of its own, which only talks to the hub and
 // hands the answer back.
 func (a *agent) rotateHub(ctx context.Context, watched, others []objectRef) {
+	// One loop per vault: a watch request names one vault.
+	vaults := []string{""}
+	for _, r := range append(slices.Clone(watched), others...) {
+		if !slices.Contains(vaults, r.vault) {
+			vaults = append(vaults, r.vault)
+		}
+	}
+	ofVault := func(refs []objectRef, v string) []objectRef {
+		var out []objectRef
+		for _, r := range refs {
+			if r.vault == v {
+				out = append(out, r)
+			}
+		}
+		return out
+	}
 	hub, err := newHubClient(a.cfg.Hub, a.env, a.log)
 	if err == nil {
-		if n := len(watchObjects(a, watched)); n > hubapi.MaxObjects {
-			hub.close()
-			err = &ConfigError{Msg: fmt.Sprintf("the pod maps %d objects of one vault; a watch request names at most %d", n, hubapi.MaxObjects)}
+		for _, v := range vaults {
+			if n := len(watchObjects(a, ofVault(watched, v))); n > hubapi.MaxObjects {
+				hub.close()
+				err = &ConfigError{Msg: fmt.Sprintf("the pod maps %d objects of vault %s; a watch request names at most %d", n, cmp.Or(v, a.cfg.VaultURL), hubapi.MaxObjects)}
+				break
+			}
 		}
 	}
 	var all []objectRef
@@ -59,9 +91,37 @@ func (a *agent) rotateHub(ctx context.Context, watched, others []objectRef) {
 	a.action = newActionRunner(a, hub)
 	a.action.start(ctx)
 	defer a.action.wait()
+	var wg sync.WaitGroup
+	for _, v := range vaults {
+		vw, vo, va := ofVault(watched, v), ofVault(others, v), ofVault(all, v)
+		if len(vw)+len(vo) == 0 {
+			continue // every object of the pod's vault is pinned
+		}
+		log := a.log
+		if v != "" {
+			log = log.With("watchVault", v)
+		}
+		wg.Go(func() { a.hubLoop(hub, cmp.Or(v, a.cfg.VaultURL), log, vw, vo, va).run(ctx) })
+	}
+	wg.Wait()
+}
+
+// hubLoop returns the loop that keeps the objects of one vault current with
+// the hub (the refs given are that vault's); log names the vault when it is
+// not the pod's.
+func (a *agent) hubLoop(hub *hubClient, vault string, log *slog.Logger, watched, others, all []objectRef) *hubLoop {
+	var held []objectRef
+	for _, r := range watched {
+		if _, ok := a.held(r); ok {
+			held = append(held, r)
+		} else {
+			others = append(others, r) // absent optional: polled until it appears
+		}
+	}
+	watched = held
 	rot, stretched := a.cfg.Rotation, HubFallbackStretch*a.cfg.Rotation
-	l := &hubLoop{
-		a: a, hub: hub, watched: watched, others: others, all: all,
+	return &hubLoop{
+		a: a, hub: hub, vault: vault, lg: log, watched: watched, others: others, all: all,
 		source: sourceHub, stretched: stretched, maxWait: defaultHubMaxWait,
 		hubB:    backoff{min: a.opts.HubMinBackoff, max: a.opts.HubMaxBackoff},
 		readB:   backoff{min: min(a.opts.MinBackoff, rot), max: rot},
@@ -70,17 +130,24 @@ func (a *agent) rotateHub(ctx context.Context, watched, others []objectRef) {
 		othersB: backoff{min: min(a.opts.MinBackoff, rot), max: rot},
 		safetyB: backoff{min: min(a.opts.MinBackoff, stretched), max: stretched},
 	}
-	l.run(ctx)
 }
 
-// hubLoop is the state of rotateHub's loop.
+// hubLoop is the state of one of rotateHub's loops (one per vault).
 type hubLoop struct {
-	a                    *agent
-	hub                  *hubClient
+	a   *agent
+	hub *hubClient
+	// vault is the vault of the loop's objects, which its watch requests name.
+	vault string
+	// lg is the loop's logger: the agent's, naming vault when it is not the pod's.
+	lg                   *slog.Logger
 	watched, others, all []objectRef
 	// declined are the objects the hub does not watch (in others), with when
 	// to name them to it again.
-	declined               map[objectRef]time.Time
+	declined map[objectRef]time.Time
+	// idle is set while no watch request is sent because no object can be
+	// watched: every watchable one is an absent optional object, polled in
+	// others until it appears.
+	idle                   bool
 	source                 string // sourceHub or sourcePoll
 	reason                 string // why the hub is unusable (sourcePoll)
 	stretched              time.Duration
@@ -113,7 +180,7 @@ func (al *alarm) stop() {
 
 func (l *hubLoop) run(ctx context.Context) {
 	a := l.a
-	a.log.Info("rotation source", "source", sourceHub, "hub", a.cfg.Hub, "watched", len(l.watched), "polled", len(l.others),
+	l.lg.Info("rotation source", "source", sourceHub, "hub", a.cfg.Hub, "watched", len(l.watched), "polled", len(l.others),
 		"rotation", a.cfg.Rotation.String(), "safetyInterval", a.opts.SafetyInterval.String())
 	if len(l.others) > 0 {
 		l.othersAt.set(jittered(a.cfg.Rotation))
@@ -130,10 +197,17 @@ func (l *hubLoop) run(ctx context.Context) {
 	for {
 		if watchNow && !inflight {
 			watchNow = false
-			if d := l.undecline(); d > 0 {
+			d := l.undecline()
+			l.rebalance()
+			l.idle = false
+			switch {
+			case len(l.watched) == 0 && d > 0:
 				// Every object is polled: ask the hub when one may be watched.
 				hubAt.set(d)
-			} else {
+			case len(l.watched) == 0:
+				// Every watchable object is absent: ask when one appears.
+				l.idle = true
+			default:
 				inflight = true
 				req, timeout := l.request(), hubTimeout(l.maxWait)
 				go func() { results <- l.hub.watch(ctx, req, timeout) }()
@@ -164,6 +238,9 @@ func (l *hubLoop) run(ctx context.Context) {
 		case <-l.othersAt.c:
 			l.othersAt.stop()
 			l.pollOthers(ctx)
+			if l.idle && !inflight {
+				watchNow = true // an absent optional object may have appeared
+			}
 		case <-l.safe.c:
 			l.safe.stop()
 			l.safety(ctx)
@@ -173,7 +250,7 @@ func (l *hubLoop) run(ctx context.Context) {
 
 // log is the logger of a read for trigger.
 func (l *hubLoop) log(trigger string) *slog.Logger {
-	return l.a.log.With("source", l.source, "trigger", trigger)
+	return l.lg.With("source", l.source, "trigger", trigger)
 }
 
 // hubKind is the hubapi kind of a ref.
@@ -198,7 +275,8 @@ func watchObjects(a *agent, refs []objectRef) []hubapi.Object {
 			continue // a plain and a history entry of the same secret
 		}
 		seen[key] = true
-		objs = append(objs, hubapi.Object{Kind: hubKind(r), Name: a.entries[r].Name, Version: a.last[r].version})
+		v, _ := a.held(r)
+		objs = append(objs, hubapi.Object{Kind: hubKind(r), Name: a.entries[r].Name, Version: v.version})
 	}
 	return objs
 }
@@ -229,7 +307,7 @@ func (l *hubLoop) decline(poll []hubapi.Polled) {
 		})
 		names = append(names, p.Kind+"/"+p.Name+" ("+p.Reason+": "+p.Message+")")
 	}
-	l.a.log.Info("the hub does not watch these objects: polling them every rotation", "source", l.source,
+	l.lg.Info("the hub does not watch these objects: polling them every rotation", "source", l.source,
 		"objects", strings.Join(names, "; "), "pollEvery", l.a.cfg.Rotation.String(), "watched", len(l.watched))
 	if l.othersAt.c == nil {
 		l.othersAt.set(jittered(l.a.cfg.Rotation))
@@ -274,9 +352,46 @@ func (l *hubLoop) undecline() time.Duration {
 	return next.Sub(now)
 }
 
+// rebalance moves the optional objects that appeared (read by the poll of
+// the others) to the watched ones, unless the hub declined them, and the
+// watched ones that a read found gone to the others, polled every --rotation
+// until they appear again: a watch request names only versions held.
+func (l *hubLoop) rebalance() {
+	a := l.a
+	var appeared, vanished []objectRef
+	l.others = slices.DeleteFunc(l.others, func(r objectRef) bool {
+		_, held := a.held(r)
+		_, declined := l.declined[r]
+		if a.optional[r] && held && !declined && watchable(r) {
+			appeared = append(appeared, r)
+			return true
+		}
+		return false
+	})
+	l.watched = slices.DeleteFunc(l.watched, func(r objectRef) bool {
+		if _, held := a.held(r); !held {
+			vanished = append(vanished, r)
+			return true
+		}
+		return false
+	})
+	l.watched = append(l.watched, appeared...)
+	l.others = append(l.others, vanished...)
+	if len(appeared) > 0 {
+		l.lg.Info("optional objects appeared: the hub watches them now", "source", l.source, "objects", l.refNames(appeared), "watched", len(l.watched))
+	}
+	if len(vanished) > 0 {
+		l.lg.Info("optional objects gone: polling them every rotation until they appear", "source", l.source, "objects", l.refNames(vanished),
+			"pollEvery", a.cfg.Rotation.String(), "watched", len(l.watched))
+		if l.othersAt.c == nil {
+			l.othersAt.set(jittered(a.cfg.Rotation))
+		}
+	}
+}
+
 // request is the next watch request: the versions held now.
 func (l *hubLoop) request() hubapi.WatchRequest {
-	return hubapi.WatchRequest{Vault: l.a.cfg.VaultURL, Objects: watchObjects(l.a, l.watched)}
+	return hubapi.WatchRequest{Vault: l.vault, Objects: watchObjects(l.a, l.watched)}
 }
 
 // answer handles a watch request's outcome and returns the delay before the
@@ -338,7 +453,7 @@ func (l *hubLoop) notified(changed []hubapi.Object) []objectRef {
 	for _, o := range changed {
 		name := strings.ToLower(o.Name)
 		for _, r := range l.watched {
-			if r.name == name && strings.EqualFold(hubKind(r), o.Kind) && !strings.EqualFold(l.a.last[r].version, o.Version) && !slices.Contains(refs, r) {
+			if r.name == name && strings.EqualFold(hubKind(r), o.Kind) && !strings.EqualFold(l.a.heldVersion(r), o.Version) && !slices.Contains(refs, r) {
 				refs = append(refs, r)
 			}
 		}
@@ -402,7 +517,7 @@ func (l *hubLoop) readNotified(ctx context.Context, refs []objectRef) time.Durat
 // polling at the stretched interval; the next hub attempt is in retryIn.
 func (l *hubLoop) toPoll(err *hubError, retryIn time.Duration) {
 	if l.source == sourcePoll && l.reason == err.reason {
-		l.a.log.Debug("the hub is still unusable", "source", sourcePoll, "reason", err.reason, "error", err.msg, "hubRetryIn", retryIn.String())
+		l.lg.Debug("the hub is still unusable", "source", sourcePoll, "reason", err.reason, "error", err.msg, "hubRetryIn", retryIn.String())
 		return
 	}
 	wasHub := l.source == sourceHub
@@ -412,7 +527,7 @@ func (l *hubLoop) toPoll(err *hubError, retryIn time.Duration) {
 		attrs = append(attrs, "status", err.status)
 	}
 	attrs = append(attrs, "error", err.msg, "pollEvery", l.stretched.String(), "hubRetryIn", retryIn.String())
-	l.a.log.Warn("rotation source", attrs...)
+	l.lg.Warn("rotation source", attrs...)
 	if wasHub {
 		// Not at once: the agents of a whole cluster lose the hub together.
 		l.pollAt.set(spreadFirst(l.stretched))
@@ -427,7 +542,7 @@ func (l *hubLoop) toHub() {
 	l.source, l.reason = sourceHub, ""
 	l.pollAt.stop()
 	l.pollB.reset()
-	l.a.log.Info("rotation source", "source", sourceHub, "hub", l.a.cfg.Hub)
+	l.lg.Info("rotation source", "source", sourceHub, "hub", l.a.cfg.Hub)
 }
 
 // poll reads the watched objects while the hub is unusable.

@@ -161,7 +161,7 @@ type historyVersion struct {
 // before are not read again: a version's value never changes.
 func (f *fetcher) getHistory(ctx context.Context, r objectRef, e agentconfig.Entry) (objectValue, error) {
 	listErr := func(err error) error {
-		return &SecretError{Name: e.Name, File: e.File, Vault: f.vault, Object: "secret", List: true, Err: err}
+		return &SecretError{Name: e.Name, File: e.File, Vault: f.vault, Object: "secret", List: true, Err: err, OtherVault: e.Vault != ""}
 	}
 	var listed []historyVersion
 	pager := f.secrets.NewListSecretPropertiesVersionsPager(e.Name, nil)
@@ -186,8 +186,9 @@ func (f *fetcher) getHistory(ctx context.Context, r objectRef, e agentconfig.Ent
 	}
 	if len(listed) == 0 {
 		return objectValue{}, listErr(&ContentError{
-			Why: "the secret has no enabled version",
-			Fix: fmt.Sprintf("enable a version (az keyvault secret list-versions --vault-name %s --name %s shows them) or set a new value", VaultName(f.vault), e.Name),
+			Why:       "the secret has no enabled version",
+			NoVersion: true,
+			Fix:       fmt.Sprintf("enable a version (az keyvault secret list-versions --vault-name %s --name %s shows them) or set a new value", VaultName(f.vault), e.Name),
 		})
 	}
 	slices.SortStableFunc(listed, func(a, b historyVersion) int {

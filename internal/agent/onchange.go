@@ -2,6 +2,7 @@ package agent
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -64,10 +65,13 @@ const (
 // at its new version.
 type changedObject struct {
 	kind, name, version string
+	// vault is the object's vault when it is not the pod's (an entry's
+	// ;vault=); "" for the pod's.
+	vault string
 }
 
 // key identifies the object across sets.
-func (o changedObject) key() string { return o.kind + "/" + strings.ToLower(o.name) }
+func (o changedObject) key() string { return o.vault + " " + o.kind + "/" + strings.ToLower(o.name) }
 
 // mergeChanged returns the objects of older and newer, each once, at the
 // newer's version when both name it, in the order they first appear.
@@ -343,11 +347,30 @@ func reportAction(hub *hubClient, vault string) func(context.Context, []changedO
 		if hub == nil {
 			return actionOutcome{err: errors.New("the hub is not usable (see the \"rotation source\" log line): the new set cannot be reported, so the pod is not restarted")}
 		}
-		report := hubapi.ChangedReport{Vault: vault, Objects: make([]hubapi.Object, len(objs))}
-		for i, o := range objs {
-			report.Objects[i] = hubapi.Object{Kind: o.kind, Name: o.name, Version: o.version}
+		// One report per vault (a request names one vault, as a watch does).
+		// An object that is gone (an absent optional entry) has no version to
+		// prove it by: the report names the others.
+		var reports []hubapi.ChangedReport
+		index := map[string]int{}
+		for _, o := range objs {
+			if o.version == "" {
+				continue
+			}
+			v := cmp.Or(o.vault, vault)
+			i, ok := index[v]
+			if !ok {
+				i = len(reports)
+				index[v] = i
+				reports = append(reports, hubapi.ChangedReport{Vault: v})
+			}
+			reports[i].Objects = append(reports[i].Objects, hubapi.Object{Kind: o.kind, Name: o.name, Version: o.version})
 		}
-		herr := hub.report(ctx, report, reportTimeout)
+		var herr *hubError
+		for _, report := range reports {
+			if herr = hub.report(ctx, report, reportTimeout); herr != nil {
+				break
+			}
+		}
 		if herr == nil {
 			return actionOutcome{status: http.StatusNoContent}
 		}
@@ -409,7 +432,7 @@ func (a *agent) changedObjects(refs []objectRef, old, cur map[objectRef]objectVa
 		if old[r].same(cur[r]) {
 			continue
 		}
-		o := changedObject{kind: hubKind(r), name: a.entries[r].Name, version: cur[r].version}
+		o := changedObject{kind: hubKind(r), name: a.entries[r].Name, version: cur[r].version, vault: r.vault}
 		if seen[o.key()] {
 			continue
 		}

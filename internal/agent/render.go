@@ -34,6 +34,9 @@ const maxJSONKeys = 256
 // mapping. Why and Fix never quote a value.
 type ContentError struct {
 	Why, Fix string
+	// NoVersion is set when a history read found no enabled version: for an
+	// optional entry, the object is absent (see absent).
+	NoVersion bool
 }
 
 // Error returns why, and the fix when there is one.
@@ -49,7 +52,7 @@ func (e *ContentError) Error() string {
 // error, a *SecretError wrapping a *ContentError, names the entry.
 func render(e agentconfig.Entry, v objectValue, vault string) ([]atomicdir.File, error) {
 	wrap := func(version string, err error) error {
-		return &SecretError{Name: e.Name, Version: version, File: e.File, Vault: vault, Object: objectWord(e.Kind()), Err: err}
+		return &SecretError{Name: e.Name, Version: version, File: e.File, Vault: vault, Object: objectWord(e.Kind()), Err: err, OtherVault: e.Vault != ""}
 	}
 	if e.History == 0 {
 		files, err := renderOne(e, e.File, v)

@@ -79,6 +79,10 @@ type File struct {
 type Writer struct {
 	dir  string
 	mode fs.FileMode
+	// AllowEmpty lets Write swap in a set without files (the agent's mapping
+	// of optional entries whose objects are all absent); otherwise an empty
+	// set is refused as a caller's mistake. Set it before the first Write.
+	AllowEmpty bool
 
 	mu sync.Mutex
 	// writeFile creates one file of a new set; tests replace it to simulate a
@@ -158,7 +162,7 @@ func topLevel(files []File) []string {
 // stays in place, untouched, and the partial new one is removed. An error
 // caused by a full volume wraps ErrVolumeFull.
 func (w *Writer) Write(files []File) error {
-	if len(files) == 0 {
+	if len(files) == 0 && !w.AllowEmpty {
 		return fmt.Errorf("atomicdir: refusing to write an empty set into %s", w.dir)
 	}
 	if err := validateSet(files); err != nil {
@@ -345,8 +349,9 @@ func writeFile(name string, data []byte, mode fs.FileMode) error {
 }
 
 // Check reports whether dir holds a complete set: ..data points at an existing
-// timestamped directory and every visible link into ..data resolves. It is the
-// agent's startup probe.
+// timestamped directory, every top-level name of that set is visible (a link
+// into ..data) and every visible link into ..data resolves. A set without
+// files (Writer.AllowEmpty) is complete. It is the agent's startup probe.
 func Check(dir string) error {
 	target, err := os.Readlink(filepath.Join(dir, DataLink))
 	if err != nil {
@@ -364,6 +369,10 @@ func Check(dir string) error {
 	}
 	if !fi.IsDir() {
 		return fmt.Errorf("%s points at %s, which is not a directory", filepath.Join(dir, DataLink), target)
+	}
+	inSet, err := os.ReadDir(filepath.Join(dir, target))
+	if err != nil {
+		return err
 	}
 	entries, err := os.ReadDir(dir)
 	if err != nil {
@@ -383,8 +392,14 @@ func Check(dir string) error {
 		}
 		visible++
 	}
-	if visible == 0 {
+	if visible == 0 && len(inSet) > 0 {
 		return fmt.Errorf("%s has no visible files yet", dir)
+	}
+	for _, e := range inSet {
+		link := filepath.Join(dir, e.Name())
+		if t, err := os.Readlink(link); err != nil || t != filepath.Join(DataLink, e.Name()) {
+			return fmt.Errorf("%s is not visible yet (no link into %s)", link, DataLink)
+		}
 	}
 	return nil
 }

@@ -370,6 +370,7 @@ func TestCheck(t *testing.T) {
 			return os.Symlink("/tmp", filepath.Join(dir, DataLink))
 		}, "not at a set"},
 		{"missing file", func(dir string) error { return os.Remove(filepath.Join(dir, Current(dir), "a")) }, "does not resolve"},
+		{"file not yet visible", func(dir string) error { return os.Remove(filepath.Join(dir, "d")) }, "is not visible yet"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
@@ -383,6 +384,33 @@ func TestCheck(t *testing.T) {
 				t.Fatalf("Check: %v, want an error containing %q", err, tc.want)
 			}
 		})
+	}
+}
+
+// TestEmptySet: with AllowEmpty a set without files is swapped in like any
+// other (removing the previous set's files), and Check finds it complete.
+func TestEmptySet(t *testing.T) {
+	dir := t.TempDir()
+	w := New(dir, 0o444)
+	w.AllowEmpty = true
+	if err := w.Write([]File{{Path: "a", Data: []byte("x")}, {Path: "d/b", Data: []byte("y")}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Write(nil); err != nil {
+		t.Fatalf("Write of an empty set: %v", err)
+	}
+	want := map[string]string{"<set>": "dir:0755", "..data": "link:<set>"}
+	if diff := cmp.Diff(want, tree(t, dir)); diff != "" {
+		t.Fatalf("after the empty set (-want +got):\n%s", diff)
+	}
+	if err := Check(dir); err != nil {
+		t.Fatalf("Check of an empty set: %v", err)
+	}
+	if err := w.Write([]File{{Path: "a", Data: []byte("z")}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := Check(dir); err != nil {
+		t.Fatalf("Check after the empty set was replaced: %v", err)
 	}
 }
 

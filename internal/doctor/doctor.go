@@ -223,6 +223,12 @@ func run(ctx context.Context, cfg Config, opts Options) *Report {
 	// permission if asked.
 	d := &secretChecker{r: r, clients: clients, client: clients.Secrets, facts: facts, vault: cfg.VaultURL, now: now, objects: map[string]*agent.Object{}}
 	for _, s := range distinct(cfg.Entries) {
+		if v := s.entries[0].Vault; v != "" && v != cfg.VaultURL {
+			// Its own vault (vault=): another vault's checks, permissions and firewall.
+			r.add(Check{Kind: CheckSecret, Status: StatusSkip, Subject: s.subject(),
+				Detail: fmt.Sprintf("not checked: the entry reads vault %s; run the doctor with that vault for it", v)})
+			continue
+		}
 		d.check(ctx, s)
 	}
 	d.checkTemplates(cfg)
@@ -361,12 +367,12 @@ next:
 }
 
 // distinctNames returns the secrets of the mapping once per name, for the
-// list check.
+// list check; entries of their own vault (vault=) are not checked.
 func distinctNames(entries []agentconfig.Entry) []secret {
 	var out []secret
 	seen := map[string]bool{}
 	for _, s := range distinct(entries) {
-		if s.kind != agentconfig.ObjectSecret || seen[strings.ToLower(s.name)] {
+		if s.kind != agentconfig.ObjectSecret || seen[strings.ToLower(s.name)] || s.entries[0].Vault != "" {
 			continue
 		}
 		seen[strings.ToLower(s.name)] = true

@@ -283,6 +283,20 @@ func TestDoctor(t *testing.T) {
 			want: []string{`--template t: line 1, column 4: no entry of kvinject.dev/secrets writes the file "b"`},
 		},
 		{
+			name: "an entry of another vault is not checked against this one",
+			setup: func(k *c) []string {
+				id := k.workload(testSubject, testSubject)
+				k.grant(id, emulator.PermGet)
+				k.secret("API-KEY")
+				return []string{"--vault", k.vault, "--secrets", "apikey.txt=API-KEY, shared.txt=API-KEY;vault=https://shared-kv.vault.azure.net/"}
+			},
+			code: 0,
+			want: []string{
+				`[ok]   secret "API-KEY" (apikey.txt): version `,
+				`[skip] secret "API-KEY" (shared.txt): not checked: the entry reads vault https://shared-kv.vault.azure.net/; run the doctor with that vault for it`,
+			},
+		},
+		{
 			name: "no federated credential for the pod's ServiceAccount",
 			setup: func(k *c) []string {
 				k.workload("system:serviceaccount:shop:other", testSubject)

@@ -1,12 +1,14 @@
 package hub
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 
@@ -43,9 +45,10 @@ type podAgent struct {
 	UID                             types.UID
 	// Vault is the agent's --vault in canonical form; empty when Problem is set.
 	Vault string
-	// Objects are the agent's entries without a pinned version, by kind and
+	// Objects are the agent's entries without a pinned version, by vault
+	// (canonical: --vault, or the entry's own vault=) and then by kind and
 	// lower-cased name (watchKey): the objects the pod may watch.
-	Objects map[string]bool
+	Objects map[string]map[string]bool
 	// Problem says why the pod has nothing to watch; empty when it has.
 	Problem string
 	// Restart: the agent runs with --on-change=restart, so the hub keeps its
@@ -87,13 +90,31 @@ func agentOf(pod *corev1.Pod) podAgent {
 	}
 	a.Vault = vault
 	a.Restart = cfg.OnChange.Kind == agentconfig.OnChangeRestart
-	a.Objects = map[string]bool{}
+	a.Objects = map[string]map[string]bool{vault: {}}
 	for _, e := range cfg.Entries {
+		// ParseArgs resolved the entry's vault to a canonical URL.
+		v := cmp.Or(e.Vault, vault)
+		if a.Objects[v] == nil {
+			a.Objects[v] = map[string]bool{}
+		}
 		if kind := hubKind(e.Kind()); kind != "" && e.Version == "" {
-			a.Objects[watchKey(kind, e.Name)] = true
+			a.Objects[v][watchKey(kind, e.Name)] = true
 		}
 	}
 	return a
+}
+
+// vaults lists the pod's vaults for messages: --vault first, then the
+// entries' own, sorted.
+func (a podAgent) vaults() string {
+	var others []string
+	for v := range a.Objects {
+		if v != a.Vault {
+			others = append(others, v)
+		}
+	}
+	slices.Sort(others)
+	return strings.Join(append([]string{a.Vault}, others...), ", ")
 }
 
 // hubKind is the hubapi kind of an entry's object type; "" for none.
@@ -120,12 +141,16 @@ func (a podAgent) check(req *watchRequest) *refusal {
 	if a.Problem != "" {
 		return refuse(hubapi.ReasonNotPodObject, fmt.Sprintf("pod %s/%s has no objects to watch: %s", a.Namespace, a.Name, a.Problem))
 	}
-	if req.vault != a.Vault {
-		return refuse(hubapi.ReasonNotPodObject, fmt.Sprintf("pod %s/%s's agent reads vault %s, not %s", a.Namespace, a.Name, a.Vault, req.vault))
+	objs, ok := a.Objects[req.vault]
+	if !ok {
+		if len(a.Objects) == 1 {
+			return refuse(hubapi.ReasonNotPodObject, fmt.Sprintf("pod %s/%s's agent reads vault %s, not %s", a.Namespace, a.Name, a.Vault, req.vault))
+		}
+		return refuse(hubapi.ReasonNotPodObject, fmt.Sprintf("pod %s/%s's agent reads vaults %s, not %s", a.Namespace, a.Name, a.vaults(), req.vault))
 	}
 	for _, o := range req.Objects {
-		if !a.Objects[watchKey(o.Kind, o.Name)] {
-			return refuse(hubapi.ReasonNotPodObject, fmt.Sprintf("pod %s/%s's agent does not read %s %q of %s without a pinned version: the hub watches only the objects of the pod's own agent", a.Namespace, a.Name, o.Kind, o.Name, a.Vault))
+		if !objs[watchKey(o.Kind, o.Name)] {
+			return refuse(hubapi.ReasonNotPodObject, fmt.Sprintf("pod %s/%s's agent does not read %s %q of %s without a pinned version: the hub watches only the objects of the pod's own agent", a.Namespace, a.Name, o.Kind, o.Name, req.vault))
 		}
 	}
 	return nil
@@ -263,4 +288,3 @@ func (req *watchRequest) validate() *refusal {
 	}
 	return nil
 }
-

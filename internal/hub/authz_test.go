@@ -84,6 +84,12 @@ func TestAuthorizeInjectedPods(t *testing.T) {
 		mapping.AnnotationVault:   "ordersvault",
 		mapping.AnnotationSecrets: "db.txt=DB-PASSWORD",
 	}
+	vaults := map[string]string{
+		mapping.AnnotationVault: "ordersvault",
+		mapping.AnnotationSecrets: "db.txt=DB-PASSWORD, config.json=APP-CONFIG;vault=SharedVault, ca.crt=cert:ROOT-CA;vault=https://pki-kv.vault.azure.net/" +
+			", pinned.txt=PINNED@" + pinnedVer + ";vault=sharedvault",
+		mapping.AnnotationRotation: "2m",
+	}
 	const vault = "https://ordersvault.vault.azure.net/"
 	native := mutate.Config{NativeSidecars: true}
 	withHub := mutate.Config{NativeSidecars: true, HubURL: "https://kvinject-hub.kvinject-system.svc", HubCA: "-----BEGIN CERTIFICATE-----\n"}
@@ -111,6 +117,14 @@ func TestAuthorizeInjectedPods(t *testing.T) {
 		{"another object", rotating, native, request(vault, "DB-PASSWORD", "SOMEONE-ELSES"), hubapi.ReasonNotPodObject, `"SOMEONE-ELSES"`},
 		{"another vault", rotating, native, request("https://othervault.vault.azure.net/", "DB-PASSWORD"), hubapi.ReasonNotPodObject, "reads vault https://ordersvault.vault.azure.net/, not https://othervault.vault.azure.net/"},
 		{"same vault name in another cloud", rotating, native, request("https://ordersvault.vault.azure.cn/", "DB-PASSWORD"), hubapi.ReasonNotPodObject, "not https://ordersvault.vault.azure.cn/"},
+		{"entry of a second vault, by name", vaults, native, request("https://sharedvault.vault.azure.net/", "APP-CONFIG"), "", ""},
+		{"entry of a second vault, by URL", vaults, native, requestKind("https://pki-kv.vault.azure.net", hubapi.KindCertificate, "ROOT-CA"), "", ""},
+		{"the pod's vault, with a second vault", vaults, native, request(vault, "DB-PASSWORD"), "", ""},
+		{"second vault's object at the pod's vault", vaults, native, request(vault, "APP-CONFIG"), hubapi.ReasonNotPodObject, `does not read secret "APP-CONFIG" of https://ordersvault.vault.azure.net/`},
+		{"pod vault's object at the second vault", vaults, native, request("https://sharedvault.vault.azure.net/", "DB-PASSWORD"), hubapi.ReasonNotPodObject, `does not read secret "DB-PASSWORD" of https://sharedvault.vault.azure.net/`},
+		{"pinned entry of the second vault", vaults, native, request("https://sharedvault.vault.azure.net/", "PINNED"), hubapi.ReasonNotPodObject, `does not read secret "PINNED"`},
+		{"a vault no entry reads", vaults, native, request("https://othervault.vault.azure.net/", "APP-CONFIG"), hubapi.ReasonNotPodObject,
+			"reads vaults https://ordersvault.vault.azure.net/, https://pki-kv.vault.azure.net/, https://sharedvault.vault.azure.net/, not https://othervault.vault.azure.net/"},
 		{"init-mode agent (no rotation)", noRotation, native, request(vault, "DB-PASSWORD"), hubapi.ReasonNotPodObject, "runs in init mode"},
 		{"init-mode agent, regular sidecars", noRotation, mutate.Config{}, request(vault, "DB-PASSWORD"), hubapi.ReasonNotPodObject, "runs in init mode"},
 	}

@@ -588,3 +588,42 @@ func TestServeHoldsWhereItCannotPark(t *testing.T) {
 		t.Errorf("held %v after the client left", got)
 	}
 }
+
+// TestServeEntryVaults: a pod whose entries read a second vault (vault=)
+// may watch the objects of each vault at that vault, and nothing else.
+func TestServeEntryVaults(t *testing.T) {
+	f := newFixture(t, Options{MaxWait: time.Second})
+	multi := injectedPod(t, map[string]string{
+		mapping.AnnotationVault:    fixtureVault2,
+		mapping.AnnotationSecrets:  "api.txt=API-KEY, orders-api.txt=API-KEY;vault=" + fixtureVault,
+		mapping.AnnotationRotation: "1m",
+	}, mutate.Config{NativeSidecars: true})
+	multi.Name, multi.UID = "multi", "u-multi"
+	if err := f.kube.Tracker().Add(multi); err != nil {
+		t.Fatal(err)
+	}
+	f.tokens["multi"] = jwt(fmt.Sprintf(`{"sub":"multi","exp":%d}`, time.Now().Add(10*time.Minute).Unix()))
+	f.rv.tokens[f.tokens["multi"]] = authenticationv1.TokenReviewStatus{Authenticated: true, Audiences: []string{hubapi.Audience},
+		User: podUser(multi.Namespace, multi.Spec.ServiceAccountName, multi.Name, string(multi.UID))}
+
+	a := f.watch(t, context.Background(), "multi", vaultURL, secretAt("API-KEY", f.version["API-KEY"]))
+	if a.status != http.StatusOK || len(a.changed) != 0 {
+		t.Fatalf("watch of the entry's vault: %d %+v %+v, want 200 without a change", a.status, a.changed, a.refusal)
+	}
+	for _, tc := range []struct {
+		name, vault string
+		obj         hubapi.Object
+		inMessage   string
+	}{
+		{"the other vault's object", vaultURL, secretAt("DB-PASSWORD", f.version["DB-PASSWORD"]), `does not read secret "DB-PASSWORD" of ` + vaultURL},
+		{"a vault no entry reads", "https://thirdvault.vault.azure.net/", secretAt("API-KEY", f.version["API-KEY"]),
+			"reads vaults https://" + fixtureVault2 + ".vault.azure.net/, " + vaultURL + ", not https://thirdvault.vault.azure.net/"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a := f.watch(t, context.Background(), "multi", tc.vault, tc.obj)
+			if a.status != http.StatusForbidden || a.refusal == nil || a.refusal.Reason != hubapi.ReasonNotPodObject || !strings.Contains(a.refusal.Message, tc.inMessage) {
+				t.Fatalf("answer %d %+v, want 403 %s containing %q", a.status, a.refusal, hubapi.ReasonNotPodObject, tc.inMessage)
+			}
+		})
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/url"
 	"path"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -187,6 +188,9 @@ func (c *Config) Validate() error {
 	if p := fileProblems(c.Entries, nil); len(p) > 0 {
 		return fmt.Errorf("--secret: %s", strings.Join(p, "; "))
 	}
+	if err := c.resolveVaults(); err != nil {
+		return err
+	}
 	if _, probs := CheckTemplates(c.Templates, c.Entries); len(probs) > 0 {
 		msgs := make([]string, 0, len(probs))
 		for _, p := range probs {
@@ -307,4 +311,45 @@ func ParseFileMode(raw string) (uint32, error) {
 		return 0, fmt.Errorf("%q must not make secrets executable", raw)
 	}
 	return uint32(m), nil
+}
+
+// resolveVaults resolves the entries' own vaults (Entry.Vault) in the cloud
+// of --vault, to canonical URLs; one that is --vault's becomes "".
+func (c *Config) resolveVaults() error {
+	for i, e := range c.Entries {
+		if e.Vault == "" {
+			continue
+		}
+		cloud, main, ok := CloudOfVault(c.VaultURL)
+		if !ok {
+			return fmt.Errorf("--secret %q: vault= needs --vault to be a Key Vault URL of a known cloud, not %q", e.String(), c.VaultURL)
+		}
+		v, err := ResolveEntryVault(e.Vault, cloud, main)
+		if err != nil {
+			return fmt.Errorf("--secret %q: %v", e.String(), err)
+		}
+		c.Entries[i].Vault = v
+	}
+	return nil
+}
+
+// VaultOf returns the URL of the vault that entry e reads: its own (after
+// Validate, a canonical URL) or --vault.
+func (c Config) VaultOf(e Entry) string {
+	if e.Vault != "" {
+		return e.Vault
+	}
+	return c.VaultURL
+}
+
+// Vaults returns the vaults the agent reads: --vault first, then the
+// entries' own vaults in mapping order, each once.
+func (c Config) Vaults() []string {
+	vs := []string{c.VaultURL}
+	for _, e := range c.Entries {
+		if v := c.VaultOf(e); !slices.Contains(vs, v) {
+			vs = append(vs, v)
+		}
+	}
+	return vs
 }

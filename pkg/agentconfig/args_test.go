@@ -54,6 +54,8 @@ func TestParseArgsErrors(t *testing.T) {
 		{append([]string{"sidecar", "--hub=https://hub/v1/watch"}, ok...), "must be an https URL with no path"},
 		{append([]string{"sidecar", "--hub=https://u:p@hub"}, ok...), "must be an https URL with no path"},
 		{append(append([]string{"init"}, ok...), "extra"), `unexpected argument "extra"`},
+		{append([]string{"init", "--secret=b=B;vault=other"}, "--dir=/d", "--vault=https://127.0.0.1:8443/", "--identity=workload"), `vault= needs --vault to be a Key Vault URL of a known cloud`},
+		{[]string{"init", "--dir=/d", "--vault=https://main.vault.azure.net/", "--identity=workload", "--secret=b=B;vault=https://other.vault.azure.cn/"}, "vault https://other.vault.azure.cn/ is in AzureChinaCloud, but the pod's vault is in AzurePublicCloud"},
 	}
 	for _, tt := range tests {
 		_, err := ParseArgs(tt.args, nil)
@@ -101,5 +103,37 @@ func TestArgsTemplates(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("ParseArgs(...%q) = %v, want an error containing %q", tt.args[len(tt.args)-1], err, tt.want)
 		}
+	}
+}
+
+// TestEntryVaults: entries' own vaults are resolved in --vault's cloud, the
+// pod's own vault becomes "", and Vaults lists each vault once, --vault first.
+func TestEntryVaults(t *testing.T) {
+	c, err := ParseArgs([]string{"sidecar", "--dir=/d", "--vault=https://main.vault.usgovcloudapi.net/", "--identity=workload",
+		"--secret=a=A", "--secret=b=B;vault=Other", "--secret=c=cert:C;vault=https://other.vault.usgovcloudapi.net", "--secret=d=D;vault=main",
+		"--secret=e=E;vault=https://third.vault.usgovcloudapi.net:443/"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, e := range c.Entries {
+		got = append(got, e.Vault)
+	}
+	want := []string{"", "https://other.vault.usgovcloudapi.net/", "https://other.vault.usgovcloudapi.net/", "", "https://third.vault.usgovcloudapi.net/"}
+	if d := cmp.Diff(want, got); d != "" {
+		t.Errorf("entry vaults (-want +got):\n%s", d)
+	}
+	if d := cmp.Diff([]string{"https://main.vault.usgovcloudapi.net/", "https://other.vault.usgovcloudapi.net/", "https://third.vault.usgovcloudapi.net/"}, c.Vaults()); d != "" {
+		t.Errorf("Vaults (-want +got):\n%s", d)
+	}
+	if v := c.VaultOf(c.Entries[0]); v != c.VaultURL {
+		t.Errorf("VaultOf the first entry = %q, want --vault", v)
+	}
+	again, err := ParseArgs(c.Args(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := cmp.Diff(c, again); d != "" {
+		t.Errorf("round trip (-first +second):\n%s", d)
 	}
 }

@@ -136,3 +136,55 @@ func CloudOfAuthority(host string) (Cloud, bool) {
 	}
 	return Cloud{}, false
 }
+
+// parseEntryVault checks the value of an entry's vault= option: a vault name
+// (returned in lower case) or the https URL of a vault in a known cloud
+// (returned in canonical form). Which cloud a name is in is the pod's
+// (ResolveEntryVault).
+func parseEntryVault(v string) (string, error) {
+	if v == "" {
+		return "", fmt.Errorf("option vault needs a value, e.g. vault=othervault")
+	}
+	if !strings.Contains(v, "/") && !strings.Contains(v, ":") {
+		if !validVaultName(v) {
+			return "", fmt.Errorf("vault %q is not a valid vault name: 3-24 letters, digits and single hyphens, starting with a letter and ending with a letter or digit (or write its URL, https://<vault-name>.vault.azure.net/)", v)
+		}
+		return strings.ToLower(v), nil
+	}
+	if _, u, ok := CloudOfVault(v); ok {
+		return u, nil
+	}
+	// Explain with the public cloud's rules; the URL is no cloud's anyway.
+	if _, err := VaultURL(v, AzurePublicCloud); err != nil {
+		return "", fmt.Errorf("vault: %v", err)
+	}
+	return "", fmt.Errorf("vault %q is not a Key Vault URL such as https://othervault.vault.azure.net/", v)
+}
+
+// ResolveEntryVault resolves the vault of an entry (Entry.Vault) for a pod
+// whose vault is podVault (a canonical vault URL) in cloud: a name becomes
+// the cloud's URL; a URL must be in the same cloud, because one agent reads
+// every vault with one identity. It returns "" when the entry's vault is
+// the pod's own, so that one vault is always written one way.
+func ResolveEntryVault(v string, cloud Cloud, podVault string) (string, error) {
+	if v == "" {
+		return "", nil
+	}
+	u := v
+	if !strings.Contains(v, "/") {
+		var err error
+		if u, err = VaultURL(v, cloud); err != nil {
+			return "", err
+		}
+	} else if other, canon, ok := CloudOfVault(v); !ok {
+		return "", fmt.Errorf("vault %q is not a Key Vault URL such as https://othervault.%s/", v, cloud.VaultSuffix)
+	} else if other.Name != cloud.Name {
+		return "", fmt.Errorf("vault %s is in %s, but the pod's vault is in %s: the agent reads every vault of a pod with its one identity, in one cloud; read it from a pod of %s", v, other.Name, cloud.Name, other.Name)
+	} else {
+		u = canon
+	}
+	if u == podVault {
+		return "", nil
+	}
+	return u, nil
+}

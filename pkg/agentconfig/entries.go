@@ -58,7 +58,7 @@ const MaxHistory = 16
 //	kind   = "secret" | "cert" | "key"
 //	option = "format=" ( "pem" | "pfx" | "json" | "auto" ) | "split"
 //	       | "encoding=" ( "base64" | "hex" ) | "history=" 1-16 | "mode=" octal
-//	       | "nofile"
+//	       | "nofile" | "optional" | "vault=" ( vault-name | vault-url )
 //
 // A plain "<file>=<secret-name>[@<version>]" writes the secret's value; a bare
 // "<name>" writes a file named after the object. Key Vault names cannot contain
@@ -91,6 +91,17 @@ type Entry struct {
 	// NoFile fetches and renders the entry for templates only: its files are
 	// not written, but its paths stay its own (templates name them).
 	NoFile bool
+	// Optional lets the set be complete without the entry's object while it
+	// does not exist (404) or, for a secret, is disabled: the entry then
+	// writes no file, and the agent reads the object again at each rotation
+	// until it appears. Other failures (401, 403 for another reason, a value
+	// that cannot become the entry's files) still fail.
+	Optional bool
+	// Vault is the vault the entry reads, when not the pod's (--vault,
+	// kvinject.dev/vault): as parsed, a lower-cased vault name or a canonical
+	// vault URL; Config.Validate and the webhook resolve names in the pod's
+	// cloud (ResolveEntryVault). Empty: the pod's vault.
+	Vault string
 }
 
 // Kind returns the entry's object type, with "" as ObjectSecret.
@@ -131,6 +142,12 @@ func (e Entry) String() string {
 	}
 	if e.NoFile {
 		b.WriteString(";nofile")
+	}
+	if e.Optional {
+		b.WriteString(";optional")
+	}
+	if e.Vault != "" {
+		b.WriteString(";vault=" + e.Vault)
 	}
 	return b.String()
 }
@@ -198,8 +215,8 @@ const maxEntries = 256
 const maxFileLen = 253
 
 // maxOptionsLen bounds the options of an entry: every option once, with room
-// for spaces around them.
-const maxOptionsLen = 96
+// for spaces around them (the longest vault URL is 64 characters).
+const maxOptionsLen = 96 + 64
 
 // maxEntryLen is the longest valid entry: a file, '=', a kind, a name, '@', a
 // version and the options.
@@ -384,7 +401,7 @@ func (e Entry) objectWord() string {
 }
 
 // optionsHint lists the options.
-const optionsHint = "options are format=pem|pfx|json|auto, split, encoding=base64|hex, history=<1-16>, mode=<octal> and nofile"
+const optionsHint = "options are format=pem|pfx|json|auto, split, encoding=base64|hex, history=<1-16>, mode=<octal>, nofile, optional and vault=<vault name or URL>"
 
 // parseOptions parses the text after the first ';'.
 func (e *Entry) parseOptions(s string) error {
@@ -400,9 +417,9 @@ func (e *Entry) parseOptions(s string) error {
 			return fmt.Errorf("option %s is given twice", key)
 		}
 		seen[key] = true
-		if key != "split" && key != "nofile" && !hasVal {
+		if key != "split" && key != "nofile" && key != "optional" && !hasVal {
 			switch key {
-			case "format", "encoding", "history", "mode":
+			case "format", "encoding", "history", "mode", "vault":
 				return fmt.Errorf("option %s needs a value, e.g. %s", key, optionExample(key))
 			}
 		}
@@ -424,6 +441,11 @@ func (e *Entry) parseOptions(s string) error {
 				return fmt.Errorf("nofile takes no value (write ;nofile)")
 			}
 			e.NoFile = true
+		case "optional":
+			if hasVal {
+				return fmt.Errorf("optional takes no value (write ;optional)")
+			}
+			e.Optional = true
 		case "encoding":
 			switch enc := Encoding(strings.ToLower(val)); {
 			case enc == EncodingBase64 || enc == EncodingHex:
@@ -433,6 +455,12 @@ func (e *Entry) parseOptions(s string) error {
 			default:
 				return fmt.Errorf("encoding %q: use base64 or hex (the value is decoded before it is written)", val)
 			}
+		case "vault":
+			v, err := parseEntryVault(val)
+			if err != nil {
+				return err
+			}
+			e.Vault = v
 		case "history":
 			n, err := strconv.Atoi(val)
 			if err != nil || n < 1 || n > MaxHistory {
@@ -460,6 +488,8 @@ func optionExample(key string) string {
 		return "encoding=base64"
 	case "history":
 		return "history=3"
+	case "vault":
+		return "vault=othervault"
 	}
 	return "mode=0400"
 }
@@ -469,6 +499,9 @@ func optionExample(key string) string {
 func (e Entry) checkCombination() error {
 	if e.NoFile && e.Mode != 0 {
 		return fmt.Errorf("mode sets the mode of the entry's file, but nofile writes no file; drop ;mode=%04o (a template's file has its own mode)", e.Mode)
+	}
+	if e.Optional && e.Version != "" {
+		return fmt.Errorf("optional waits for an object to appear, but a pinned version is read once and never again (and a version that does not exist is a mistake in the mapping); drop @%s to read the latest, or drop ;optional", e.Version)
 	}
 	switch e.Type {
 	case ObjectCert, ObjectKey:

@@ -116,6 +116,9 @@ func checkFuzzTyped(t *testing.T, e Entry) {
 	if e.History < 0 || e.History > MaxHistory || (e.History > 0 && e.Version != "") {
 		t.Errorf("entry %+v: history out of range or with a pinned version", e)
 	}
+	if e.Optional && e.Version != "" {
+		t.Errorf("entry %+v: optional with a pinned version", e)
+	}
 	if e.Mode != 0 && (e.Mode&0o400 == 0 || e.Mode&^0o666 != 0) {
 		t.Errorf("entry %+v: mode %04o", e, e.Mode)
 	}
@@ -172,6 +175,10 @@ func FuzzParseEntries(f *testing.F) {
 		"cfg=secret:app-config;format=json",
 		"cfg=secret:app-config;format=json,cfg/a=x",
 		"h=secret:c;format=pem;split;history=2;mode=0440",
+		"f=secret:flag;optional,g=cert:c;optional;mode=0400",
+		"a=B;vault=OtherVault,b=B;vault=https://other.vault.azure.cn,c=B",
+		"a=B;vault=https://x.example.com/;optional",
+		"a=B@" + v + ";optional",
 		" t = Secret:c ; FORMAT = Pfx ; mode = 0o600 ",
 		"a=cert:B;split",
 		"a=B;history=2@" + v,
@@ -283,6 +290,8 @@ func FuzzAgentArgs(f *testing.F) {
 		{"sidecar", "/s", "https://v/", "system", "a=A", "", "", "", "restart"},
 		{"init", "/s", "https://v/", "system", "a=A", "", "", "", "http:8080/-/reload"},
 		{"sidecar", "/s", "https://v/", "system", "a=A", "", "", "", "http:8080/r#x"},
+		{"sidecar", "/d", "https://main.vault.azure.net/", "workload", "a=A;vault=other,b=B;vault=https://main.vault.azure.net,c=C;vault=https://x1.vault.azure.cn/", "", "", "", ""},
+		{"init", "/d", "https://v/", "workload", "a=A;vault=other", "", "", "", ""},
 	} {
 		f.Add(s.mode, s.dir, s.vault, s.identity, s.secrets, s.fileMode, s.rotation, s.hub, s.onChange)
 	}
@@ -313,6 +322,16 @@ func FuzzAgentArgs(f *testing.F) {
 			}
 			if !cfg.OnChange.IsZero() && (cfg.Mode != ModeSidecar || cfg.OnChange.Kind == OnChangeRestart && cfg.Hub == "") {
 				t.Errorf("ParseArgs(%q) accepted --on-change=%s in mode %s with --hub=%q", args, cfg.OnChange, cfg.Mode, cfg.Hub)
+			}
+			for _, e := range cfg.Entries {
+				if e.Vault == "" {
+					continue
+				}
+				cloud, canon, ok := CloudOfVault(e.Vault)
+				mainCloud, main, _ := CloudOfVault(cfg.VaultURL)
+				if !ok || canon != e.Vault || cloud != mainCloud || e.Vault == main {
+					t.Errorf("ParseArgs(%q): entry %q reads vault %q, not a canonical URL of --vault's cloud other than --vault", args, e.File, e.Vault)
+				}
 			}
 		}
 

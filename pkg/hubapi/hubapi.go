@@ -87,7 +87,9 @@ func (o Object) String() string { return o.Kind + "/" + o.Name + "@" + o.Version
 
 // WatchRequest is the body of a watch request.
 type WatchRequest struct {
-	// Vault is the vault's URL exactly as the agent's --vault flag gives it.
+	// Vault is the vault's URL exactly as the agent's --vault flag gives it,
+	// or as an entry's own vault= does (an agent whose entries read several
+	// vaults sends one request per vault).
 	Vault string `json:"vault"`
 	// Objects are the watched objects, each with the version the agent holds.
 	Objects []Object `json:"objects"`

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/url"
 	"path"
+	"slices"
 	"strings"
 
 	"github.com/kvinject/kvinject/pkg/agentconfig"
@@ -57,20 +58,33 @@ func (p Policy) Validate() error {
 // namespace's annotations that the resolved spec breaks.
 func checkPolicy(spec *Spec, namespace string, nsAnn map[string]string, pol Policy, probs *problems) {
 	if spec.VaultURL != "" {
-		if len(pol.AllowedVaults) > 0 && !vaultAllowed(spec.VaultURL, pol.AllowedVaults) {
-			probs.add(AnnotationVault, "vault %s is not allowed by the webhook's --allowed-vaults (%s); ask a cluster admin", spec.VaultURL, strings.Join(pol.AllowedVaults, ", "))
+		// Every vault the agent reads: the pod's, then each entry's own
+		// (vault=), named by the first entry that reads it.
+		where := []string{AnnotationVault}
+		vaults := []string{spec.VaultURL}
+		for _, e := range spec.Entries {
+			if e.Vault != "" && !slices.Contains(vaults, e.Vault) {
+				vaults = append(vaults, e.Vault)
+				where = append(where, fmt.Sprintf("%s: entry %q", AnnotationSecrets, e.String()))
+			}
 		}
-		if raw, ok := nsAnn[AnnotationAllowedVaults]; ok {
-			allowed := splitList(raw)
-			bad := false
+		var allowed []string
+		nsRaw, nsHas := nsAnn[AnnotationAllowedVaults]
+		if nsHas {
+			allowed = splitList(nsRaw)
 			for _, v := range allowed {
 				if err := validVaultPattern(v); err != nil {
 					probs.add(fmt.Sprintf("namespace %q annotation %s", namespace, AnnotationAllowedVaults), "%v; ask a cluster admin to fix it", err)
-					bad = true
+					nsHas = false
 				}
 			}
-			if !bad && !vaultAllowed(spec.VaultURL, allowed) {
-				probs.add(AnnotationVault, "vault %s is not allowed in namespace %q by its annotation %s (%s); ask a cluster admin", spec.VaultURL, namespace, AnnotationAllowedVaults, strings.Join(allowed, ", "))
+		}
+		for i, vault := range vaults {
+			if len(pol.AllowedVaults) > 0 && !vaultAllowed(vault, pol.AllowedVaults) {
+				probs.add(where[i], "vault %s is not allowed by the webhook's --allowed-vaults (%s); ask a cluster admin", vault, strings.Join(pol.AllowedVaults, ", "))
+			}
+			if nsHas && !vaultAllowed(vault, allowed) {
+				probs.add(where[i], "vault %s is not allowed in namespace %q by its annotation %s (%s); ask a cluster admin", vault, namespace, AnnotationAllowedVaults, strings.Join(allowed, ", "))
 			}
 		}
 	}

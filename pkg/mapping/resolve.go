@@ -145,6 +145,17 @@ func Resolve(pod *corev1.Pod, ns *corev1.Namespace, sa *corev1.ServiceAccount, d
 		entriesOK = true
 	}
 
+	if spec.VaultURL != "" {
+		for i, e := range spec.Entries {
+			v, err := agentconfig.ResolveEntryVault(e.Vault, cloud, spec.VaultURL)
+			if err != nil {
+				probs.add(AnnotationSecrets, "entry %q: %v", e.String(), err)
+				continue
+			}
+			spec.Entries[i].Vault = v
+		}
+	}
+
 	spec.MountPath = firstNonEmpty(strings.TrimSpace(podAnn[AnnotationMountPath]), d.MountPath, DefaultMountPath)
 	if err := validateMountPath(spec.MountPath); err != nil {
 		probs.add(AnnotationMountPath, "%v", err)
@@ -196,6 +207,12 @@ func Resolve(pod *corev1.Pod, ns *corev1.Namespace, sa *corev1.ServiceAccount, d
 		}
 		if !spec.OnChange.IsZero() && len(spec.Entries) > 0 && allPinned(spec.Entries) {
 			warnings = append(warnings, fmt.Sprintf("%s: every entry of %s is pinned to a version, so the set never changes and %q never runs: drop @<version> from the entries that should rotate, or remove %s", AnnotationOnChange, AnnotationSecrets, spec.OnChange.String(), AnnotationOnChange))
+		}
+	}
+	if spec.Rotation == 0 {
+		if opt := optionalEntries(spec.Entries); len(opt) > 0 {
+			warnings = append(warnings, fmt.Sprintf("%s: %s optional, but rotation is off: an object absent when the pod starts is read again only when the pod restarts; set %s to an interval (such as 2m) to pick it up while the pod runs",
+				AnnotationSecrets, opt, AnnotationRotation))
 		}
 	}
 
@@ -635,4 +652,22 @@ func resolveTemplates(ann map[string]string, entries []agentconfig.Entry, entrie
 		}
 	}
 	return ts
+}
+
+// optionalEntries names the optional entries for a message: `entry "a" is` or
+// `entries "a", "b" are`; "" when there are none.
+func optionalEntries(entries []agentconfig.Entry) string {
+	var names []string
+	for _, e := range entries {
+		if e.Optional {
+			names = append(names, strconv.Quote(e.String()))
+		}
+	}
+	switch len(names) {
+	case 0:
+		return ""
+	case 1:
+		return "entry " + names[0] + " is"
+	}
+	return "entries " + strings.Join(names, ", ") + " are"
 }
