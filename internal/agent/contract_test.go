@@ -177,7 +177,7 @@ func TestWebhookContractOnChange(t *testing.T) {
 		agentconfig.EnvTestResolve+"="+h.env[agentconfig.EnvTestResolve])
 
 	code, out := h.exec(bin, append([]string{"doctor"}, args...), env, 30*time.Second)
-	if code != 0 || !strings.Contains(out, "[ok]   on-change: the agent will call PUT http://127.0.0.1:"+rc.port()+"/-/reload") || !strings.Contains(out, "All 6 checks passed.") {
+	if code != 0 || !strings.Contains(out, "[ok]   on-change: the agent will call PUT http://127.0.0.1:"+rc.port()+"/-/reload") || !strings.Contains(out, "All 7 checks passed.") {
 		t.Errorf("doctor: exit %d, want 0 with the on-change check passed:\n%s", code, out)
 	}
 	if n := len(rc.got()); n != 0 {

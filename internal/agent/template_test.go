@@ -129,12 +129,12 @@ func TestTemplateRotation(t *testing.T) {
 		t.Fatal(err)
 	}
 	p1, _ := h.setSecret("db-pass")
-	h.setSecretValue("db-host", "db1")
+	h.setSecretValue("db-host", "host-one-primary")
 	entries := []agentconfig.Entry{entry(t, "password=db-pass"), entry(t, "host=db-host;nofile")}
 	cfg := h.config(agentconfig.ModeSidecar, agentconfig.IdentityWorkload, entries...)
 	cfg.Templates = templates(t, entries, agentconfig.Template{File: "dsn", Text: `postgres://app:{{ file "password" }}@{{ file "host" }}/orders`})
 	stop := h.runSidecar(cfg, h.options())
-	h.waitFor("the first set", 10*time.Second, func() bool { return h.fileIs("dsn", "postgres://app:"+p1+"@db1/orders") })
+	h.waitFor("the first set", 10*time.Second, func() bool { return h.fileIs("dsn", "postgres://app:"+p1+"@host-one-primary/orders") })
 	from := len(h.logs.String())
 
 	// A reader that resolves ..data once sees the password file and the DSN
@@ -150,14 +150,14 @@ func TestTemplateRotation(t *testing.T) {
 		if err1 != nil || err2 != nil {
 			return false // the set was replaced while reading: start over
 		}
-		if string(dsn) != "postgres://app:"+string(pw)+"@db1/orders" {
+		if string(dsn) != "postgres://app:"+string(pw)+"@host-one-primary/orders" {
 			t.Fatalf("one set holds a password and a DSN of different versions")
 		}
 		return string(pw) == p2
 	}
 	h.waitFor("the new set", 10*time.Second, consistent)
-	h.setSecretValue("db-host", "db2")
-	h.waitFor("the new host", 10*time.Second, func() bool { return h.fileIs("dsn", "postgres://app:"+p2+"@db2/orders") })
+	h.setSecretValue("db-host", "host-two-replica")
+	h.waitFor("the new host", 10*time.Second, func() bool { return h.fileIs("dsn", "postgres://app:"+p2+"@host-two-replica/orders") })
 	if err := stop(); err != nil {
 		t.Fatal(err)
 	}

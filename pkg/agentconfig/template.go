@@ -153,6 +153,9 @@ type reference struct {
 	// missing explains, without values, a path that the entry may not write
 	// (a JSON key, a version of a history); empty for a path it always writes.
 	missing string
+	// optional: the entry is ;optional, so its files are absent while its
+	// object is; the template then reads "" (for default to replace).
+	optional bool
 }
 
 // CheckTemplates checks templates against the entries they read: the count,
@@ -593,7 +596,7 @@ func resolveFile(entries []Entry, p string) (reference, int, error) {
 	for i, e := range entries {
 		for _, f := range e.Files() {
 			if f == p && !e.IsDir() {
-				return reference{path: p, entry: e.String()}, i, nil
+				return reference{path: p, entry: e.String(), optional: e.Optional}, i, nil
 			}
 		}
 		if !e.IsDir() {
@@ -610,7 +613,7 @@ func resolveFile(entries []Entry, p string) (reference, int, error) {
 		if err != nil {
 			return reference{}, 0, fmt.Errorf("file %q: %v; e.g. %s", p, err, dirExample(e))
 		}
-		return reference{path: p, entry: e.String(), missing: missing}, i, nil
+		return reference{path: p, entry: e.String(), missing: missing, optional: e.Optional}, i, nil
 	}
 	var files []string
 	for _, e := range entries {
@@ -712,7 +715,7 @@ func resolveSecret(entries []Entry, name string) (reference, int, error) {
 	if e.IsDir() || e.Split {
 		return reference{}, 0, fmt.Errorf("the secret %q is read by entry %q, which writes several files; name one with %s", name, e.String(), dirOrSplitExample(e))
 	}
-	return reference{path: e.File, entry: e.String()}, found, nil
+	return reference{path: e.File, entry: e.String(), optional: e.Optional}, found, nil
 }
 
 func dirOrSplitExample(e Entry) string {

@@ -84,6 +84,10 @@ func (c *CompiledTemplate) Render(files func(path string) ([]byte, bool), limit 
 			return "", &funcError{fmt.Sprintf("%s %q was not checked against the entries", fn, arg)}
 		}
 		data, ok := files(r.path)
+		if !ok && r.optional {
+			// An absent optional entry: "" (e.g. for default).
+			return "", nil
+		}
 		if !ok {
 			why := r.missing
 			if why == "" {

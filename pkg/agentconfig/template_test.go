@@ -337,3 +337,25 @@ func BenchmarkRender(b *testing.B) {
 		})
 	}
 }
+
+// TestTemplateOptionalEntry: an absent optional entry reads "" (default
+// replaces it); a required entry's missing file is still an error.
+func TestTemplateOptionalEntry(t *testing.T) {
+	entries := []Entry{{File: "feature.txt", Name: "FEATURE", Optional: true, NoFile: true}, {File: "db.txt", Name: "DB"}}
+	cs, probs := CheckTemplates([]Template{{File: "app.env", Text: `F={{ file "feature.txt" | default "off" }} S={{ secret "feature" }} D={{ file "db.txt" }}`}}, entries)
+	if len(probs) > 0 {
+		t.Fatal(probs)
+	}
+	got, err := cs[0].Render(func(p string) ([]byte, bool) {
+		if p == "db.txt" {
+			return []byte("pw"), true
+		}
+		return nil, false
+	}, MaxRendered)
+	if err != nil || string(got) != "F=off S= D=pw" {
+		t.Fatalf("Render = %q, %v", got, err)
+	}
+	if _, err := cs[0].Render(func(string) ([]byte, bool) { return nil, false }, MaxRendered); err == nil || !strings.Contains(err.Error(), `file "db.txt"`) {
+		t.Fatalf("a required entry's missing file: %v", err)
+	}
+}

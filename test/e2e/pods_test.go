@@ -67,7 +67,8 @@ func noPanic(f func(*testing.T)) func(*testing.T) {
 // disk while the pod runs; (3) the token the agent used was minted by the API
 // server for the pod's ServiceAccount and audience and is mounted only into
 // the agent; (4) a rotation reaches the running app within the interval and
-// the app never reads a torn set.
+// the app never reads a torn set, the template file app.env (rendered from two
+// of the entries) changing in the same set as the files it reads.
 func testDeploymentPod(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
@@ -75,11 +76,15 @@ func testDeploymentPod(t *testing.T) {
 	conn := setSecret(t, w.vault, "DATABASE-CONNECTION-STRING")
 	apiKey := setSecret(t, w.vault, "API-KEY")
 	dbPass := setSecret(t, w.vault, "DB-PASSWORD")
-	files := []string{"apikey.txt", "connectionstring.txt", "db/password"}
+	// app.env is rendered from two of the entries (a template): it changes
+	// when either rotates, in the same set as their own files.
+	files := []string{"apikey.txt", "app.env", "connectionstring.txt", "db/password"}
+	appEnv := func(conn, apiKey string) string { return "CONN=" + conn + "\nKEY=" + apiKey + "\n" }
 	tmpl := podTemplate("orders", map[string]string{
-		mapping.AnnotationVault:    w.vault,
-		mapping.AnnotationSecrets:  "connectionstring.txt=DATABASE-CONNECTION-STRING, apikey.txt=API-KEY, db/password=DB-PASSWORD",
-		mapping.AnnotationRotation: rotation.String(),
+		mapping.AnnotationVault:                      w.vault,
+		mapping.AnnotationSecrets:                    "connectionstring.txt=DATABASE-CONNECTION-STRING, apikey.txt=API-KEY, db/password=DB-PASSWORD",
+		mapping.AnnotationRotation:                   rotation.String(),
+		mapping.AnnotationTemplatePrefix + "app.env": "CONN={{ file \"connectionstring.txt\" }}\nKEY={{ secret \"API-KEY\" }}\n",
 	}, corev1.RestartPolicyAlways, appArgs("watch", files...))
 	pod := deploymentPod(t, w.ns, "orders", tmpl)
 
@@ -134,6 +139,7 @@ func testDeploymentPod(t *testing.T) {
 	lines := waitLog(t, pod, "app", "ready files=")
 	checkFirstLook(t, lines, map[string]wantFile{
 		"connectionstring.txt": {conn, "0444"}, "apikey.txt": {apiKey, "0444"}, "db/password": {dbPass, "0444"},
+		"app.env": {appEnv(conn, apiKey), "0444"},
 	})
 	agentLog := waitLog(t, pod, mutate.AgentContainerName, `"msg":"wrote secrets"`)
 	var agentStart, firstSet time.Time
@@ -247,9 +253,9 @@ func testDeploymentPod(t *testing.T) {
 
 	// (4, second half) The rotation reaches the running app within the
 	// interval, and every set it read is the old or the new one.
-	oldSet := setLine(files, map[string]string{"apikey.txt": apiKey, "connectionstring.txt": conn, "db/password": dbPass})
-	midSet := setLine(files, map[string]string{"apikey.txt": apiKey, "connectionstring.txt": newConn, "db/password": dbPass})
-	newSet := setLine(files, map[string]string{"apikey.txt": newAPIKey, "connectionstring.txt": newConn, "db/password": dbPass})
+	oldSet := setLine(files, map[string]string{"apikey.txt": apiKey, "app.env": appEnv(conn, apiKey), "connectionstring.txt": conn, "db/password": dbPass})
+	midSet := setLine(files, map[string]string{"apikey.txt": apiKey, "app.env": appEnv(newConn, apiKey), "connectionstring.txt": newConn, "db/password": dbPass})
+	newSet := setLine(files, map[string]string{"apikey.txt": newAPIKey, "app.env": appEnv(newConn, newAPIKey), "connectionstring.txt": newConn, "db/password": dbPass})
 	// One sweep (jittered by 10%), then the notification and the agent's read.
 	limit := hubSweep + hubSweep/10 + 5*time.Second
 	var arrived time.Time
