@@ -434,10 +434,11 @@ func (c *Controller) fire(k ownerKey) {
 func (c *Controller) restart(ctx context.Context, k ownerKey) (retryIn time.Duration, done bool) {
 	c.mu.Lock()
 	p := c.pending[k]
-	var objs, pods []string
-	if p != nil {
-		objs, pods = sortedKeys(p.objects), sortedKeys(p.pods)
+	if p == nil {
+		c.mu.Unlock()
+		return 0, true // stopped meanwhile
 	}
+	objs, pods := sortedKeys(p.objects), sortedKeys(p.pods)
 	c.mu.Unlock()
 	log := c.log.With("owner", k.String())
 	o, err := c.get(ctx, k)
