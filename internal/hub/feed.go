@@ -149,19 +149,8 @@ func (s *Server) serveChanged(w http.ResponseWriter, r *http.Request) {
 		s.logRefusal("report refused (logged once a minute per pod and reason)", id, clientIP(r), ref)
 		writeSimple(w, ref, status)
 	}
-	if r.Method != http.MethodPost {
-		w.Header().Set("Allow", http.MethodPost)
-		refused(nil, refuse(hubapi.ReasonBadRequest, fmt.Sprintf("method %s: a report is POST %s", r.Method, hubapi.ChangedPath)), http.StatusMethodNotAllowed)
-		return
-	}
-	token, ref := bearerToken(r)
-	if ref != nil {
-		refused(nil, ref, 0)
-		return
-	}
-	id, ref := s.authn.authenticate(r.Context(), token)
-	if ref != nil {
-		refused(nil, ref, 0)
+	id, ok := s.authenticated(w, r, http.MethodPost, "a report", hubapi.ChangedPath, refused)
+	if !ok {
 		return
 	}
 	if s.restarterNS == "" {
@@ -205,24 +194,13 @@ func (s *Server) serveFeed(w http.ResponseWriter, r *http.Request) {
 		writeSimple(w, ref, status)
 	}
 	w.Header().Set(hubapi.MaxWaitHeader, s.MaxWaitBound().String())
-	if r.Method != http.MethodGet {
-		w.Header().Set("Allow", http.MethodGet)
-		refused(nil, refuse(hubapi.ReasonBadRequest, fmt.Sprintf("method %s: the feed is GET %s", r.Method, hubapi.FeedPath)), http.StatusMethodNotAllowed)
-		return
-	}
 	if s.isDraining() {
 		w.Header().Set("Connection", "close")
 		refused(nil, s.drainRefusal(), 0)
 		return
 	}
-	token, ref := bearerToken(r)
-	if ref != nil {
-		refused(nil, ref, 0)
-		return
-	}
-	id, ref := s.authn.authenticate(r.Context(), token)
-	if ref != nil {
-		refused(nil, ref, 0)
+	id, ok := s.authenticated(w, r, http.MethodGet, "the feed", hubapi.FeedPath, refused)
+	if !ok {
 		return
 	}
 	if s.restarterNS == "" {
@@ -269,6 +247,25 @@ func (s *Server) serveFeed(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, ans)
 		return
 	}
+}
+
+// authenticated checks a report's or a feed request's method and bearer
+// token; when it returns false, refused has answered.
+func (s *Server) authenticated(w http.ResponseWriter, r *http.Request, method, what, path string, refused func(*identity, *refusal, int)) (identity, bool) {
+	if r.Method != method {
+		w.Header().Set("Allow", method)
+		refused(nil, refuse(hubapi.ReasonBadRequest, fmt.Sprintf("method %s: %s is %s %s", r.Method, what, method, path)), http.StatusMethodNotAllowed)
+		return identity{}, false
+	}
+	token, ref := bearerToken(r)
+	if ref == nil {
+		var id identity
+		if id, ref = s.authn.authenticate(r.Context(), token); ref == nil {
+			return id, true
+		}
+	}
+	refused(nil, ref, 0)
+	return identity{}, false
 }
 
 // logRefusal logs a refusal of a report or feed request at most once a

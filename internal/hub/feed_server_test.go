@@ -177,6 +177,20 @@ func TestServeReportAndFeedRefusals(t *testing.T) {
 		t.Errorf("kept reports: %v", got)
 	}
 
+	// Wrong methods.
+	for _, m := range []struct{ method, path, allow string }{{http.MethodGet, hubapi.ChangedPath, "POST"}, {http.MethodPost, hubapi.FeedPath, "GET"}} {
+		req, _ := http.NewRequest(m.method, f.base()+m.path, nil)
+		resp, err := f.client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ref := hubapi.ReadRefusal(resp)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusMethodNotAllowed || resp.Header.Get("Allow") != m.allow || !strings.Contains(ref.Message, m.allow+" "+m.path) {
+			t.Errorf("%s %s: %d Allow %q %+v", m.method, m.path, resp.StatusCode, resp.Header.Get("Allow"), ref)
+		}
+	}
+
 	// A hub without a restarter keeps no reports and serves no feed.
 	off := newFixture(t, Options{MaxWait: time.Second})
 	off.tokens, off.rv.tokens = f.tokens, f.rv.tokens

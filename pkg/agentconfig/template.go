@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"strings"
 	"text/template/parse"
+
+	"github.com/kvinject/kvinject/internal/textdist"
 )
 
 // Template is a file rendered from the values of entries: the pod's
@@ -529,27 +531,13 @@ func closestFunc(name string) string {
 	return best
 }
 
+// levenshtein is textdist.Levenshtein, bounded: names longer than 64 bytes
+// (which no function or entry name is) count as far from everything.
 func levenshtein(a, b string) int {
 	if len(a) > 64 || len(b) > 64 {
 		return 64
 	}
-	prev := make([]int, len(b)+1)
-	cur := make([]int, len(b)+1)
-	for j := range prev {
-		prev[j] = j
-	}
-	for i := 1; i <= len(a); i++ {
-		cur[0] = i
-		for j := 1; j <= len(b); j++ {
-			cost := 1
-			if a[i-1] == b[j-1] {
-				cost = 0
-			}
-			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
-		}
-		prev, cur = cur, prev
-	}
-	return prev[len(b)]
+	return textdist.Levenshtein(a, b)
 }
 
 // funcAliases are names other template languages (Helm, Sprig, vault-k8s)
