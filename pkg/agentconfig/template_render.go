@@ -195,35 +195,24 @@ func base64Decode(s string) (string, error) {
 // JSONQuote returns s as a JSON string literal, quotes included. Invalid
 // UTF-8 becomes U+FFFD, as encoding/json writes it.
 func JSONQuote(s string) string {
-	var b strings.Builder
-	b.Grow(len(s) + 2)
-	b.WriteByte('"')
-	for i := 0; i < len(s); {
-		r, size := utf8.DecodeRuneInString(s[i:])
-		i += size
-		switch {
-		case r == '"' || r == '\\':
-			b.WriteByte('\\')
-			b.WriteRune(r)
-		case r == '\n':
-			b.WriteString(`\n`)
-		case r == '\r':
-			b.WriteString(`\r`)
-		case r == '\t':
-			b.WriteString(`\t`)
-		case r < 0x20 || r == 0x7f || r == 0x2028 || r == 0x2029:
-			fmt.Fprintf(&b, `\u%04x`, r)
-		default:
-			b.WriteRune(r) // utf8.RuneError for invalid bytes: U+FFFD
-		}
-	}
-	b.WriteByte('"')
-	return b.String()
+	return quote(s, func(r rune) bool {
+		return r < 0x20 || r == 0x7f || r == 0x2028 || r == 0x2029
+	})
 }
 
 // YAMLQuote returns s as a YAML double-quoted scalar, quotes included:
 // everything YAML does not print is escaped. Invalid UTF-8 becomes U+FFFD.
 func YAMLQuote(s string) string {
+	return quote(s, func(r rune) bool {
+		return r < 0x20 || r == 0x7f || (r >= 0x80 && r <= 0x9f) || r == 0x2028 || r == 0x2029 || r == 0xfeff || r == 0xfffe || r == 0xffff
+	})
+}
+
+// quote writes s between double quotes, escaping '"' and '\\', newline,
+// carriage return and tab by their short escapes and every rune for which
+// escape is true as \uXXXX: the double-quoted string that JSON and YAML
+// share. Invalid bytes become utf8.RuneError (U+FFFD).
+func quote(s string, escape func(rune) bool) string {
 	var b strings.Builder
 	b.Grow(len(s) + 2)
 	b.WriteByte('"')
@@ -240,7 +229,7 @@ func YAMLQuote(s string) string {
 			b.WriteString(`\r`)
 		case r == '\t':
 			b.WriteString(`\t`)
-		case r < 0x20 || r == 0x7f || (r >= 0x80 && r <= 0x9f) || r == 0x2028 || r == 0x2029 || r == 0xfeff || r == 0xfffe || r == 0xffff:
+		case escape(r):
 			fmt.Fprintf(&b, `\u%04x`, r)
 		default:
 			b.WriteRune(r)
