@@ -238,6 +238,7 @@ type owner struct {
 	key      ownerKey
 	obj      runtime.Object
 	template *corev1.PodTemplateSpec
+	selector *metav1.LabelSelector
 	// notForced says why changing the template does not roll the pods
 	// (paused, OnDelete); empty when it does.
 	notForced string
@@ -261,8 +262,9 @@ func (c *Controller) ownerOf(ctx context.Context, pod *corev1.Pod) (*owner, stri
 		c.log.Warn("a report's pod names an owner that does not verify; nothing is restarted", "pod", pod.Namespace+"/"+pod.Name, "problem", what)
 		return nil, ResultOwnerMismatch, nil
 	}
-	var o *owner
-	var sel *metav1.LabelSelector
+	// The owner to roll, and who names it (for the mismatch message).
+	var key ownerKey
+	namedBy := "the pod"
 	switch ref.Kind {
 	case "ReplicaSet":
 		rs, err := apps.ReplicaSets(pod.Namespace).Get(ctx, ref.Name, metav1.GetOptions{})
@@ -282,43 +284,23 @@ func (c *Controller) ownerOf(ctx context.Context, pod *corev1.Pod) (*owner, stri
 			c.noOwner(pod, "its ReplicaSet "+rs.Name+" is not controlled by a Deployment")
 			return nil, ResultNoOwner, nil
 		}
-		d, err := apps.Deployments(pod.Namespace).Get(ctx, dref.Name, metav1.GetOptions{})
-		if apierrors.IsNotFound(err) {
-			return mismatch("Deployment " + dref.Name + " does not exist")
-		} else if err != nil {
-			return nil, "", err
-		}
-		if d.UID != dref.UID {
-			return mismatch(fmt.Sprintf("Deployment %s has UID %s, the ReplicaSet names %s", d.Name, d.UID, dref.UID))
-		}
-		o, sel = deploymentOwner(d), d.Spec.Selector
-	case "StatefulSet":
-		s, err := apps.StatefulSets(pod.Namespace).Get(ctx, ref.Name, metav1.GetOptions{})
-		if apierrors.IsNotFound(err) {
-			return mismatch("StatefulSet " + ref.Name + " does not exist")
-		} else if err != nil {
-			return nil, "", err
-		}
-		if s.UID != ref.UID {
-			return mismatch(fmt.Sprintf("StatefulSet %s has UID %s, the pod names %s", s.Name, s.UID, ref.UID))
-		}
-		o, sel = statefulSetOwner(s), s.Spec.Selector
-	case "DaemonSet":
-		ds, err := apps.DaemonSets(pod.Namespace).Get(ctx, ref.Name, metav1.GetOptions{})
-		if apierrors.IsNotFound(err) {
-			return mismatch("DaemonSet " + ref.Name + " does not exist")
-		} else if err != nil {
-			return nil, "", err
-		}
-		if ds.UID != ref.UID {
-			return mismatch(fmt.Sprintf("DaemonSet %s has UID %s, the pod names %s", ds.Name, ds.UID, ref.UID))
-		}
-		o, sel = daemonSetOwner(ds), ds.Spec.Selector
+		key, namedBy = ownerKey{"Deployment", pod.Namespace, dref.Name, dref.UID}, "the ReplicaSet"
+	case "StatefulSet", "DaemonSet":
+		key = ownerKey{ref.Kind, pod.Namespace, ref.Name, ref.UID}
 	default:
 		c.noOwner(pod, fmt.Sprintf("its controller is a %s", ref.Kind))
 		return nil, ResultNoOwner, nil
 	}
-	if !selects(sel, pod) {
+	o, err := c.get(ctx, key)
+	if apierrors.IsNotFound(err) {
+		return mismatch(key.Kind + " " + key.Name + " does not exist")
+	} else if err != nil {
+		return nil, "", err
+	}
+	if o.key.UID != key.UID {
+		return mismatch(fmt.Sprintf("%s %s has UID %s, %s names %s", key.Kind, key.Name, o.key.UID, namedBy, key.UID))
+	}
+	if !selects(o.selector, pod) {
 		return mismatch(fmt.Sprintf("the pod does not match %s's selector", o.key))
 	}
 	return o, "", nil
@@ -348,7 +330,7 @@ func selects(sel *metav1.LabelSelector, pod *corev1.Pod) bool {
 }
 
 func deploymentOwner(d *appsv1.Deployment) *owner {
-	o := &owner{key: ownerKey{"Deployment", d.Namespace, d.Name, d.UID}, obj: d, template: &d.Spec.Template}
+	o := &owner{key: ownerKey{"Deployment", d.Namespace, d.Name, d.UID}, obj: d, template: &d.Spec.Template, selector: d.Spec.Selector}
 	if d.Spec.Paused {
 		o.notForced = "the Deployment is paused; resume it (kubectl rollout resume deployment/" + d.Name + ") to roll out the new version"
 	}
@@ -356,7 +338,7 @@ func deploymentOwner(d *appsv1.Deployment) *owner {
 }
 
 func statefulSetOwner(s *appsv1.StatefulSet) *owner {
-	o := &owner{key: ownerKey{"StatefulSet", s.Namespace, s.Name, s.UID}, obj: s, template: &s.Spec.Template}
+	o := &owner{key: ownerKey{"StatefulSet", s.Namespace, s.Name, s.UID}, obj: s, template: &s.Spec.Template, selector: s.Spec.Selector}
 	if s.Spec.UpdateStrategy.Type == appsv1.OnDeleteStatefulSetStrategyType {
 		o.notForced = "its updateStrategy is OnDelete, so a template change rolls nothing; delete its pods to pick up the new version, or use RollingUpdate"
 	}
@@ -364,7 +346,7 @@ func statefulSetOwner(s *appsv1.StatefulSet) *owner {
 }
 
 func daemonSetOwner(ds *appsv1.DaemonSet) *owner {
-	o := &owner{key: ownerKey{"DaemonSet", ds.Namespace, ds.Name, ds.UID}, obj: ds, template: &ds.Spec.Template}
+	o := &owner{key: ownerKey{"DaemonSet", ds.Namespace, ds.Name, ds.UID}, obj: ds, template: &ds.Spec.Template, selector: ds.Spec.Selector}
 	if ds.Spec.UpdateStrategy.Type == appsv1.OnDeleteDaemonSetStrategyType {
 		o.notForced = "its updateStrategy is OnDelete, so a template change rolls nothing; delete its pods to pick up the new version, or use RollingUpdate"
 	}
